@@ -77,8 +77,13 @@ def _store_url(v: Any) -> str | None:
     return "must start with sqlite://, influxdb:// or influxdb2://"
 
 
-def _setting(default: Any = None, *, check: Callable[[Any], str | None] | None = None,
-             help: str = "", factory: Callable[[], Any] | None = None) -> Any:
+def _setting(
+    default: Any = None,
+    *,
+    check: Callable[[Any], str | None] | None = None,
+    help: str = "",
+    factory: Callable[[], Any] | None = None,
+) -> Any:
     meta = {"check": check, "help": help}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -90,18 +95,20 @@ class Settings:
     """Everything a pipetune process can be told.  See README "Configuration"."""
 
     home: Path = _setting(factory=default_home, help="data folder (store, spool, model)")
-    store: str = _setting("", check=_store_url,
-                          help="store URL; default sqlite:///HOME/pipetune.db")
+    store: str = _setting(
+        "", check=_store_url, help="store URL; default sqlite:///HOME/pipetune.db"
+    )
     node: str = _setting(factory=socket.gethostname, help="this node's name in the store")
     interval_ms: int = _setting(1000, check=_positive, help="perf sampling interval")
-    warmup_s: float = _setting(1.0, check=_non_negative,
-                               help="seconds after a config change not counted in a probe")
-    threshold: float = _setting(0.8, check=_in_range(0.0, 1.0),
-                                help="ground-truth similarity needed to skip probing")
+    warmup_s: float = _setting(
+        1.0, check=_non_negative, help="seconds after a config change not counted in a probe"
+    )
+    threshold: float = _setting(
+        0.8, check=_in_range(0.0, 1.0), help="ground-truth similarity needed to skip probing"
+    )
     objective: str = _setting("runtime", check=_one_of(OBJECTIVES), help="what probing minimises")
     model: str = _setting("", help="ground-truth model file; default HOME/groundtruth.json")
-    controller: str = _setting("auto", check=_one_of(CONTROLLERS),
-                               help="how configs are applied")
+    controller: str = _setting("auto", check=_one_of(CONTROLLERS), help="how configs are applied")
     socket: str = _setting(factory=_default_socket, help="daemon Unix socket path")
     log_level: str = _setting("INFO", check=_one_of(LOG_LEVELS), help="logging level")
 
@@ -221,6 +228,4 @@ def _convert(cls: type, name: str, value: Any, source: str) -> Any:
         return str(value)
     except (TypeError, ValueError):
         kind = ftype if isinstance(ftype, str) else ftype.__name__
-        raise ConfigError(
-            f"setting {name}={value!r} (from {source}): must be {kind}"
-        ) from None
+        raise ConfigError(f"setting {name}={value!r} (from {source}): must be {kind}") from None

@@ -157,8 +157,7 @@ class SystemSpace:
         too_many = [c for c in self.cores if c > node.cpus]
         if too_many:
             raise ConfigError(
-                f"space cores={list(self.cores)}: node has {node.cpus} CPUs, "
-                f"{too_many} do not fit"
+                f"space cores={list(self.cores)}: node has {node.cpus} CPUs, {too_many} do not fit"
             )
         too_big = [m for m in self.memory_mb if m is not None and m > node.memory_mb]
         if too_big:
@@ -167,9 +166,7 @@ class SystemSpace:
                 f"{too_big} do not fit"
             )
         if max(self.gpus) > node.gpus:
-            raise ConfigError(
-                f"space gpus={list(self.gpus)}: node has {node.gpus} visible GPUs"
-            )
+            raise ConfigError(f"space gpus={list(self.gpus)}: node has {node.gpus} visible GPUs")
         return self
 
     @classmethod

@@ -48,8 +48,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
     )
     parser.add_argument("--version", action="version", version=f"pipetune {__version__}")
     parser.add_argument("--config", metavar="PATH", help="settings file (default ./pipetune.toml)")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default INFO)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands = _commands()
     for name, module in commands.items():
@@ -64,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    flags = {k: getattr(args, k, None) for k in ("store", "log_level", "model", "socket", "interval_ms")}
+    flags = {
+        k: getattr(args, k, None) for k in ("store", "log_level", "model", "socket", "interval_ms")
+    }
     try:
         settings = Settings.load(flags, config_file=args.config)
         logging.basicConfig(

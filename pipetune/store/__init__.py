@@ -36,7 +36,7 @@ def open_backend(url: str, *, timeout_s: float = 5.0) -> Backend:
     if parts.scheme == "sqlite":
         from pipetune.store.sqlite import SqliteBackend
 
-        path = url[len("sqlite://"):]
+        path = url[len("sqlite://") :]
         if path.startswith("/:memory:"):
             return SqliteBackend(":memory:")
         if not path.startswith("/") or path == "/":

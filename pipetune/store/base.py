@@ -54,7 +54,12 @@ class Point:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"m": self.measurement, "t": dict(self.tags), "f": dict(self.fields), "ns": self.time_ns},
+            {
+                "m": self.measurement,
+                "t": dict(self.tags),
+                "f": dict(self.fields),
+                "ns": self.time_ns,
+            },
             separators=(",", ":"),
         )
 

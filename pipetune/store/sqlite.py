@@ -50,7 +50,9 @@ class SqliteBackend(Backend):
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self._db.execute(
+                    "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
                 self._db.commit()
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(
@@ -65,7 +67,9 @@ class SqliteBackend(Backend):
         for p in points:
             tags = dict(sorted(p.tags.items()))
             series = ",".join(f"{k}={v}" for k, v in tags.items())
-            rows.append((p.measurement, series, p.time_ns, json.dumps(tags), json.dumps(dict(p.fields))))
+            rows.append(
+                (p.measurement, series, p.time_ns, json.dumps(tags), json.dumps(dict(p.fields)))
+            )
         try:
             with self._lock, self._db:
                 self._db.executemany(

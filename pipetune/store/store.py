@@ -158,8 +158,13 @@ class Store:
         except StoreError as e:
             # Refused (bad type, unknown database): retrying cannot help, but
             # the points are kept in the spool for a person to look at.
-            log.error("store %s refused %d points: %s (kept in %s)", self.url, len(batch), e,
-                      self._spool.path)
+            log.error(
+                "store %s refused %d points: %s (kept in %s)",
+                self.url,
+                len(batch),
+                e,
+                self._spool.path,
+            )
             self._spool.append(batch)
             self.spooled += len(batch)
             self._down_until = time.monotonic() + self._retry_interval_s
@@ -184,8 +189,12 @@ class Store:
 
     def _mark_down(self, e: Exception) -> None:
         if self._down_until == 0.0 or time.monotonic() >= self._down_until:
-            log.warning("store %s unavailable (%s); spooling, retry in %.0f s",
-                        self.url, e, self._retry_interval_s)
+            log.warning(
+                "store %s unavailable (%s); spooling, retry in %.0f s",
+                self.url,
+                e,
+                self._retry_interval_s,
+            )
         self._down_until = time.monotonic() + self._retry_interval_s
 
     # -- typed writes (DESIGN §11) ---------------------------------------------------
@@ -198,8 +207,14 @@ class Store:
         for event, pct in sample.running_pct.items():
             if pct < 100.0:
                 fields[RUNNING_PREFIX + event] = pct
-        self.write(Point("sample", _trial_tags(ref, phase=phase, config=config), fields,
-                         _ns(sample.timestamp)))
+        self.write(
+            Point(
+                "sample",
+                _trial_tags(ref, phase=phase, config=config),
+                fields,
+                _ns(sample.timestamp),
+            )
+        )
 
     def write_epoch(
         self,
@@ -221,7 +236,9 @@ class Store:
         tags = _trial_tags(ref, phase=phase, config=result.config, epoch=str(result.epoch))
         self.write(Point("epoch", tags, fields, _ns(time_s if time_s is not None else time.time())))
 
-    def write_decision(self, ref: TrialRef, decision: Decision, *, time_s: float | None = None) -> None:
+    def write_decision(
+        self, ref: TrialRef, decision: Decision, *, time_s: float | None = None
+    ) -> None:
         fields: dict[str, Any] = {
             "config": str(decision.config),
             "reason": decision.reason,
@@ -236,7 +253,9 @@ class Store:
         if decision.candidates:
             fields["candidates"] = ",".join(str(c) for c in decision.candidates)
         tags = {"node": ref.node, "job": ref.job, "trial": ref.trial, "kind": decision.kind.value}
-        self.write(Point("decision", tags, fields, _ns(time_s if time_s is not None else time.time())))
+        self.write(
+            Point("decision", tags, fields, _ns(time_s if time_s is not None else time.time()))
+        )
 
     def write_groundtruth(
         self,
@@ -255,11 +274,21 @@ class Store:
         if ref is not None:
             fields.update({"job": ref.job, "trial": ref.trial, "node": ref.node})
         tags = {"workload": workload, "config": str(config), "objective": objective}
-        self.write(Point("groundtruth", tags, fields, _ns(time_s if time_s is not None else time.time())))
+        self.write(
+            Point("groundtruth", tags, fields, _ns(time_s if time_s is not None else time.time()))
+        )
 
-    def write_power(self, node: str, watts: float, *, source: str, time_s: float | None = None) -> None:
-        self.write(Point("power", {"node": node, "source": source}, {"watts": float(watts)},
-                         _ns(time_s if time_s is not None else time.time())))
+    def write_power(
+        self, node: str, watts: float, *, source: str, time_s: float | None = None
+    ) -> None:
+        self.write(
+            Point(
+                "power",
+                {"node": node, "source": source},
+                {"watts": float(watts)},
+                _ns(time_s if time_s is not None else time.time()),
+            )
+        )
 
     # -- queries -----------------------------------------------------------------------
 
@@ -284,8 +313,9 @@ class Store:
     def groundtruth_records(self, objective: str | None = None) -> pd.DataFrame:
         return self.query("groundtruth", {"objective": objective} if objective else None)
 
-    def power(self, node: str | None = None, start_ns: int | None = None,
-              end_ns: int | None = None) -> pd.DataFrame:
+    def power(
+        self, node: str | None = None, start_ns: int | None = None, end_ns: int | None = None
+    ) -> pd.DataFrame:
         return self.query("power", {"node": node} if node else None, start_ns, end_ns)
 
     def ping(self) -> None:
@@ -314,4 +344,4 @@ def prefixed(df: pd.DataFrame, prefix: str) -> pd.DataFrame:
     """Columns of ``df`` that start with ``prefix``, with the prefix removed
     (e.g. the event rates of ``epochs()`` via ``prefixed(df, RATE_PREFIX)``)."""
     cols = [c for c in df.columns if c.startswith(prefix)]
-    return df[cols].rename(columns={c: c[len(prefix):] for c in cols})
+    return df[cols].rename(columns={c: c[len(prefix) :] for c in cols})

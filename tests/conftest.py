@@ -1,0 +1,44 @@
+"""Shared fixtures: a real InfluxDB 1.x server, isolated PIPETUNE_HOME."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support.influxd import InfluxServer  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def pipetune_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own data folder: no test sees another's store or spool."""
+    home = tmp_path / "pipetune-home"
+    monkeypatch.setenv("PIPETUNE_HOME", str(home))
+    monkeypatch.delenv("PIPETUNE_STORE", raising=False)
+    monkeypatch.delenv("PIPETUNE_CONFIG", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def influx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    """One real influxd for the session (tests that stop it make their own)."""
+    if shutil.which("influxd") is None:
+        pytest.fail("influxd is not installed: run .ci/run or `apt-get install influxdb`")
+    server = InfluxServer(tmp_path_factory.mktemp("influxd"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def influx_url(influx_server: InfluxServer) -> str:
+    """A fresh database on the session's influxd."""
+    name = "t_" + uuid.uuid4().hex[:10]
+    influx_server.create_database(name)
+    return influx_server.url(name)
