@@ -1,0 +1,164 @@
+"""Ray Tune integration: a user's function trainable becomes a pipetune trial.
+
+Three changed lines in a user's script::
+
+    import pipetune
+    tuner = tune.Tuner(pipetune.wrap(train, system=SystemSpace.parse("cores=1,2")), ...)
+    # inside train(): pipetune.report(metrics, steps=n)   instead of tune.report(metrics)
+
+- :func:`wrap` — returns the function trainable; ``mode`` picks who decides
+  the system config: ``"pipetune"`` (the trial's SystemTuner), ``"v1"`` (the
+  space's default for every trial) or ``"v2"`` (the ``cores``/``memory_mb``
+  Tune sampled into the trial's config).
+- :func:`report` — ends an epoch: the policy acts, threads follow the cores,
+  and the metrics plus ``pt_*`` system facts go to ``ray.tune.report``.
+- :func:`current_session` — the running trial's :class:`TrialSession`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pipetune.config import Settings
+from pipetune.errors import ConfigError
+from pipetune.tune.session import FixedPolicy, SystemPolicy, TrialSession
+from pipetune.types import SystemConfig, SystemSpace, TrialRef
+
+log = logging.getLogger(__name__)
+
+MODES = ("pipetune", "v1", "v2")
+
+_current: TrialSession | None = None
+
+__all__ = ["MODES", "current_session", "make_policy", "report", "wrap"]
+
+
+def current_session() -> TrialSession | None:
+    return _current
+
+
+def report(metrics: Mapping[str, Any], *, steps: int = 0, checkpoint: Any = None) -> dict[str, Any]:
+    """End the current epoch (drop-in for ``ray.tune.report``)."""
+    if _current is None:
+        from ray import tune
+
+        if checkpoint is not None:
+            tune.report(dict(metrics), checkpoint=checkpoint)
+        else:
+            tune.report(dict(metrics))
+        return dict(metrics)
+    return _current.report(metrics, steps=steps, checkpoint=checkpoint)
+
+
+def make_policy(
+    mode: str,
+    space: SystemSpace,
+    trial_config: Mapping[str, Any],
+    ref: TrialRef,
+    settings: Settings,
+) -> SystemPolicy:
+    """The system policy of one trial for ``mode`` (see :func:`wrap`)."""
+    if mode == "v1":
+        return FixedPolicy(space.default, trial_id=ref.trial, controller=settings.controller,
+                           phase="v1")
+    if mode == "v2":
+        try:
+            config = SystemConfig(int(trial_config["cores"]), trial_config.get("memory_mb"),
+                                  int(trial_config.get("gpus", 0)))
+        except KeyError as e:
+            raise ConfigError("mode v2 needs 'cores' in the trial's Tune config") from e
+        return FixedPolicy(config, trial_id=ref.trial, controller=settings.controller, phase="v2")
+    if mode == "pipetune":
+        from pipetune.tune.tuned import TunerPolicy
+
+        return TunerPolicy(space, ref, settings)
+    raise ConfigError(f"mode {mode!r}: must be one of {', '.join(MODES)}")
+
+
+def _open_store(settings: Settings) -> Any:
+    try:
+        from pipetune.store import open_store
+
+        return open_store(settings.store, spool_root=settings.spool_dir)
+    except Exception as e:  # noqa: BLE001 - the trial trains without a store
+        log.warning("store %s unavailable for this trial: %s", settings.store, e)
+        return None
+
+
+def _open_energy() -> Any:
+    try:
+        import os
+
+        from pipetune.energy import TrialEnergy, detect_meters
+
+        return TrialEnergy(detect_meters(), [os.getpid()])
+    except Exception as e:  # noqa: BLE001 - energy is a figure, not a requirement
+        log.info("no energy figures for this trial: %s", e)
+        return None
+
+
+def wrap(
+    fn: Callable[[dict[str, Any]], Any],
+    system: SystemSpace | None = None,
+    *,
+    mode: str = "pipetune",
+    settings: Settings | None = None,
+    system_values: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+) -> Callable[[dict[str, Any]], Any]:
+    """Turn a Tune function trainable into a pipetune trial.
+
+    Args:
+        fn: the user's ``train(config)``; it calls :func:`report` per epoch.
+        system: the system space (validated against this node); default: all
+            of this node's cores, no memory limit.
+        mode: ``"pipetune"``, ``"v1"`` or ``"v2"``.
+        settings: pipetune settings; default: loaded on the driver now, so
+            every trial uses the driver's store and thresholds.
+        system_values: where mode ``v2`` finds ``cores``/``memory_mb`` in a
+            trial's config (default: the config itself).
+
+    Raises:
+        ConfigError: unknown mode, or a space that does not fit this node.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"mode {mode!r}: must be one of {', '.join(MODES)}")
+    settings = settings or Settings.load()
+    if system is None:
+        import os
+
+        system = SystemSpace(cores=(os.cpu_count() or 1,))
+    system.validate()
+
+    @functools.wraps(fn)
+    def trainable(config: dict[str, Any]) -> Any:
+        global _current
+        from ray import tune
+
+        ctx = tune.get_context()
+        ref = TrialRef(job=ctx.get_experiment_name() or "job", trial=ctx.get_trial_id() or "trial",
+                       node=settings.node)
+        store = _open_store(settings)
+        try:
+            values = system_values(config) if system_values else config
+            policy = make_policy(mode, system, values, ref, settings)
+        except Exception as e:  # noqa: BLE001 - pipetune must not fail the trial
+            log.warning("trial %s: no system policy (%s); default config kept", ref.trial, e)
+            policy = FixedPolicy(system.default, trial_id=ref.trial, controller="dry-run",
+                                 phase="degraded")
+            policy.reason = str(e)
+        session = TrialSession(ref, policy, report_fn=tune.report, store=store,
+                               energy=_open_energy())
+        _current = session
+        try:
+            session.start()
+            return fn(config)
+        finally:
+            _current = None
+            session.close()
+            if store is not None:
+                store.close()
+
+    return trainable

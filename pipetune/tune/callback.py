@@ -1,0 +1,84 @@
+"""Driver-side facts of a tuning job, as a Ray Tune callback.
+
+Trials write their own samples, epochs and decisions from their processes;
+what only the driver knows — when the job started and ended, how long the
+tuning took, which trial was best, which failed — goes to the store's
+``job`` measurement from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+from pipetune.store.base import Point
+
+log = logging.getLogger(__name__)
+
+
+class PipeTuneCallback(Callback):
+    """Records job-level facts; ``metric``/``mode`` say what "best" means."""
+
+    def __init__(self, store: Any, *, job: str, mode: str, workload: str = "",
+                 metric: str = "accuracy", metric_mode: str = "max") -> None:
+        self.store = store
+        self.job = job
+        self.mode = mode
+        self.workload = workload
+        self.metric = metric
+        self.metric_mode = metric_mode
+        self.start_s = time.time()
+        self.end_s: float | None = None
+        self.trials: dict[str, dict[str, Any]] = {}
+
+    def _tags(self) -> dict[str, str]:
+        return {"job": self.job, "mode": self.mode, "workload": self.workload}
+
+    def setup(self, **info: Any) -> None:
+        self.start_s = time.time()
+        self.store.write(Point("job", self._tags(), {"event": "start"}, int(self.start_s * 1e9)))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        t = self.trials.setdefault(trial.trial_id, {"epochs": 0, "status": "running"})
+        t["epochs"] += 1
+        t["last"] = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)):
+            best = t.get("best")
+            better = best is None or (value > best if self.metric_mode == "max" else value < best)
+            if better:
+                t["best"] = float(value)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.trials.setdefault(trial.trial_id, {"epochs": 0})["status"] = "done"
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.trials.setdefault(trial.trial_id, {"epochs": 0})["status"] = "failed"
+        log.warning("job %s: trial %s failed; the job goes on", self.job, trial.trial_id)
+
+    def best_trial(self) -> tuple[str | None, float | None]:
+        scored = [(tid, t["best"]) for tid, t in self.trials.items() if "best" in t]
+        if not scored:
+            return None, None
+        pick = max if self.metric_mode == "max" else min
+        return pick(scored, key=lambda x: x[1])
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.end_s = time.time()
+        best, value = self.best_trial()
+        fields: dict[str, Any] = {
+            "event": "end",
+            "tuning_s": self.end_s - self.start_s,
+            "trials": len(self.trials),
+            "failed": sum(1 for t in self.trials.values() if t.get("status") == "failed"),
+            "start_s": self.start_s,
+        }
+        if best is not None:
+            fields["best_trial"] = best
+            fields[f"best_{self.metric}"] = value
+        self.store.write(Point("job", self._tags(), fields, int(self.end_s * 1e9)))
+        self.store.flush(10)

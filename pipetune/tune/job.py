@@ -1,0 +1,235 @@
+"""A whole tuning job on a bundled workload: ``pipetune tune``.
+
+The same entry point runs the three modes on the same workload, search space,
+scheduler and seeds, so any comparison between them is like for like:
+
+- ``pipetune`` — each trial's SystemTuner picks its system config;
+- ``v1`` — hyperparameters only; every trial on the space's default config;
+- ``v2`` — ``cores`` (and ``memory_mb``) join Tune's search space.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipetune.config import Settings
+from pipetune.errors import ConfigError, UsageError
+from pipetune.types import SystemSpace
+
+log = logging.getLogger(__name__)
+
+SCHEDULERS = ("hyperband", "asha", "fifo")
+
+
+@dataclass
+class JobSpec:
+    """What a tuning job runs; validated before Ray starts."""
+
+    workload: str
+    mode: str = "pipetune"
+    samples: int = 4
+    epochs: int = 3
+    scheduler: str = "fifo"
+    space: SystemSpace = field(default_factory=lambda: SystemSpace(cores=(1, os.cpu_count() or 1)))
+    concurrent: int = 1
+    job: str = ""
+    seed: int = 0
+    address: str | None = None
+    fixed_hparams: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from pipetune.tune import MODES
+
+        if self.mode not in MODES:
+            raise UsageError(f"mode {self.mode!r}: must be one of {', '.join(MODES)}")
+        if self.scheduler not in SCHEDULERS:
+            raise UsageError(f"scheduler {self.scheduler!r}: must be one of {', '.join(SCHEDULERS)}")
+        for name in ("samples", "epochs", "concurrent"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name}={getattr(self, name)}: must be >= 1")
+        if not self.job:
+            self.job = f"{self.workload}-{self.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def sample_trials(workload_cls: type, spec: JobSpec) -> list[dict[str, Any]]:
+    """The trials' hyperparameters, drawn once with the job's seed.
+
+    Drawn here rather than by Tune's searcher so that every mode gets the
+    *same* hyperparameters per trial (V2's extra ``cores`` dimension would
+    otherwise shift the random stream).  The paper's ranges, scaled to a
+    small machine, for whichever hyperparameters the workload takes.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(spec.seed)
+    hp = workload_cls.hyperparameters
+    trials = []
+    for _ in range(spec.samples):
+        t: dict[str, Any] = {}
+        if "lr" in hp:
+            t["lr"] = float(10 ** rng.uniform(-3, -1))
+        if "batch_size" in hp:
+            t["batch_size"] = int(rng.choice([32, 64, 128, 256]))
+        if "dropout" in hp:
+            t["dropout"] = float(rng.uniform(0.0, 0.5))
+        if "embedding_dim" in hp:
+            t["embedding_dim"] = int(rng.choice([32, 64, 128]))
+        t.update(spec.fixed_hparams)
+        trials.append(t)
+    system_rng = np.random.default_rng(spec.seed + 1)
+    for t in trials:  # V2 samples system values too; harmless for the other modes
+        t["cores"] = int(system_rng.choice(list(spec.space.cores)))
+        memory = list(spec.space.memory_mb)
+        t["memory_mb"] = memory[int(system_rng.integers(len(memory)))]
+    return trials
+
+
+def _workload_train_fn(workload: str, epochs: int, seed: int) -> Any:
+    """The function trainable of a bundled workload (uses pipetune.report)."""
+
+    def train(config: dict[str, Any]) -> None:
+        import pickle
+
+        from ray import tune
+
+        import pipetune.tune as pt
+        from workloads import get_workload
+
+        cls = get_workload(workload)
+        config = config["trial"]
+        hparams = {k: v for k, v in config.items() if k in cls.hyperparameters}
+        w = cls(hparams, seed=seed)
+        start = 0
+        ckpt = tune.get_checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                with open(Path(d) / "state.pkl", "rb") as fh:  # written by this function only
+                    state = pickle.load(fh)  # noqa: S301
+                w.load_state_dict(state["workload"])
+                start = state["epoch"] + 1
+        for epoch in range(start, epochs):
+            stats = w.train_epoch(epoch)
+            metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))},
+                       **w.evaluate(), "epoch": epoch}
+            with tempfile.TemporaryDirectory() as d:
+                with open(Path(d) / "state.pkl", "wb") as fh:
+                    pickle.dump({"epoch": epoch, "workload": w.state_dict()}, fh)
+                pt.report(metrics, steps=int(stats.get("steps", 0)),
+                          checkpoint=tune.Checkpoint.from_directory(d))
+
+    train.__name__ = f"train_{workload.replace('-', '_')}"
+    return train
+
+
+@dataclass
+class JobResult:
+    job: str
+    mode: str
+    workload: str
+    tuning_s: float
+    trials: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    store: str
+
+
+def _scheduler(name: str, epochs: int, metric: str, mode: str) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+
+    if name == "hyperband":
+        return HyperBandScheduler(time_attr="training_iteration", max_t=epochs)
+    if name == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1)
+    return FIFOScheduler()
+
+
+def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult:
+    """Run one tuning job; Ray is started locally unless an address is given."""
+    import ray
+    from ray import tune
+
+    import pipetune.tune as pt
+    from pipetune.store import open_store
+    from pipetune.tune.callback import PipeTuneCallback
+    from workloads import get_workload
+
+    cls = get_workload(spec.workload)  # UsageError for an unknown workload, before Ray starts
+    spec.space.validate()
+    store = open_store(settings.store, spool_root=settings.spool_dir)
+    metric, metric_mode = getattr(cls, "metric", "accuracy"), getattr(cls, "metric_mode", "max")
+    address = spec.address or os.environ.get("RAY_ADDRESS")
+    started_ray = False
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1)
+            else:
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                         log_to_driver=verbose > 1)
+        except ConnectionError as e:
+            raise UsageError(f"no Ray cluster at {address!r}: {e}") from e
+        started_ray = True
+    try:
+        param_space = {"trial": tune.grid_search(sample_trials(cls, spec))}
+        trainable = pt.wrap(_workload_train_fn(spec.workload, spec.epochs, spec.seed),
+                            spec.space, mode=spec.mode, settings=settings,
+                            system_values=_trial_values)
+        if spec.mode == "v2":
+            trainable = tune.with_resources(trainable, lambda c: {"cpu": int(c["trial"]["cores"])})
+        elif spec.mode == "v1":
+            trainable = tune.with_resources(trainable, {"cpu": spec.space.default.cores})
+        else:
+            trainable = tune.with_resources(trainable, {"cpu": max(spec.space.cores)})
+        callback = PipeTuneCallback(store, job=spec.job, mode=spec.mode, workload=spec.workload,
+                                    metric=metric, metric_mode=metric_mode)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=metric_mode,
+                num_samples=1,  # the grid holds the job's samples
+                scheduler=_scheduler(spec.scheduler, spec.epochs, metric, metric_mode),
+                max_concurrent_trials=spec.concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name=spec.job,
+                storage_path=str(settings.home / "ray_results"),
+                callbacks=[callback],
+                verbose=verbose,
+            ),
+        )
+        results = tuner.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    trials = []
+    for r in results:
+        m = r.metrics or {}
+        trials.append({
+            "trial": m.get("trial_id"),
+            "hparams": {k: v for k, v in (r.config or {}).get("trial", {}).items()
+                        if k in cls.hyperparameters},
+            "config": m.get("pt_config"),
+            "how": m.get("pt_phase"),
+            "reason": m.get("pt_reason"),
+            metric: m.get(metric),
+            "epochs": m.get("training_iteration"),
+            "seconds": m.get("time_total_s"),
+            "error": str(r.error) if r.error else None,
+        })
+    scored = [t for t in trials if isinstance(t.get(metric), (int, float))]
+    best = (max if metric_mode == "max" else min)(scored, key=lambda t: t[metric]) if scored else None
+    store.close()
+    return JobResult(spec.job, spec.mode, spec.workload,
+                     (callback.end_s or time.time()) - callback.start_s, trials, best, settings.store)
+
+
+def _trial_values(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    return config["trial"]
