@@ -1,0 +1,383 @@
+"""The workload interface: what a tuner, a parallel strategy and the CLI may rely on.
+
+:class:`Workload` is one trainable job built from a hyperparameter dict: it
+trains one epoch at a time (optionally in step windows, so a system tuner can
+act between windows), evaluates, and can save/restore its state for Tune
+checkpoints.  It is deterministic for a seed: two instances with the same
+hyperparameters, seed and data give the same losses.
+
+:class:`TorchWorkload` is the base of the DNN workloads.  Its model is an
+``nn.Sequential`` (or declares its own partition boundaries), which is what
+lets the parallel strategies in :mod:`pipetune.parallel` split it into
+pipeline stages without knowing the model.
+
+Contract (all workloads):
+
+* ``hyperparameters`` maps every key the workload takes to its default; an
+  unknown key is a :class:`~pipetune.errors.ConfigError` naming the key.
+  Values given as strings (from ``--set KEY=VALUE``) are converted to the
+  default's type.
+* ``train_epoch`` returns ``{"loss": float, "steps": int, "samples": int}``
+  and calls ``on_window(step)`` after every ``window_steps`` steps.
+* ``evaluate`` returns ``{metric: value, ...}`` where ``metric`` is the class
+  attribute naming the workload's quality figure ("accuracy", "residual" ...)
+  and ``metric_mode`` says whether larger ("max") or smaller ("min") is better.
+* Not thread-safe: one training thread drives one instance.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pipetune.errors import ConfigError, NotSupportedError
+
+if TYPE_CHECKING:  # torch is imported lazily: `pipetune --help` must stay fast
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+KINDS = ("I", "II", "III")
+
+
+def default_data_dir() -> Path:
+    """``$PIPETUNE_HOME/data`` (the same home the settings use)."""
+    from pipetune.config import default_home
+
+    return default_home() / "data"
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Convert ``value`` to the type of ``default`` (strings come from the command line)."""
+    if default is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            low = str(value).strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+        elif isinstance(default, int):
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, str):
+                return int(value.strip())
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+        elif isinstance(default, float):
+            if not isinstance(value, bool):
+                return float(value)
+        elif isinstance(default, str):
+            return str(value)
+        else:
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(
+        f"hyperparameter {key}={value!r}: expected {type(default).__name__} "
+        f"(default {default!r})"
+    )
+
+
+class Workload(abc.ABC):
+    """One trainable job, built from hyperparameters; see the module docstring."""
+
+    #: Registry name, e.g. "lenet5-mnist".
+    name: ClassVar[str] = ""
+    #: The paper's type: "I" same model/other data, "II" same data/other model, "III" non-DNN.
+    kind: ClassVar[str] = ""
+    #: Every hyperparameter the workload takes, with its default.
+    hyperparameters: ClassVar[dict[str, Any]] = {}
+    #: Name of the quality figure in :meth:`evaluate`'s result, and whether max or min is best.
+    metric: ClassVar[str] = "accuracy"
+    metric_mode: ClassVar[str] = "max"
+    #: Whether :mod:`pipetune.parallel`'s ddp/mp/gpipe strategies apply.
+    supports_parallel: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        hparams: Mapping[str, Any] | None = None,
+        *,
+        seed: int = 0,
+        data_dir: Path | None = None,
+    ) -> None:
+        self.hparams: dict[str, Any] = self.resolve_hparams(hparams)
+        self.seed = int(seed)
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        #: One line saying which data this instance trains on (set by the loader).
+        self.data_source: str = ""
+
+    # -- hyperparameters ---------------------------------------------------------------
+
+    @classmethod
+    def resolve_hparams(cls, hparams: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Defaults overlaid with ``hparams``, converted and validated.
+
+        Raises:
+            ConfigError: an unknown key (named, with the known ones) or a bad value.
+        """
+        resolved = dict(cls.hyperparameters)
+        for key, value in (hparams or {}).items():
+            if key not in cls.hyperparameters:
+                known = ", ".join(sorted(cls.hyperparameters)) or "none"
+                raise ConfigError(
+                    f"workload {cls.name!r} takes no hyperparameter {key!r} (known: {known})"
+                )
+            resolved[key] = _coerce(key, value, cls.hyperparameters[key])
+        cls.validate_hparams(resolved)
+        return resolved
+
+    @classmethod
+    def validate_hparams(cls, hp: Mapping[str, Any]) -> None:
+        """Check value ranges; subclasses extend.  Raise ConfigError naming the key."""
+        for key, value in hp.items():
+            if isinstance(value, bool):
+                continue
+            if key == "lr" and not value > 0:
+                raise ConfigError(f"hyperparameter lr={value!r}: must be > 0")
+            if key == "dropout" and not 0.0 <= value < 1.0:
+                raise ConfigError(f"hyperparameter dropout={value!r}: must be in [0, 1)")
+            if (key in ("batch_size", "epochs") or key.endswith(("_dim", "_size", "_iters"))
+                    or key in ("iters_per_epoch", "size", "nodes", "points", "clusters")) \
+                    and isinstance(value, int) and value < 1:
+                raise ConfigError(f"hyperparameter {key}={value!r}: must be >= 1")
+
+    # -- training ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def train_epoch(
+        self,
+        epoch: int,
+        *,
+        on_window: Callable[[int], None] | None = None,
+        window_steps: int | None = None,
+    ) -> dict[str, Any]:
+        """Train one epoch (1-based); return ``{"loss", "steps", "samples"}``."""
+
+    @abc.abstractmethod
+    def evaluate(self) -> dict[str, Any]:
+        """Quality figures; always contains ``self.metric``."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume training (model, optimizer, iterates)."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    @staticmethod
+    def _check_window(window_steps: int | None) -> None:
+        if window_steps is not None and window_steps < 1:
+            raise ConfigError(f"window_steps={window_steps!r}: must be >= 1")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(seed={self.seed}, hparams={self.hparams})"
+
+
+class TorchWorkload(Workload):
+    """A DNN workload: a sequential model, a labelled data set, a classifier loss.
+
+    Subclasses implement :meth:`load_data` and :meth:`build_model`; the base
+    class does batching (deterministic per seed and epoch, last partial batch
+    dropped so every strategy sees the same full batches), the training step,
+    evaluation, checkpoints and the split into pipeline partitions.
+    """
+
+    supports_parallel = True
+
+    def __init__(
+        self,
+        hparams: Mapping[str, Any] | None = None,
+        *,
+        seed: int = 0,
+        data_dir: Path | None = None,
+    ) -> None:
+        super().__init__(hparams, seed=seed, data_dir=data_dir)
+        import torch
+
+        self.device = torch.device("cpu")
+        data = self.load_data()
+        self.x_train, self.y_train, self.x_test, self.y_test = data
+        limit = int(self.hparams.get("max_train_samples", 0) or 0)
+        if limit > 0:
+            self.x_train, self.y_train = self.x_train[:limit], self.y_train[:limit]
+        if len(self.x_train) < self.hparams["batch_size"]:
+            raise ConfigError(
+                f"hyperparameter batch_size={self.hparams['batch_size']}: larger than the "
+                f"{len(self.x_train)} training samples"
+            )
+        torch.manual_seed(self.seed)  # same seed -> same initial weights in every process
+        self.model: nn.Module = self.build_model()
+        self.optimizer = self.build_optimizer(self.model.parameters())
+        self.epochs_trained = 0
+
+    # -- what subclasses provide ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def load_data(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x_train, y_train, x_test, y_test)``; sets :attr:`data_source`."""
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module:
+        """The model, an ``nn.Sequential`` unless :meth:`partition_boundaries` is overridden."""
+
+    def build_optimizer(self, params: Any) -> torch.optim.Optimizer:
+        import torch
+
+        lr = self.hparams.get("lr", 0.01)
+        if self.hparams.get("optimizer", "sgd") == "adam":
+            return torch.optim.Adam(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, momentum=self.hparams.get("momentum", 0.9))
+
+    @staticmethod
+    def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        return F.cross_entropy(output, target)
+
+    # -- batching ----------------------------------------------------------------------
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.hparams["batch_size"])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.x_train) // self.batch_size
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Full batches of epoch ``epoch``, shuffled the same way in every process."""
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.x_train), generator=g)
+        bs = self.batch_size
+        for i in range(self.steps_per_epoch):
+            idx = order[i * bs:(i + 1) * bs]
+            yield self.x_train[idx], self.y_train[idx]
+
+    # -- training ----------------------------------------------------------------------
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model(x.to(self.device)), y.to(self.device))
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def train_epoch(
+        self,
+        epoch: int,
+        *,
+        on_window: Callable[[int], None] | None = None,
+        window_steps: int | None = None,
+    ) -> dict[str, Any]:
+        self._check_window(window_steps)
+        total, steps, samples = 0.0, 0, 0
+        for x, y in self.train_batches(epoch):
+            total += self.train_step(x, y)
+            steps += 1
+            samples += len(x)
+            if on_window is not None and window_steps and steps % window_steps == 0:
+                on_window(steps)
+        self.epochs_trained = epoch
+        return {"loss": total / max(steps, 1), "steps": steps, "samples": samples}
+
+    def evaluate(self) -> dict[str, Any]:
+        import torch
+
+        self.model.eval()
+        correct, loss_sum, n = 0, 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(self.x_test), 1024):
+                x = self.x_test[i:i + 1024].to(self.device)
+                y = self.y_test[i:i + 1024].to(self.device)
+                out = self.model(x)
+                loss_sum += float(self.loss_fn(out, y)) * len(y)
+                correct += int((out.argmax(dim=1) == y).sum())
+                n += len(y)
+        return {"accuracy": correct / max(n, 1), "test_loss": loss_sum / max(n, 1)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epochs_trained": self.epochs_trained,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epochs_trained = int(state.get("epochs_trained", 0))
+
+    # -- partitions for model/pipeline parallelism ----------------------------------------
+
+    def partition_boundaries(self, n: int) -> list[int]:
+        """Start index of each of ``n`` partitions of the model's children.
+
+        Default: balance parameter counts (+1 per layer so parameter-free layers
+        still spread).  A workload whose layers have very uneven compute can
+        override this to declare its own split points.
+
+        Raises:
+            NotSupportedError: the model is not an ``nn.Sequential``.
+            ConfigError: more partitions than layers.
+        """
+        from torch import nn
+
+        if not isinstance(self.model, nn.Sequential):
+            raise NotSupportedError(
+                f"workload {self.name!r}: its model is not an nn.Sequential and declares no "
+                "split points, so it cannot be partitioned"
+            )
+        children = list(self.model.children())
+        if n > len(children):
+            raise ConfigError(
+                f"workers={n}: workload {self.name!r} has only {len(children)} layers to split"
+            )
+        cost = [1 + sum(p.numel() for p in c.parameters()) for c in children]
+        total = sum(cost)
+        bounds, acc = [0], 0
+        for i, c in enumerate(cost):
+            acc += c
+            want = len(bounds)
+            remaining_layers = len(children) - (i + 1)
+            if want < n and (acc >= total * want / n or remaining_layers == n - want):
+                bounds.append(i + 1)
+        while len(bounds) < n:  # pragma: no cover - guarded by the loop above
+            bounds.append(bounds[-1] + 1)
+        return bounds
+
+    def partitions(self, n: int) -> list[nn.Sequential]:
+        """The model cut into ``n`` ``nn.Sequential`` parts that keep the children's names.
+
+        Keeping names means the parts' state dicts merge back into the full
+        model's (``"3.weight"`` stays ``"3.weight"``).
+        """
+        from collections import OrderedDict
+
+        from torch import nn
+
+        bounds = self.partition_boundaries(n) + [len(list(self.model.children()))]
+        named = list(self.model.named_children())
+        return [
+            nn.Sequential(OrderedDict(named[bounds[i]:bounds[i + 1]])) for i in range(n)
+        ]
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (its affinity, not the host's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
