@@ -18,15 +18,28 @@ HELP = "run a tuning job on a bundled workload (modes: pipetune, v1, v2)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("workload", help="bundled workload name or dotted path (see `pipetune train --list`)")
+    parser.add_argument(
+        "workload", help="bundled workload name or dotted path (see `pipetune train --list`)"
+    )
     parser.add_argument("--mode", default="pipetune", help="pipetune | v1 | v2 (default pipetune)")
     parser.add_argument("--samples", type=int, default=4, help="trials (default 4)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (default 3)")
-    parser.add_argument("--scheduler", default="fifo", help="hyperband | asha | fifo (default fifo)")
-    parser.add_argument("--space", nargs="+", metavar="KEY=V1,V2",
-                        help="system space, e.g. cores=1,2 memory_mb=1024,none")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="fix a hyperparameter for every trial")
+    parser.add_argument(
+        "--scheduler", default="fifo", help="hyperband | asha | fifo (default fifo)"
+    )
+    parser.add_argument(
+        "--space",
+        nargs="+",
+        metavar="KEY=V1,V2",
+        help="system space, e.g. cores=1,2 memory_mb=1024,none",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fix a hyperparameter for every trial",
+    )
     parser.add_argument("--concurrent", type=int, default=1, help="trials at once (default 1)")
     parser.add_argument("--store", metavar="URL", help="store URL (default: embedded SQLite)")
     parser.add_argument("--job", default="", help="job name (default WORKLOAD-MODE-TIME)")
@@ -56,26 +69,41 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.space:
         kwargs["space"] = SystemSpace.parse(args.space)
     spec = JobSpec(
-        workload=args.workload, mode=args.mode, samples=args.samples, epochs=args.epochs,
-        scheduler=args.scheduler, concurrent=args.concurrent, job=args.job, seed=args.seed,
-        address=args.address, fixed_hparams=_parse_set(args.set), **kwargs,
+        workload=args.workload,
+        mode=args.mode,
+        samples=args.samples,
+        epochs=args.epochs,
+        scheduler=args.scheduler,
+        concurrent=args.concurrent,
+        job=args.job,
+        seed=args.seed,
+        address=args.address,
+        fixed_hparams=_parse_set(args.set),
+        **kwargs,
     )
     result = run_job(spec, settings, verbose=0 if args.json else 1)
     if args.json:
         print(json.dumps(asdict(result), indent=2, default=str))
         return 0
-    print(f"\njob {result.job} ({result.mode}, {result.workload}): "
-          f"{len(result.trials)} trials in {result.tuning_s:.1f} s; store {result.store}")
+    print(
+        f"\njob {result.job} ({result.mode}, {result.workload}): "
+        f"{len(result.trials)} trials in {result.tuning_s:.1f} s; store {result.store}"
+    )
     header = f"{'trial':<14} {'system config':<14} {'chosen by':<10} {'metric':>8} {'epochs':>6} {'time s':>7}  hyperparameters"
     print(header)
     print("-" * len(header))
     for t in result.trials:
-        metric = next((t[k] for k in ("accuracy", "score") if isinstance(t.get(k), (int, float))), None)
-        hp = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in t["hparams"].items())
-        print(f"{str(t['trial']):<14} {str(t['config']):<14} {str(t['how']):<10} "
-              f"{metric if metric is None else f'{metric:.4f}':>8} {str(t['epochs']):>6} "
-              f"{(t['seconds'] or 0):>7.1f}  {hp}" + (f"  FAILED: {t['error']}" if t["error"] else ""))
+        metric = next(
+            (t[k] for k in ("accuracy", "score") if isinstance(t.get(k), (int, float))), None
+        )
+        hp = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["hparams"].items()
+        )
+        print(
+            f"{str(t['trial']):<14} {str(t['config']):<14} {str(t['how']):<10} "
+            f"{metric if metric is None else f'{metric:.4f}':>8} {str(t['epochs']):>6} "
+            f"{(t['seconds'] or 0):>7.1f}  {hp}" + (f"  FAILED: {t['error']}" if t["error"] else "")
+        )
     if result.best:
         print(f"best: {result.best['trial']} ({result.best['config']})")
     return 0

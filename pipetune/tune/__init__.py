@@ -24,25 +24,21 @@ from typing import Any
 
 from pipetune.config import Settings
 from pipetune.errors import ConfigError
-from pipetune.tune.session import FixedPolicy, SystemPolicy, TrialSession
+from pipetune.policy import FixedPolicy, SystemPolicy
+from pipetune.tune.session import TrialSession, current_session
 from pipetune.types import SystemConfig, SystemSpace, TrialRef
 
 log = logging.getLogger(__name__)
 
 MODES = ("pipetune", "v1", "v2")
 
-_current: TrialSession | None = None
-
 __all__ = ["MODES", "current_session", "make_policy", "report", "wrap"]
-
-
-def current_session() -> TrialSession | None:
-    return _current
 
 
 def report(metrics: Mapping[str, Any], *, steps: int = 0, checkpoint: Any = None) -> dict[str, Any]:
     """End the current epoch (drop-in for ``ray.tune.report``)."""
-    if _current is None:
+    session = current_session()
+    if session is None:
         from ray import tune
 
         if checkpoint is not None:
@@ -50,7 +46,7 @@ def report(metrics: Mapping[str, Any], *, steps: int = 0, checkpoint: Any = None
         else:
             tune.report(dict(metrics))
         return dict(metrics)
-    return _current.report(metrics, steps=steps, checkpoint=checkpoint)
+    return session.report(metrics, steps=steps, checkpoint=checkpoint)
 
 
 def make_policy(
@@ -62,12 +58,16 @@ def make_policy(
 ) -> SystemPolicy:
     """The system policy of one trial for ``mode`` (see :func:`wrap`)."""
     if mode == "v1":
-        return FixedPolicy(space.default, trial_id=ref.trial, controller=settings.controller,
-                           phase="v1")
+        return FixedPolicy(
+            space.default, trial_id=ref.trial, controller=settings.controller, phase="v1"
+        )
     if mode == "v2":
         try:
-            config = SystemConfig(int(trial_config["cores"]), trial_config.get("memory_mb"),
-                                  int(trial_config.get("gpus", 0)))
+            config = SystemConfig(
+                int(trial_config["cores"]),
+                trial_config.get("memory_mb"),
+                int(trial_config.get("gpus", 0)),
+            )
         except KeyError as e:
             raise ConfigError("mode v2 needs 'cores' in the trial's Tune config") from e
         return FixedPolicy(config, trial_id=ref.trial, controller=settings.controller, phase="v2")
@@ -134,29 +134,35 @@ def wrap(
 
     @functools.wraps(fn)
     def trainable(config: dict[str, Any]) -> Any:
-        global _current
         from ray import tune
 
+        from pipetune.tune import session as session_module
+
         ctx = tune.get_context()
-        ref = TrialRef(job=ctx.get_experiment_name() or "job", trial=ctx.get_trial_id() or "trial",
-                       node=settings.node)
+        ref = TrialRef(
+            job=ctx.get_experiment_name() or "job",
+            trial=ctx.get_trial_id() or "trial",
+            node=settings.node,
+        )
         store = _open_store(settings)
         try:
             values = system_values(config) if system_values else config
             policy = make_policy(mode, system, values, ref, settings)
         except Exception as e:  # noqa: BLE001 - pipetune must not fail the trial
             log.warning("trial %s: no system policy (%s); default config kept", ref.trial, e)
-            policy = FixedPolicy(system.default, trial_id=ref.trial, controller="dry-run",
-                                 phase="degraded")
+            policy = FixedPolicy(
+                system.default, trial_id=ref.trial, controller="dry-run", phase="degraded"
+            )
             policy.reason = str(e)
-        session = TrialSession(ref, policy, report_fn=tune.report, store=store,
-                               energy=_open_energy())
-        _current = session
+        session = TrialSession(
+            ref, policy, report_fn=tune.report, store=store, energy=_open_energy()
+        )
+        session_module.set_current(session)
         try:
             session.start()
             return fn(config)
         finally:
-            _current = None
+            session_module.set_current(None)
             session.close()
             if store is not None:
                 store.close()

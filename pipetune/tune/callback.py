@@ -22,9 +22,20 @@ log = logging.getLogger(__name__)
 class PipeTuneCallback(Callback):
     """Records job-level facts; ``metric``/``mode`` say what "best" means."""
 
-    def __init__(self, store: Any, *, job: str, mode: str, workload: str = "",
-                 metric: str = "accuracy", metric_mode: str = "max") -> None:
-        self.store = store
+    def __init__(
+        self,
+        store_url: str,
+        spool_dir: Any,
+        *,
+        job: str,
+        mode: str,
+        workload: str = "",
+        metric: str = "accuracy",
+        metric_mode: str = "max",
+    ) -> None:
+        self.store_url = store_url
+        self.spool_dir = spool_dir
+        self._store: Any = None
         self.job = job
         self.mode = mode
         self.workload = workload
@@ -34,6 +45,20 @@ class PipeTuneCallback(Callback):
         self.end_s: float | None = None
         self.trials: dict[str, dict[str, Any]] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state: no live store.
+        state = self.__dict__.copy()
+        state["_store"] = None
+        return state
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from pipetune.store import open_store
+
+            self._store = open_store(self.store_url, spool_root=self.spool_dir)
+        return self._store
+
     def _tags(self) -> dict[str, str]:
         return {"job": self.job, "mode": self.mode, "workload": self.workload}
 
@@ -41,8 +66,9 @@ class PipeTuneCallback(Callback):
         self.start_s = time.time()
         self.store.write(Point("job", self._tags(), {"event": "start"}, int(self.start_s * 1e9)))
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         t = self.trials.setdefault(trial.trial_id, {"epochs": 0, "status": "running"})
         t["epochs"] += 1
         t["last"] = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
@@ -81,4 +107,5 @@ class PipeTuneCallback(Callback):
             fields["best_trial"] = best
             fields[f"best_{self.metric}"] = value
         self.store.write(Point("job", self._tags(), fields, int(self.end_s * 1e9)))
-        self.store.flush(10)
+        self.store.close()
+        self._store = None

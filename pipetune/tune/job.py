@@ -50,7 +50,9 @@ class JobSpec:
         if self.mode not in MODES:
             raise UsageError(f"mode {self.mode!r}: must be one of {', '.join(MODES)}")
         if self.scheduler not in SCHEDULERS:
-            raise UsageError(f"scheduler {self.scheduler!r}: must be one of {', '.join(SCHEDULERS)}")
+            raise UsageError(
+                f"scheduler {self.scheduler!r}: must be one of {', '.join(SCHEDULERS)}"
+            )
         for name in ("samples", "epochs", "concurrent"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name}={getattr(self, name)}: must be >= 1")
@@ -116,13 +118,19 @@ def _workload_train_fn(workload: str, epochs: int, seed: int) -> Any:
                 start = state["epoch"] + 1
         for epoch in range(start, epochs):
             stats = w.train_epoch(epoch)
-            metrics = {**{k: v for k, v in stats.items() if isinstance(v, (int, float))},
-                       **w.evaluate(), "epoch": epoch}
+            metrics = {
+                **{k: v for k, v in stats.items() if isinstance(v, (int, float))},
+                **w.evaluate(),
+                "epoch": epoch,
+            }
             with tempfile.TemporaryDirectory() as d:
                 with open(Path(d) / "state.pkl", "wb") as fh:
                     pickle.dump({"epoch": epoch, "workload": w.state_dict()}, fh)
-                pt.report(metrics, steps=int(stats.get("steps", 0)),
-                          checkpoint=tune.Checkpoint.from_directory(d))
+                pt.report(
+                    metrics,
+                    steps=int(stats.get("steps", 0)),
+                    checkpoint=tune.Checkpoint.from_directory(d),
+                )
 
     train.__name__ = f"train_{workload.replace('-', '_')}"
     return train
@@ -161,7 +169,8 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
 
     cls = get_workload(spec.workload)  # UsageError for an unknown workload, before Ray starts
     spec.space.validate()
-    store = open_store(settings.store, spool_root=settings.spool_dir)
+    # Fail early with a clear line if the store URL is unusable.
+    open_store(settings.store, spool_root=settings.spool_dir).close()
     metric, metric_mode = getattr(cls, "metric", "accuracy"), getattr(cls, "metric_mode", "max")
     address = spec.address or os.environ.get("RAY_ADDRESS")
     started_ray = False
@@ -170,24 +179,39 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
             if address:
                 ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1)
             else:
-                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                         log_to_driver=verbose > 1)
+                ray.init(
+                    address="local",
+                    num_cpus=os.cpu_count(),
+                    include_dashboard=False,
+                    log_to_driver=verbose > 1,
+                )
         except ConnectionError as e:
             raise UsageError(f"no Ray cluster at {address!r}: {e}") from e
         started_ray = True
     try:
         param_space = {"trial": tune.grid_search(sample_trials(cls, spec))}
-        trainable = pt.wrap(_workload_train_fn(spec.workload, spec.epochs, spec.seed),
-                            spec.space, mode=spec.mode, settings=settings,
-                            system_values=_trial_values)
+        trainable = pt.wrap(
+            _workload_train_fn(spec.workload, spec.epochs, spec.seed),
+            spec.space,
+            mode=spec.mode,
+            settings=settings,
+            system_values=_trial_values,
+        )
         if spec.mode == "v2":
             trainable = tune.with_resources(trainable, lambda c: {"cpu": int(c["trial"]["cores"])})
         elif spec.mode == "v1":
             trainable = tune.with_resources(trainable, {"cpu": spec.space.default.cores})
         else:
             trainable = tune.with_resources(trainable, {"cpu": max(spec.space.cores)})
-        callback = PipeTuneCallback(store, job=spec.job, mode=spec.mode, workload=spec.workload,
-                                    metric=metric, metric_mode=metric_mode)
+        callback = PipeTuneCallback(
+            settings.store,
+            settings.spool_dir,
+            job=spec.job,
+            mode=spec.mode,
+            workload=spec.workload,
+            metric=metric,
+            metric_mode=metric_mode,
+        )
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
@@ -212,23 +236,36 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
     trials = []
     for r in results:
         m = r.metrics or {}
-        trials.append({
-            "trial": m.get("trial_id"),
-            "hparams": {k: v for k, v in (r.config or {}).get("trial", {}).items()
-                        if k in cls.hyperparameters},
-            "config": m.get("pt_config"),
-            "how": m.get("pt_phase"),
-            "reason": m.get("pt_reason"),
-            metric: m.get(metric),
-            "epochs": m.get("training_iteration"),
-            "seconds": m.get("time_total_s"),
-            "error": str(r.error) if r.error else None,
-        })
+        trials.append(
+            {
+                "trial": m.get("trial_id"),
+                "hparams": {
+                    k: v
+                    for k, v in (r.config or {}).get("trial", {}).items()
+                    if k in cls.hyperparameters
+                },
+                "config": m.get("pt_config"),
+                "how": m.get("pt_phase"),
+                "reason": m.get("pt_reason"),
+                metric: m.get(metric),
+                "epochs": m.get("training_iteration"),
+                "seconds": m.get("time_total_s"),
+                "error": str(r.error) if r.error else None,
+            }
+        )
     scored = [t for t in trials if isinstance(t.get(metric), (int, float))]
-    best = (max if metric_mode == "max" else min)(scored, key=lambda t: t[metric]) if scored else None
-    store.close()
-    return JobResult(spec.job, spec.mode, spec.workload,
-                     (callback.end_s or time.time()) - callback.start_s, trials, best, settings.store)
+    best = (
+        (max if metric_mode == "max" else min)(scored, key=lambda t: t[metric]) if scored else None
+    )
+    return JobResult(
+        spec.job,
+        spec.mode,
+        spec.workload,
+        (callback.end_s or time.time()) - callback.start_s,
+        trials,
+        best,
+        settings.store,
+    )
 
 
 def _trial_values(config: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -1,8 +1,5 @@
 """The trial side of the Ray Tune integration.
 
-- :class:`SystemPolicy` — who decides a trial's system config: a fixed
-  config (baselines V1 and V2) or the trial's SystemTuner (pipetune mode).
-- :class:`FixedPolicy` — applies one config through the controller at start.
 - :class:`TrialSession` — lives in the trial process for one call of the
   user's training function: marks epoch boundaries, lets the policy act,
   makes the training thread adopt the thread count, measures energy and
@@ -14,94 +11,44 @@ a degraded state, logged once, and training goes on untouched.
 
 from __future__ import annotations
 
-import abc
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pipetune.types import EpochResult, SystemConfig, TrialRef
+from pipetune.policy import SystemPolicy
+from pipetune.types import EpochResult, TrialRef
 
 log = logging.getLogger(__name__)
 
 #: Keys pipetune adds to each Tune result (prefixed so they never clash).
-REPORT_KEYS = ("pt_config", "pt_phase", "pt_epoch_s", "pt_energy_j", "pt_energy_method",
-               "pt_cores", "pt_threads", "pt_reason")
+REPORT_KEYS = (
+    "pt_config",
+    "pt_phase",
+    "pt_epoch_s",
+    "pt_energy_j",
+    "pt_energy_method",
+    "pt_cores",
+    "pt_threads",
+    "pt_reason",
+)
 
 
-class SystemPolicy(abc.ABC):
-    """Decides the system config of one trial; driven by epoch boundaries.
-
-    Called from the training thread: every method must return in
-    milliseconds (real work goes to a thread of the policy's own).
-    """
-
-    phase: str = "fixed"
-    reason: str = ""
-
-    @abc.abstractmethod
-    def start(self, pids: list[int]) -> None:
-        """The trial's processes are known; apply the starting config."""
-
-    def epoch_start(self, epoch: int) -> None:  # noqa: B027 - optional hook
-        """A new epoch (or step window) begins."""
-
-    @abc.abstractmethod
-    def epoch_end(self, result: EpochResult) -> None:
-        """An epoch ended with ``result`` (config in force, seconds, metrics)."""
-
-    @abc.abstractmethod
-    def config(self) -> SystemConfig:
-        """The config in force now."""
-
-    def threads(self) -> int:
-        """Threads the training thread should use now (follows the cores)."""
-        return self.config().cores
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """The trial ended (or crashed): restore and release everything."""
+_current: TrialSession | None = None
 
 
-class FixedPolicy(SystemPolicy):
-    """One config for the whole trial: baseline V1 (the same default config
-    for every trial) and V2 (the config Tune sampled for this trial)."""
+def current_session() -> TrialSession | None:
+    """The session of the trial running in this process, if any."""
+    return _current
 
-    def __init__(self, config: SystemConfig, *, trial_id: str, controller: str = "auto",
-                 phase: str = "fixed") -> None:
-        self._config = config
-        self._trial_id = trial_id
-        self._controller_kind = controller
-        self._controller: Any = None
-        self._handle: Any = None
-        self.phase = phase
 
-    def start(self, pids: list[int]) -> None:
-        try:
-            from pipetune.control import detect_controller
-
-            self._controller = detect_controller(self._controller_kind)
-            self._handle = self._controller.open_trial(self._trial_id, pids)
-            self._controller.apply(self._handle, self._config)
-            self.reason = f"{self.phase}: {self._config} via {self._controller.name}"
-        except Exception as e:  # noqa: BLE001 - never fail the trial for the system side
-            self.phase = "degraded"
-            self.reason = f"could not apply {self._config}: {e}"
-            log.warning("trial %s: %s; training continues untouched", self._trial_id, self.reason)
-
-    def epoch_end(self, result: EpochResult) -> None:
-        return None
-
-    def config(self) -> SystemConfig:
-        return self._config
-
-    def close(self) -> None:
-        if self._controller is not None and self._handle is not None:
-            try:
-                self._controller.close_trial(self._handle)
-            except Exception as e:  # noqa: BLE001
-                log.warning("trial %s: cleanup failed: %s", self._trial_id, e)
-            self._handle = None
+def set_current(session: TrialSession | None) -> None:
+    # Lives here, not in pipetune.tune: Ray pickles the wrapped trainable *by
+    # value* with a copy of its module's globals, so a global set from the
+    # trainable must belong to a module the trial process imports.
+    global _current
+    _current = session
 
 
 class TrialSession:
@@ -172,10 +119,14 @@ class TrialSession:
         energy_j, method = (None, None)
         if self._energy is not None:
             energy_j, method = self._energy_interval()
-        numeric = {k: float(v) for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        result = EpochResult(self.epoch, config, now - self._t_start, steps, energy_j, method,
-                             numeric)
+        numeric = {
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        result = EpochResult(
+            self.epoch, config, now - self._t_start, steps, energy_j, method, numeric
+        )
         self.history.append(result)
         try:
             self.policy.epoch_end(result)
@@ -184,16 +135,18 @@ class TrialSession:
         if self._store is not None and getattr(self.policy, "writes_epochs", False) is False:
             self._store.write_epoch(self.ref, result, phase=self.policy.phase, time_s=now)
         out = dict(metrics)
-        out.update({
-            "pt_config": str(config),
-            "pt_phase": self.policy.phase,
-            "pt_epoch_s": result.seconds,
-            "pt_energy_j": energy_j,
-            "pt_energy_method": method,
-            "pt_cores": config.cores,
-            "pt_threads": self._threads_set,
-            "pt_reason": self.policy.reason,
-        })
+        out.update(
+            {
+                "pt_config": str(config),
+                "pt_phase": self.policy.phase,
+                "pt_epoch_s": result.seconds,
+                "pt_energy_j": energy_j,
+                "pt_energy_method": method,
+                "pt_cores": config.cores,
+                "pt_threads": self._threads_set,
+                "pt_reason": self.policy.reason,
+            }
+        )
         # The next epoch starts now; the policy may have changed the config.
         self.epoch += 1
         self._sync_threads()

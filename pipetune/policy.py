@@ -1,0 +1,94 @@
+"""Who decides a trial's system config, behind one small interface.
+
+- :class:`SystemPolicy` — driven by epoch boundaries from the training
+  thread; implemented by a fixed config (baselines V1/V2), the trial's
+  SystemTuner (pipetune), or a client of the node daemon that hosts either.
+- :class:`FixedPolicy` — applies one config through the controller at start.
+
+Core module: no Ray, no torch, so the daemon can host policies too.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from typing import Any
+
+from pipetune.types import EpochResult, SystemConfig
+
+log = logging.getLogger(__name__)
+
+
+class SystemPolicy(abc.ABC):
+    """Decides the system config of one trial; driven by epoch boundaries.
+
+    Called from the training thread: every method must return in
+    milliseconds (real work goes to a thread of the policy's own).
+    """
+
+    phase: str = "fixed"
+    reason: str = ""
+
+    @abc.abstractmethod
+    def start(self, pids: list[int]) -> None:
+        """The trial's processes are known; apply the starting config."""
+
+    def epoch_start(self, epoch: int) -> None:  # noqa: B027 - optional hook
+        """A new epoch (or step window) begins."""
+
+    @abc.abstractmethod
+    def epoch_end(self, result: EpochResult) -> None:
+        """An epoch ended with ``result`` (config in force, seconds, metrics)."""
+
+    @abc.abstractmethod
+    def config(self) -> SystemConfig:
+        """The config in force now."""
+
+    def threads(self) -> int:
+        """Threads the training thread should use now (follows the cores)."""
+        return self.config().cores
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """The trial ended (or crashed): restore and release everything."""
+
+
+class FixedPolicy(SystemPolicy):
+    """One config for the whole trial: baseline V1 (the same default config
+    for every trial) and V2 (the config Tune sampled for this trial)."""
+
+    def __init__(
+        self, config: SystemConfig, *, trial_id: str, controller: str = "auto", phase: str = "fixed"
+    ) -> None:
+        self._config = config
+        self._trial_id = trial_id
+        self._controller_kind = controller
+        self._controller: Any = None
+        self._handle: Any = None
+        self.phase = phase
+
+    def start(self, pids: list[int]) -> None:
+        try:
+            from pipetune.control import detect_controller
+
+            self._controller = detect_controller(self._controller_kind)
+            self._handle = self._controller.open_trial(self._trial_id, pids)
+            self._controller.apply(self._handle, self._config)
+            self.reason = f"{self.phase}: {self._config} via {self._controller.name}"
+        except Exception as e:  # noqa: BLE001 - never fail the trial for the system side
+            self.phase = "degraded"
+            self.reason = f"could not apply {self._config}: {e}"
+            log.warning("trial %s: %s; training continues untouched", self._trial_id, self.reason)
+
+    def epoch_end(self, result: EpochResult) -> None:
+        return None
+
+    def config(self) -> SystemConfig:
+        return self._config
+
+    def close(self) -> None:
+        if self._controller is not None and self._handle is not None:
+            try:
+                self._controller.close_trial(self._handle)
+            except Exception as e:  # noqa: BLE001
+                log.warning("trial %s: cleanup failed: %s", self._trial_id, e)
+            self._handle = None
