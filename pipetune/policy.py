@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Mapping
 from typing import Any
 
-from pipetune.types import EpochResult, SystemConfig
+from pipetune.config import Settings
+from pipetune.errors import ConfigError
+from pipetune.types import EpochResult, SystemConfig, SystemSpace, TrialRef
 
 log = logging.getLogger(__name__)
+
+MODES = ("pipetune", "v1", "v2")
 
 
 class SystemPolicy(abc.ABC):
@@ -92,3 +97,32 @@ class FixedPolicy(SystemPolicy):
             except Exception as e:  # noqa: BLE001
                 log.warning("trial %s: cleanup failed: %s", self._trial_id, e)
             self._handle = None
+
+
+def make_policy(
+    mode: str,
+    space: SystemSpace,
+    trial_config: Mapping[str, Any],
+    ref: TrialRef,
+    settings: Settings,
+) -> SystemPolicy:
+    """The system policy of one trial for ``mode`` (see :func:`wrap`)."""
+    if mode == "v1":
+        return FixedPolicy(
+            space.default, trial_id=ref.trial, controller=settings.controller, phase="v1"
+        )
+    if mode == "v2":
+        try:
+            config = SystemConfig(
+                int(trial_config["cores"]),
+                trial_config.get("memory_mb"),
+                int(trial_config.get("gpus", 0)),
+            )
+        except KeyError as e:
+            raise ConfigError("mode v2 needs 'cores' in the trial's Tune config") from e
+        return FixedPolicy(config, trial_id=ref.trial, controller=settings.controller, phase="v2")
+    if mode == "pipetune":
+        from pipetune.tuner import tuner_policy
+
+        return tuner_policy(space, ref, settings)
+    raise ConfigError(f"mode {mode!r}: must be one of {', '.join(MODES)}")

@@ -89,7 +89,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"\njob {result.job} ({result.mode}, {result.workload}): "
         f"{len(result.trials)} trials in {result.tuning_s:.1f} s; store {result.store}"
     )
-    header = f"{'trial':<14} {'system config':<14} {'chosen by':<10} {'metric':>8} {'epochs':>6} {'time s':>7}  hyperparameters"
+    header = (
+        f"{'trial':<14} {'system config':<14} {'chosen by':<10} {'metric':>8} "
+        f"{'epochs':>6} {'time s':>7}  hyperparameters"
+    )
     print(header)
     print("-" * len(header))
     for t in result.trials:

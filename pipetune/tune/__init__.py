@@ -24,13 +24,11 @@ from typing import Any
 
 from pipetune.config import Settings
 from pipetune.errors import ConfigError
-from pipetune.policy import FixedPolicy, SystemPolicy
+from pipetune.policy import MODES, FixedPolicy, make_policy
 from pipetune.tune.session import TrialSession, current_session
-from pipetune.types import SystemConfig, SystemSpace, TrialRef
+from pipetune.types import SystemSpace, TrialRef
 
 log = logging.getLogger(__name__)
-
-MODES = ("pipetune", "v1", "v2")
 
 __all__ = ["MODES", "current_session", "make_policy", "report", "wrap"]
 
@@ -47,35 +45,6 @@ def report(metrics: Mapping[str, Any], *, steps: int = 0, checkpoint: Any = None
             tune.report(dict(metrics))
         return dict(metrics)
     return session.report(metrics, steps=steps, checkpoint=checkpoint)
-
-
-def make_policy(
-    mode: str,
-    space: SystemSpace,
-    trial_config: Mapping[str, Any],
-    ref: TrialRef,
-    settings: Settings,
-) -> SystemPolicy:
-    """The system policy of one trial for ``mode`` (see :func:`wrap`)."""
-    if mode == "v1":
-        return FixedPolicy(
-            space.default, trial_id=ref.trial, controller=settings.controller, phase="v1"
-        )
-    if mode == "v2":
-        try:
-            config = SystemConfig(
-                int(trial_config["cores"]),
-                trial_config.get("memory_mb"),
-                int(trial_config.get("gpus", 0)),
-            )
-        except KeyError as e:
-            raise ConfigError("mode v2 needs 'cores' in the trial's Tune config") from e
-        return FixedPolicy(config, trial_id=ref.trial, controller=settings.controller, phase="v2")
-    if mode == "pipetune":
-        from pipetune.tune.tuned import TunerPolicy
-
-        return TunerPolicy(space, ref, settings)
-    raise ConfigError(f"mode {mode!r}: must be one of {', '.join(MODES)}")
 
 
 def _open_store(settings: Settings) -> Any:
