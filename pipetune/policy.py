@@ -33,6 +33,9 @@ class SystemPolicy(abc.ABC):
 
     phase: str = "fixed"
     reason: str = ""
+    #: True when the policy writes its own epochs and decisions to the store
+    #: (the SystemTuner does, with profiles); else the trial session does.
+    writes_to_store: bool = False
 
     @abc.abstractmethod
     def start(self, pids: list[int]) -> None:

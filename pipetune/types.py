@@ -294,6 +294,7 @@ class DecisionKind(str, enum.Enum):
     SETTLED = "settled"  # best of the probed configs chosen
     FALLBACK = "fallback"  # could not do better; default config kept
     DEGRADED = "degraded"  # system side failed; training continues untouched
+    FIXED = "fixed"  # a baseline (V1/V2) fixed the config for the whole trial
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipetune.policy import SystemPolicy
-from pipetune.types import EpochResult, TrialRef
+from pipetune.types import Decision, DecisionKind, EpochResult, TrialRef
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,11 @@ class TrialSession:
 
     def start(self) -> TrialSession:
         self.policy.start([os.getpid()])
+        if self._store is not None and not self.policy.writes_to_store:
+            degraded = self.policy.phase == "degraded"
+            kind = DecisionKind.DEGRADED if degraded else DecisionKind.FIXED
+            decision = Decision(kind, self.policy.config(), self.policy.reason, self.epoch)
+            self._store.write_decision(self.ref, decision)
         self._sync_threads()
         self.policy.epoch_start(self.epoch)
         self._t_start = time.time()
@@ -132,7 +137,7 @@ class TrialSession:
             self.policy.epoch_end(result)
         except Exception as e:  # noqa: BLE001
             log.warning("trial %s: system policy failed at epoch end: %s", self.ref.trial, e)
-        if self._store is not None and getattr(self.policy, "writes_epochs", False) is False:
+        if self._store is not None and not self.policy.writes_to_store:
             self._store.write_epoch(self.ref, result, phase=self.policy.phase, time_s=now)
         out = dict(metrics)
         out.update(

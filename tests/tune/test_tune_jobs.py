@@ -86,3 +86,27 @@ def test_baseline_job_writes_epochs_and_job_facts(
     end = jobs[jobs["event"] == "end"].iloc[0]
     assert end["trials"] == 2 and end["failed"] == 0 and end["tuning_s"] > 0
     assert end["best_trial"] in {t["trial"] for t in result.trials}
+    decisions = open_store(settings.store, spool_root=settings.spool_dir).decisions(f"t-{mode}")
+    assert len(decisions) == 2
+
+
+def test_job_into_a_real_influxdb(tmp_path: Path, ray_session: None, influx_url: str) -> None:
+    settings = Settings.load({"home": str(tmp_path / "home"), "store": influx_url}, env={})
+    spec = JobSpec(
+        "lenet5-mnist",
+        "v1",
+        samples=2,
+        epochs=2,
+        job="t-influx",
+        space=SystemSpace.parse("cores=1,2"),
+        fixed_hparams=SMALL,
+    )
+    result = run_job(spec, settings, verbose=0)
+    assert len(result.trials) == 2
+    store = open_store(influx_url, spool_root=tmp_path / "spool")
+    epochs, decisions = store.epochs("t-influx"), store.decisions("t-influx")
+    store.close()
+    assert len(epochs) == 4
+    assert len(decisions) == 2  # one per trial: the baseline's fixed config (or why not)
+    assert set(decisions["kind"]) <= {"fixed", "degraded"}
+    assert set(decisions["config"]) == {"2c/-m/0g"}
