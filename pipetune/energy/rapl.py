@@ -192,6 +192,7 @@ class RaplMeter(EnergyMeter):
         self._total_uj = [0] * len(self.zones)
         self._warned: set[int] = set()
         self.wraps = 0  # counter wrap-arounds seen, all zones together
+        self.polls = 0  # completed polls (lets a caller wait for one)
         if poll_interval_s is None:
             shortest = min(z.wrap_period_s for z in self.zones)
             poll_interval_s = max(MIN_POLL_INTERVAL_S,
@@ -228,6 +229,7 @@ class RaplMeter(EnergyMeter):
                         delta = raw
                 self._total_uj[i] += delta
                 self._last_uj[i] = raw
+            self.polls += 1
 
     def read_j(self) -> float:
         self.poll()
