@@ -20,8 +20,9 @@ from pipetune.errors import PipetuneError
 
 log = logging.getLogger(__name__)
 
-#: The method labels a figure can carry, in the order labels are joined.
-METHODS: tuple[str, ...] = ("rapl", "nvml", "estimated")
+#: The method labels a figure can carry, in the order labels are joined
+#: (CPU side first, then GPUs: "rapl+nvml", "estimated+nvml").
+METHODS: tuple[str, ...] = ("rapl", "estimated", "nvml")
 
 
 class EnergyError(PipetuneError):
