@@ -38,8 +38,10 @@ class TrialEnergy:
         gpus: GPU indices the trial holds, or a callable giving them.  Default:
             the GPUs on which NVML lists one of the trial's processes.
 
-    :meth:`interval` never raises: attribution must not stop training.  The
-    first interval runs from construction.  Thread-safe.
+    Neither construction nor :meth:`interval` raises: attribution must not
+    stop training.  A failure gives ``(0.0, "none")`` for that interval, and
+    the next one starts from the next good reading.  The first interval runs
+    from construction.  Thread-safe.
     """
 
     def __init__(self, meters: Sequence[EnergyMeter], pids: PidsSource,
@@ -57,13 +59,30 @@ class TrialEnergy:
             self._gpus = lambda: fixed
         self._lock = threading.Lock()
         self._tree = ProcessTreeCpu(pids)
-        self._last_cpu_s = self._tree.total_s
-        self._last_node_busy_s = node_busy_s()
-        self._last_cpu_j = self._read_cpu_j()
-        self._last_gpu_j = self._read_gpus_j()
         self.total_j = 0.0
         self.last_cpu_share = 0.0
         self._failed = False
+        self._has_baseline = False
+        with self._lock:
+            self._guarded(self._take_baseline)
+
+    def _take_baseline(self) -> tuple[float, str]:
+        self._last_cpu_s = self._tree.sample()
+        self._last_node_busy_s = node_busy_s()
+        self._last_cpu_j = self._read_cpu_j()
+        self._last_gpu_j = self._read_gpus_j()
+        self._has_baseline = True
+        return 0.0, "none"
+
+    def _guarded(self, step: Callable[[], tuple[float, str]]) -> tuple[float, str]:
+        try:
+            return step()
+        except Exception:  # noqa: BLE001 - attribution must not stop training
+            if not self._failed:
+                log.warning("trial energy attribution failed; reporting 0 J with method "
+                            "'none'", exc_info=True)
+                self._failed = True
+            return 0.0, "none"
 
     def _read_cpu_j(self) -> float:
         return sum(m.read_j() for m in self._cpu_meters)
@@ -88,13 +107,10 @@ class TrialEnergy:
     def interval(self) -> tuple[float, str]:
         """``(joules since the last call, method label)`` for this trial."""
         with self._lock:
-            try:
-                return self._interval()
-            except Exception:  # noqa: BLE001 - attribution must not stop training
-                if not self._failed:
-                    log.warning("trial energy attribution failed; reporting 0 J", exc_info=True)
-                    self._failed = True
-                return 0.0, "none"
+            if not self._has_baseline:
+                # No start point (the meters failed before): none can be invented.
+                return self._guarded(self._take_baseline)
+            return self._guarded(self._interval)
 
     def _interval(self) -> tuple[float, str]:
         cpu_s = self._tree.sample()
