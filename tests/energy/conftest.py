@@ -1,4 +1,8 @@
-"""Fixtures for energy tests: real CPU-burning child processes."""
+"""Fixtures for energy tests: real CPU-burning child processes.
+
+This folder goes on ``sys.path`` so the tests import their helper modules
+(``energy_fake_nvml``) under pytest's importlib import mode too.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
-BURNER = Path(__file__).with_name("burner.py")
+HERE = Path(__file__).parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+BURNER = HERE / "burner.py"
 
 
 class Burner:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from fake_nvml import FakeGpu, FakeNvml
+from energy_fake_nvml import FakeGpu, FakeNvml
 
 from pipetune.energy import METHODS, EnergyMeter, EstimatedMeter, NvmlMeter, RaplMeter
 

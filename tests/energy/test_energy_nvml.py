@@ -7,7 +7,7 @@ import os
 import time
 
 import pytest
-from fake_nvml import NOT_SUPPORTED, FakeGpu, FakeNvml, FakeNVMLError
+from energy_fake_nvml import NOT_SUPPORTED, FakeGpu, FakeNvml, FakeNVMLError
 
 from pipetune.energy import (
     EnergyUnavailableError,
