@@ -47,8 +47,8 @@ class EnergyMeter(abc.ABC):
     - All methods are thread-safe: one meter is shared by the power sampler
       and every trial's :class:`~pipetune.energy.TrialEnergy`.
     - The meter owns whatever it opened (a poll thread, an NVML session) and
-      releases it in :meth:`close`; reading after ``close`` returns the last
-      value.
+      releases it in :meth:`close`; reading after ``close`` never fails and
+      never goes back (counter meters return their last value).
     - A transient read failure never raises out of :meth:`read_j` (training
       must not fail because of pipetune): it is logged once and the last good
       value is kept.

@@ -88,20 +88,14 @@ def rapl_zones(sysfs_root: Path = Path("/")) -> list[RaplZone]:
             f"no RAPL: {base} does not exist (no powercap support in this kernel or VM)"
         )
     zones: list[tuple[tuple[int, int], RaplZone]] = []
-    names: dict[int, str] = {}
-    entries = sorted(p for p in base.iterdir() if _ZONE_RE.match(p.name))
-    for path in entries:
+    found = []  # (package, sub-zone or None, path, name)
+    for path in sorted(base.iterdir()):
         m = _ZONE_RE.match(path.name)
-        assert m is not None  # filtered above
-        pkg, sub = int(m.group(1)), m.group(2)
-        name = _read_text(path / "name") or ""
-        if sub is None:
-            names[pkg] = name
-    for path in entries:
-        m = _ZONE_RE.match(path.name)
-        assert m is not None
-        pkg, sub = int(m.group(1)), m.group(2)
-        name = _read_text(path / "name") or ""
+        if m is not None:
+            sub = None if m.group(2) is None else int(m.group(2))
+            found.append((int(m.group(1)), sub, path, _read_text(path / "name") or ""))
+    names = {pkg: name for pkg, sub, _, name in found if sub is None}
+    for pkg, sub, path, name in found:
         if sub is None and not (name.startswith("package") or name == "dram"):
             continue  # psys overlaps the packages; unknown zones are not node energy
         if sub is not None and name != "dram":
@@ -121,7 +115,7 @@ def rapl_zones(sysfs_root: Path = Path("/")) -> list[RaplZone]:
         max_power_w = None
         if power_text and power_text.isdigit() and int(power_text) > 0:
             max_power_w = int(power_text) / 1e6
-        key = (pkg, -1 if sub is None else int(sub))
+        key = (pkg, -1 if sub is None else sub)
         zones.append((key, RaplZone(path, label, max_range, max_power_w)))
     if not zones:
         raise EnergyUnavailableError(
