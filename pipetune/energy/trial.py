@@ -7,9 +7,11 @@ rule (DESIGN §12):
                             x trial CPU seconds / node busy CPU seconds
     trial GPU energy      = energy of the GPUs the trial holds, in full
 
-CPU-side energy comes from RAPL when the node has it, else from the
-estimate; GPU energy from NVML.  The label says which sources contributed:
-``"rapl"``, ``"estimated"``, ``"rapl+nvml"``, ``"estimated+nvml"``.
+The share is of *busy* node CPU time, so RAPL's idle power is carried by
+whoever was busy in the interval.  CPU-side energy comes from RAPL when the
+node has it, else from the estimate; GPU energy from NVML.  The label says
+which sources contributed: ``"rapl"``, ``"estimated"``, ``"rapl+nvml"``,
+``"estimated+nvml"``.
 """
 
 from __future__ import annotations

@@ -145,3 +145,15 @@ def test_trial_gets_the_energy_of_the_gpu_it_holds() -> None:
     assert label_named == label_found == "estimated+nvml"
     assert e_named == pytest.approx(40.0 + cpu_part, abs=0.5)
     assert e_found == pytest.approx(7.0 + cpu_part, abs=0.5)
+
+
+def test_the_fake_speaks_real_pynvml() -> None:
+    """Every NVML call the fake answers exists in the installed nvidia-ml-py, and
+    real errors carry ``.value`` as the fake's do (NvmlMeter relies on both)."""
+    pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed")
+    calls = [name for name in dir(FakeNvml) if name.startswith("nvml")]
+    assert "nvmlDeviceGetTotalEnergyConsumption" in calls
+    assert [name for name in calls if not hasattr(pynvml, name)] == []
+    assert pynvml.NVML_ERROR_NOT_SUPPORTED == NOT_SUPPORTED
+    err = pynvml.NVMLError(NOT_SUPPORTED)
+    assert err.value == NOT_SUPPORTED and isinstance(err, pynvml.NVMLError)
