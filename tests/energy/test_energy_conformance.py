@@ -75,10 +75,12 @@ def test_monotonic_and_exact_under_concurrent_readers(
     start = m.read_j()
     assert start >= 0.0
     backwards: list[float] = []
+    counter = j_per_uj == j_per_uj  # not NaN: a counter source, exact
+    reads = 300 if counter else 50  # a process-tree scan costs ms: fewer
 
     def reader() -> None:
         last = m.read_j()
-        for _ in range(300):
+        for _ in range(reads):
             now = m.read_j()
             if now < last:
                 backwards.append(last - now)
@@ -93,7 +95,7 @@ def test_monotonic_and_exact_under_concurrent_readers(
         t.join(timeout=60)
     assert not backwards
     total = m.read_j() - start
-    if j_per_uj == j_per_uj:  # a counter source: exact
+    if counter:
         assert total == pytest.approx(400 * 5_000_000 * j_per_uj)
     else:
         assert total > 0.0  # this process did the reading and writing work
