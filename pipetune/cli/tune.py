@@ -7,7 +7,9 @@ cluster.  The job's epochs, decisions and job facts go to the store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from dataclasses import asdict
 
 from pipetune.config import Settings
@@ -81,7 +83,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         fixed_hparams=_parse_set(args.set),
         **kwargs,
     )
-    result = run_job(spec, settings, verbose=0 if args.json else 1)
+    if args.json:
+        # Tune prints its progress boxes even at verbose=0: keep stdout pure JSON.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_job(spec, settings, verbose=0)
+    else:
+        result = run_job(spec, settings, verbose=1)
     if args.json:
         print(json.dumps(asdict(result), indent=2, default=str))
         return 0

@@ -123,8 +123,11 @@ def wrap(
                 system.default, trial_id=ref.trial, controller="dry-run", phase="degraded"
             )
             policy.reason = str(e)
+        import ray
+
+        where = {"pt_node": settings.node, "pt_ray_node": ray.get_runtime_context().get_node_id()}
         session = TrialSession(
-            ref, policy, report_fn=tune.report, store=store, energy=_open_energy()
+            ref, policy, report_fn=tune.report, store=store, energy=_open_energy(), extra=where
         )
         session_module.set_current(session)
         try:

@@ -249,6 +249,7 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
                 "reason": m.get("pt_reason"),
                 metric: m.get(metric),
                 "epochs": m.get("training_iteration"),
+                "ray_node": m.get("pt_ray_node"),
                 "seconds": m.get("time_total_s"),
                 "error": str(r.error) if r.error else None,
             }

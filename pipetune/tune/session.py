@@ -67,6 +67,7 @@ class TrialSession:
         store: Any = None,
         energy: Any = None,
         first_epoch: int = 0,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         self.ref = ref
         self.policy = policy
@@ -77,6 +78,7 @@ class TrialSession:
         self.history: list[EpochResult] = []
         self._t_start = time.time()
         self._threads_set: int | None = None
+        self._extra = dict(extra or {})
 
     def start(self) -> TrialSession:
         self.policy.start([os.getpid()])
@@ -150,6 +152,7 @@ class TrialSession:
                 "pt_cores": config.cores,
                 "pt_threads": self._threads_set,
                 "pt_reason": self.policy.reason,
+                **self._extra,
             }
         )
         # The next epoch starts now; the policy may have changed the config.
