@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _PERIOD_US = 100_000
 _MIN_QUOTA_US = 1_000  # the kernel refuses less than 1 ms per period
+_SHARES = 1024  # cpu.shares of one task
 
 
 class CgroupV1Controller(CgroupController):
@@ -110,6 +111,12 @@ class CgroupV1Controller(CgroupController):
     def _init_parent(self, key: str, parent: Path) -> None:
         if self._key_of.get("cpuset") == key:
             self._copy_cpuset(parent.parent, parent)
+        if self._key_of.get("cpu") == key:
+            # Under CFS group scheduling a group competes with its siblings as
+            # ONE task of weight cpu.shares: at the default 1024 all trials
+            # together would get the share of a single thread on a busy node.
+            # Weigh the parent like one busy task per CPU it may use.
+            self._set_shares(parent, len(self.allowed_cpus()))
 
     def _init_group(self, key: str, group: Path) -> None:
         if self._key_of.get("cpuset") == key:
@@ -120,6 +127,12 @@ class CgroupV1Controller(CgroupController):
                 self.fs.write(group / "memory.move_charge_at_immigrate", "3\n")
             except PipetuneError as e:
                 log.debug("cgroup-v1: move_charge_at_immigrate not set: %s", e)
+
+    def _set_shares(self, group: Path, cpus: int) -> None:
+        try:
+            self.fs.write(group / "cpu.shares", f"{_SHARES * max(1, cpus)}\n")
+        except PipetuneError as e:
+            log.debug("cgroup-v1: cpu.shares of %s not set: %s", group, e)
 
     # -- apply -----------------------------------------------------------------
 
@@ -151,6 +164,8 @@ class CgroupV1Controller(CgroupController):
                          or _PERIOD_US)
             quota_us = -1 if quota is None else max(_MIN_QUOTA_US, round(quota * period))
             writes.append((cpu / "cpu.cfs_quota_us", f"{quota_us}\n"))
+            # A trial of N cores competes like N busy tasks (see _init_parent).
+            writes.append((cpu / "cpu.shares", f"{_SHARES * len(chosen)}\n"))
         elif quota is not None:
             skipped["cpu_quota"] = "no cpu controller mounted"
 

@@ -104,6 +104,14 @@ class CgroupV2Controller(CgroupController):
             raise ControlError(f"cgroup-v2: no cpu/cpuset/memory controller in {self.own_dir}")
         self._enable(self.own_dir, wanted)
         self._enable(parent, wanted)
+        if "cpu" in wanted:
+            # As in v1: the parent competes as one entity; weigh it like one
+            # busy task per CPU (cpu.weight 100 = one task).
+            try:
+                self.fs.write(parent / "cpu.weight",
+                              f"{min(10000, 100 * len(self.allowed_cpus()))}\n")
+            except PipetuneError as e:
+                log.debug("cgroup-v2: cpu.weight of %s not set: %s", parent, e)
 
     # -- apply -----------------------------------------------------------------
 
@@ -133,6 +141,8 @@ class CgroupV2Controller(CgroupController):
             period = int(parts[1]) if len(parts) == 2 and parts[1].isdigit() else _PERIOD_US
             value = "max" if quota is None else str(max(_MIN_QUOTA_US, round(quota * period)))
             writes.append((g / "cpu.max", f"{value} {period}\n"))
+            if fs.exists(g / "cpu.weight"):
+                writes.append((g / "cpu.weight", f"{min(10000, 100 * len(chosen))}\n"))
         elif quota is not None:
             skipped["cpu_quota"] = "cpu controller not enabled"
 
