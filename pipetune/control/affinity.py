@@ -197,6 +197,10 @@ class AffinityController(Controller):
                             continue
             log.info("%s: trial %s closed", self.name, handle.trial_id)
 
+    def open_trials(self) -> list[TrialHandle]:
+        with self._lock:
+            return [t.handle for t in self._trials.values()]
+
     def cleanup_stale(self) -> int:
         # Affinity leaves nothing behind on the host to clean.
         return 0
