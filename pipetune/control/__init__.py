@@ -156,9 +156,9 @@ def detect_controller(kind: str = "auto", *, cgroup_root: Path = Path(_SYS),
             raise PrivilegeError(f"cgroups not writable: {ok}")
     except (ControlError, OSError) as e:
         if kind == "cgroup":
-            if isinstance(e, OSError):
-                raise ControlError(f"cannot read the cgroup layout: {e}") from e
-            raise
+            if isinstance(e, PipetuneError):  # PrivilegeError is an OSError too
+                raise
+            raise ControlError(f"cannot read the cgroup layout: {e}") from e
         log.warning("cgroups unusable (%s): falling back to CPU affinity "
                     "(no CPU quota, no memory limit)", e)
         return AffinityController()

@@ -172,8 +172,9 @@ class NodeAllocator:
 
     def _pick(self, free: list[int], need: int, near: Sequence[int]) -> list[int]:
         """``need`` CPUs of ``free``: from one (node, package) domain when one
-        can hold them (the tightest such, or the one ``near`` already uses),
-        else the fullest domains first; within a domain one thread per
+        can hold them (the one ``near`` already uses, else the one where they
+        share the fewest physical cores with other trials, else the tightest
+        fit), else the fullest domains first; within a domain one thread per
         physical core first."""
         if need <= 0 or not free:
             return []
@@ -182,9 +183,19 @@ class NodeAllocator:
             t = self._topo[c]
             domains.setdefault((t.node, t.package), []).append(c)
         near_domains = {(self._topo[c].node, self._topo[c].package) for c in near}
+        # Physical cores another trial already runs on: their SMT siblings
+        # would fight it for the same execution units.
+        busy = {(self._topo[c].package, self._topo[c].core) for held in self._held.values()
+                for c in held}
+
+        def contention(d: tuple[int, int]) -> int:
+            return sum((self._topo[c].package, self._topo[c].core) in busy
+                       for c in self._spread(domains[d])[:need])
+
         fitting = [d for d, cs in domains.items() if len(cs) >= need]
         if fitting:
-            best = min(fitting, key=lambda d: (d not in near_domains, len(domains[d]), d))
+            best = min(fitting, key=lambda d: (d not in near_domains, contention(d),
+                                               len(domains[d]), d))
             order = [best]
         else:
             order = sorted(domains, key=lambda d: (-len(domains[d]), d))

@@ -88,8 +88,7 @@ class CgroupV2Controller(CgroupController):
             self.fs.write(group / "cgroup.subtree_control",
                           " ".join(f"+{c}" for c in missing) + "\n")
         except PipetuneError as e:
-            cause = e.__cause__
-            if isinstance(cause, OSError) and cause.errno == errno.EBUSY:
+            if getattr(e, "os_errno", None) == errno.EBUSY:
                 raise ControlError(
                     f"cgroup-v2: cannot enable {' '.join(missing)} below {group}: it holds "
                     "processes (v2 'no internal processes' rule); start pipetune in a "

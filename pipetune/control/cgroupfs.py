@@ -216,6 +216,12 @@ class CgroupFs:
 
     @staticmethod
     def _error(what: str, path: Path, e: OSError) -> ControlError:
+        """The pipetune error for ``e``; ``os_errno`` keeps the OS's code for
+        callers that explain particular ones (EBUSY in v2)."""
+        err: ControlError
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return PrivilegeError(f"cannot {what} {path}: {e.strerror}")
-        return ControlError(f"cannot {what} {path}: {e.strerror or e}")
+            err = PrivilegeError(f"cannot {what} {path}: {e.strerror}")
+        else:
+            err = ControlError(f"cannot {what} {path}: {e.strerror or e}")
+        err.os_errno = e.errno  # type: ignore[attr-defined]
+        return err

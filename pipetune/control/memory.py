@@ -152,8 +152,10 @@ class MemoryGuard:
                             event.kind.value)
                 return event
             self.infeasible.add(bad)
-            target = self._safe or SystemConfig(bad.cores, None, bad.gpus)
-            kw = self._safe_kw if self._safe is not None else self._current_kw
+            if self._safe is not None and self._safe not in self.infeasible:
+                target, kw = self._safe, self._safe_kw
+            else:  # nothing known safe: the same cores without a memory limit
+                target, kw = SystemConfig(bad.cores, None, bad.gpus), self._current_kw
         try:
             controller.apply(handle, target, **kw)  # type: ignore[arg-type]
         except ControlError as e:
