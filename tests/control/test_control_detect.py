@@ -111,7 +111,7 @@ def test_container_root_is_stripped(tmp_path):
     assert len(ctl.own_dirs) == 2  # cpu and cpuacct share one hierarchy
 
 
-def test_this_host_is_writable_and_auto_picks_cgroups():
+def test_this_host_is_writable_and_auto_picks_cgroups(no_cgroup_left):
     ok = cgroups_writable()
     if ok is not True:
         pytest.skip(f"not writable here: {ok}")

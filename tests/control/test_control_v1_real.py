@@ -177,3 +177,39 @@ def test_processes_started_later_are_inside(v1, spawn):
             os.kill(child, 9)  # by PID: the child we made start
     finally:
         v1.close_trial(h)
+
+
+CRASHING_CONTROLLER = """
+import subprocess, sys, time
+from pipetune.control import cgroup_controller
+from pipetune.types import SystemConfig
+ctl = cgroup_controller()
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+h = ctl.open_trial("crashy", [worker.pid])
+ctl.apply(h, SystemConfig(1), cpu_quota=0.5)
+print(worker.pid, h.group, flush=True)
+time.sleep(600)
+"""
+
+
+def test_groups_of_a_killed_controller_are_cleaned_on_next_start(v1, spawn, monkeypatch):
+    """The controlling process dies with a trial open (kill -9): the next
+    pipetune start removes its groups and frees the surviving worker."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
+    ctl_proc = spawn(CRASHING_CONTROLLER, wait_ready=False)
+    worker_s, group = ctl_proc.stdout.readline().split()
+    worker = int(worker_s)
+    try:
+        dirs = [v1.parent_dir(k) / group for k in v1.own_dirs]
+        assert all(d.is_dir() for d in dirs)
+        ctl_proc.kill()  # by PID: the controller we started
+        ctl_proc.wait()
+        assert v1.cleanup_stale() >= 1
+        assert not any(d.exists() for d in dirs)
+        # The worker survived and is no longer limited.
+        assert Path(f"/proc/{worker}").exists()
+        cg = Path(f"/proc/{worker}/cgroup").read_text()
+        assert group not in cg
+        assert parse_cpus(cpus_allowed_list(worker)) == v1.allowed_cpus()
+    finally:
+        os.kill(worker, 9)  # by PID: the worker our controller started
