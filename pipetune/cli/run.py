@@ -12,8 +12,10 @@ stderr; with ``--json`` one JSON object is the last line of stdout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -126,6 +128,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         # The terminal's Ctrl-C reaches the command itself; we wait to report.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         start = time.monotonic()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         os.write(w, b"g")
         os.close(w)
         usage = ctl.usage(handle)
@@ -137,6 +140,12 @@ def run(args: argparse.Namespace, settings: Any) -> int:
                 usage = ctl.usage(handle)  # backends without a kernel peak need samples
         wall_s = time.monotonic() - start
         usage = ctl.usage(handle)
+        if not ctl.name.startswith("cgroup"):
+            # Without a cgroup's accounting, the reaped command's own rusage
+            # (ours is its only child) is exact where /proc samples miss the end.
+            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_s = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+            usage = dataclasses.replace(usage, cpu_s=max(usage.cpu_s, cpu_s))
     finally:
         signal.signal(signal.SIGINT, old_int)
         for s, h in forwarded.items():

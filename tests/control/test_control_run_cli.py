@@ -108,3 +108,16 @@ def test_command_never_runs_when_limits_fail(tmp_path):
     r = pipetune_run("--cpus", "0,77", "--", "touch", str(marker))
     assert r.returncode == 2
     assert not marker.exists()
+
+
+def test_affinity_fallback_limits_cores_and_refuses_what_it_cannot(tmp_path):
+    script = tmp_path / "busy.py"
+    script.write_text(BUSY_2PROC)
+    r = pipetune_run("--controller", "affinity", "--cores", "1", "--json", "--",
+                     sys.executable, str(script), "2")
+    assert r.returncode == 0, r.stderr
+    rep = last_json(r.stdout)
+    assert rep["controller"] == "affinity" and len(rep["applied"]["cpus"]) == 1
+    assert 0.2 <= rep["cpu_per_wall"] <= 1.15
+    r = pipetune_run("--controller", "affinity", "--memory-mb", "100", "--", "true")
+    assert r.returncode == 2 and "cannot enforce memory_mb" in r.stderr
