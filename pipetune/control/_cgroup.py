@@ -79,8 +79,13 @@ class CgroupController(Controller):
         parent = self.parent_dir(key)
         if not self.fs.exists(self.own_dirs[key]):
             raise ControlError(f"{self.name}: own cgroup {self.own_dirs[key]} does not exist")
-        self.fs.mkdir(parent)
-        self._init_parent(key, parent)
+        made = self.fs.mkdir(parent)
+        try:
+            self._init_parent(key, parent)
+        except BaseException:
+            if made:  # leave nothing behind that we could not set up
+                self._remove_parents()
+            raise
         return parent
 
     def _make_group(self, key: str, name: str) -> Path:

@@ -77,7 +77,9 @@ class CgroupV2Controller(CgroupController):
     # -- hooks -----------------------------------------------------------------
 
     def available_controllers(self) -> list[str]:
-        return self.fs.read_or(self.own_dir / "cgroup.controllers").split()
+        """The controllers pipetune uses that this hierarchy offers here."""
+        have = self.fs.read_or(self.own_dir / "cgroup.controllers").split()
+        return [c for c in _CONTROLLERS if c in have]
 
     def _enable(self, group: Path, wanted: Sequence[str]) -> None:
         on = set(self.fs.read_or(group / "cgroup.subtree_control").split())
@@ -98,7 +100,7 @@ class CgroupV2Controller(CgroupController):
             raise
 
     def _init_parent(self, key: str, parent: Path) -> None:
-        wanted = [c for c in _CONTROLLERS if c in self.available_controllers()]
+        wanted = self.available_controllers()
         if not wanted:
             raise ControlError(f"cgroup-v2: no cpu/cpuset/memory controller in {self.own_dir}")
         self._enable(self.own_dir, wanted)

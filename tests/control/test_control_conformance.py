@@ -22,6 +22,8 @@ from pipetune.control import (
     DryRunController,
     cgroup_controller,
     cgroups_writable,
+    detect_cgroups,
+    own_cgroups,
     parse_cpus,
 )
 from pipetune.control.base import PARENT_NAME, process_start_ticks
@@ -82,7 +84,7 @@ class Harness:
         return [Path(p) for p in handle.paths]
 
 
-BACKENDS = ["cgroup-v1", "cgroup-v2-fake", "affinity", "dry-run"]
+BACKENDS = ["cgroup-v1", "cgroup-v2-fake", "cgroup-v2-real", "affinity", "dry-run"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -97,6 +99,16 @@ def h(request, tmp_path, no_cgroup_left):
             pytest.skip("host cgroups are not v1")
         fs = FailingFs()
         harness = Harness(CgroupV1Controller(dict(host.controller_dirs), fs=fs), kind, fs)
+    elif kind == "cgroup-v2-real":
+        info, own = detect_cgroups(), own_cgroups()
+        if info.unified is None or "unified" not in own:
+            pytest.skip("no cgroup v2 hierarchy on this host")
+        fs = FailingFs()
+        ctl = CgroupV2Controller(info.unified, own["unified"], mount_root=info.unified_root,
+                                 fs=fs)
+        if not ctl.available_controllers():
+            pytest.skip(f"cgroup v2 at {ctl.own_dir} offers no cpu/cpuset/memory controller")
+        harness = Harness(ctl, kind, fs)
     elif kind == "cgroup-v2-fake":
         root = tmp_path / "cgroup"
         fs = FakeCgroupV2Fs(root)

@@ -184,6 +184,7 @@ def test_v2_internal_process_rule_is_explained(tmp_path):
     kw["fs"] = fs
     why = cgroups_writable(**kw)
     assert "no internal processes" in why and "Delegate=yes" in why
+    assert not (kw["cgroup_root"] / "me" / "pipetune").exists()  # nothing left half-made
 
 
 def test_no_cgroups_at_all(tmp_path):
