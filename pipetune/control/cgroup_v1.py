@@ -11,8 +11,10 @@ on its own hierarchy or co-mounted (``cpu,cpuacct``).  v1 rules it follows:
   when lowering it goes first, when raising ``memsw`` goes first;
 * existing memory charges move with a process only when
   ``memory.move_charge_at_immigrate`` is set, so it is set (best effort)
-  before the move, otherwise a limit would ignore what the trial already
-  holds.
+  before the move.  Linux 6.x dropped that (EINVAL): memory a process held
+  before joining stays charged to its old group and a limit only counts what
+  it allocates afterwards; a limit below the processes' resident memory is
+  still refused (checked against /proc).
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ class CgroupV1Controller(CgroupController):
 
         mem = self._dir(handle, "memory")
         if mem is not None:
-            writes.extend(self._memory_writes(mem, config.memory_mb))
+            writes.extend(self._memory_writes(mem, config.memory_mb, self._rss_bytes(mem)))
         elif config.memory_mb is not None:
             skipped["memory_mb"] = "no memory controller mounted"
         if config.gpus:
@@ -179,7 +181,23 @@ class CgroupV1Controller(CgroupController):
         return writes, Applied(handle.trial_id, self.name, config, chosen, quota,
                                config.memory_mb, skipped)
 
-    def _memory_writes(self, mem: Path, memory_mb: int | None) -> list[tuple[Path, str]]:
+    def _rss_bytes(self, mem: Path) -> int:
+        """Resident memory of the group's processes from /proc.  Where the kernel
+        cannot move charges (``move_charge_at_immigrate`` is gone since Linux
+        6.x), memory a process held before it joined stays charged to its old
+        group, so ``memory.usage_in_bytes`` alone would undercount it."""
+        import psutil
+
+        total = 0
+        for pid in self.fs.pids(mem):
+            try:
+                total += psutil.Process(pid).memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+
+    def _memory_writes(self, mem: Path, memory_mb: int | None,
+                       rss_bytes: int = 0) -> list[tuple[Path, str]]:
         limit = mem / "memory.limit_in_bytes"
         memsw = mem / "memory.memsw.limit_in_bytes"
         has_memsw = self.fs.exists(memsw)
@@ -187,7 +205,7 @@ class CgroupV1Controller(CgroupController):
             new = -1
         else:
             new = memory_mb * MB
-            used = int(self.fs.read(mem / "memory.usage_in_bytes").strip() or 0)
+            used = max(rss_bytes, int(self.fs.read(mem / "memory.usage_in_bytes").strip() or 0))
             if new < used:
                 raise ControlInputError(
                     f"memory limit {memory_mb} MB is below the trial's current usage "

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from control_helpers import BUSY, SLEEPER, cpu_s_of, cpus_allowed_list
 
-from pipetune.control import MemoryEventKind, MemoryGuard, parse_cpus
+from pipetune.control import ControlInputError, MemoryEventKind, MemoryGuard, parse_cpus
 from pipetune.types import SystemConfig
 
 ALLOC = """
@@ -213,3 +213,19 @@ def test_groups_of_a_killed_controller_are_cleaned_on_next_start(v1, spawn, monk
         assert parse_cpus(cpus_allowed_list(worker)) == v1.allowed_cpus()
     finally:
         os.kill(worker, 9)  # by PID: the worker our controller started
+
+
+def test_limit_below_memory_held_before_joining_is_refused(v1, spawn):
+    """Linux 6.x no longer moves memory charges with a process: the check
+    against current usage must still see what the process holds."""
+    p = spawn('b = b"x" * (150 << 20)\nprint("ready", flush=True)\nimport time\ntime.sleep(600)')
+    h = v1.open_trial("held", [p.pid])
+    try:
+        with pytest.raises(ControlInputError, match="below the trial's current usage"):
+            v1.apply(h, SystemConfig(1, 100))
+        assert v1.limits(h)["memory_mb"] is None
+        assert p.poll() is None
+        v1.apply(h, SystemConfig(1, 400))  # above it: fine
+        assert v1.limits(h)["memory_mb"] == 400
+    finally:
+        v1.close_trial(h)
