@@ -74,6 +74,7 @@ class CgroupV1Controller(CgroupController):
         self._key_of = {c: next(k for k, d in own.items() if d == cd)
                         for c, cd in self.controller_dirs.items()}
         super().__init__(own, fs=fs)
+        self._seen_mb: dict[str, float] = {}
 
     @classmethod
     def from_host(cls, info: CgroupInfo | None = None, *,
@@ -260,13 +261,22 @@ class CgroupV1Controller(CgroupController):
                 throttled_s = stat.get("throttled_time", 0) / 1e9
             mem = self._dir(handle, "memory")
             if mem is not None:
-                cur = int(fs.read(mem / "memory.usage_in_bytes").strip() or 0) / MB
-                peak = int(fs.read(mem / "memory.max_usage_in_bytes").strip() or 0) / MB
+                # What the processes hold counts even where it stayed charged
+                # to their old group (see _rss_bytes).
+                cur = max(int(fs.read(mem / "memory.usage_in_bytes").strip() or 0),
+                          self._rss_bytes(mem)) / MB
+                self._seen_mb[handle.group] = max(self._seen_mb.get(handle.group, 0.0), cur)
+                peak = max(int(fs.read(mem / "memory.max_usage_in_bytes").strip() or 0) / MB,
+                           self._seen_mb[handle.group])
                 ctl = _kv(fs.read_or(mem / "memory.oom_control"))
                 oom = ctl.get("oom_kill", 0)
                 under = bool(ctl.get("under_oom", 0))
                 hits = int(fs.read_or(mem / "memory.failcnt", "0").strip() or 0)
             return Usage(cpu_s, cur, max(peak, cur), throttled_s, periods, oom, hits, under)
+
+    def close_trial(self, handle: TrialHandle) -> None:
+        super().close_trial(handle)
+        self._seen_mb.pop(handle.group, None)
 
     def cpu_s_per_cpu(self, handle: TrialHandle) -> list[float]:
         """CPU seconds the trial spent on each CPU (``cpuacct.usage_percpu``):

@@ -121,3 +121,23 @@ def test_affinity_fallback_limits_cores_and_refuses_what_it_cannot(tmp_path):
     assert 0.2 <= rep["cpu_per_wall"] <= 1.15
     r = pipetune_run("--controller", "affinity", "--memory-mb", "100", "--", "true")
     assert r.returncode == 2 and "cannot enforce memory_mb" in r.stderr
+
+
+def test_sigterm_is_forwarded_and_the_group_removed():
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "pipetune", "run", "--cores", "1", "--json",
+                          "--", "sleep", "30"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()  # by PID: the pipetune run we started
+            p.wait()
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert last_json(out)["signal"] == "SIGTERM"
