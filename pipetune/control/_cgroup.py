@@ -92,16 +92,16 @@ class CgroupController(Controller):
         # Another pipetune process may remove an empty parent between our
         # mkdir of the parent and of the group: make the parent again.
         for attempt in range(3):
-            parent = self._ensure_parent(key)
-            group = parent / name
             try:
+                parent = self._ensure_parent(key)
+                group = parent / name
                 if not self.fs.mkdir(group):
                     raise ControlInputError(f"{self.name}: group {group} already exists")
                 return group
             except ControlInputError:
                 raise
             except ControlError:
-                if attempt == 2 or self.fs.exists(parent):
+                if attempt == 2 or self.fs.exists(self.parent_dir(key)):
                     raise
         raise AssertionError("unreachable")
 
@@ -124,6 +124,7 @@ class CgroupController(Controller):
             except BaseException:
                 for group in reversed(made):
                     self._empty_and_remove(group, self._owner_of(group))
+                self._remove_parents()
                 raise
             self._open[trial_id] = handle
             log.info("%s: trial %s opened as %s with pids %s", self.name, trial_id, name, pids)

@@ -228,7 +228,10 @@ class Controller(abc.ABC):
                 f"CPUs are available ({format_cpus(allowed)})"
             )
         if cpus is not None:
-            chosen = tuple(sorted(set(int(c) for c in cpus)))
+            try:
+                chosen = tuple(sorted({int(c) for c in cpus}))
+            except (TypeError, ValueError) as e:
+                raise ControlInputError(f"cpus {cpus!r}: not a list of CPU numbers") from e
             if len(chosen) != config.cores:
                 raise ControlInputError(
                     f"config {config}: cpus {format_cpus(chosen)} are {len(chosen)} CPUs, "

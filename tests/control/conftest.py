@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from control_helpers import (
+    HOST_DIRS,
     FakeCgroupV2Fs,
     Spawner,
     _uptime_ticks,
@@ -32,7 +33,7 @@ from pipetune.control import (
     cgroup_controller,
     cgroups_writable,
 )
-from pipetune.control.base import parse_group_name, process_start_ticks
+from pipetune.control.base import PARENT_NAME, parse_group_name, process_start_ticks
 
 
 @pytest.fixture
@@ -45,6 +46,7 @@ def spawn() -> Iterator[Spawner]:
 @pytest.fixture
 def no_cgroup_left() -> Iterator[None]:
     before = pipetune_groups()
+    parents_before = {k for k, own in HOST_DIRS.items() if (own / PARENT_NAME).is_dir()}
     test_start = _uptime_ticks() - 1
     yield
     left = []
@@ -57,6 +59,11 @@ def no_cgroup_left() -> Iterator[None]:
         died_child = process_start_ticks(pid) is None and start >= test_start
         if ours or died_child:
             left.append(f"{key}:{name}")
+    for key, own in HOST_DIRS.items():
+        parent = own / PARENT_NAME
+        if key not in parents_before and parent.is_dir() and not any(
+                p.is_dir() for p in parent.iterdir()):
+            left.append(f"{key}:{PARENT_NAME} (empty parent)")
     assert not left, f"test left cgroups behind: {left}"
 
 
