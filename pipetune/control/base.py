@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipetune.errors import ControlError, PrivilegeError
+from pipetune.errors import ControlError, NotSupportedError, PrivilegeError
 from pipetune.types import SystemConfig
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,8 @@ class Controller(abc.ABC):
     the contract (thread safety, rollback, units).
 
     Subclasses implement the abstract methods; :meth:`allowed_cpus` has a
-    default built on ``os.sched_getaffinity``.
+    default built on ``os.sched_getaffinity``; :meth:`members`,
+    :meth:`limits` and :meth:`open_trials` are optional.
     """
 
     name: str = "abstract"
@@ -207,6 +208,16 @@ class Controller(abc.ABC):
     def members(self, handle: TrialHandle) -> set[int]:
         """PIDs currently in the trial (default: none known)."""
         return set()
+
+    def limits(self, handle: TrialHandle) -> dict[str, Any]:
+        """The limits in force now, read back from where the backend keeps
+        them: ``{"cpus": tuple, "cpu_quota": float | None, "memory_mb": int |
+        None}``.  The daemon uses it to report and to restore on shutdown."""
+        raise NotSupportedError(f"{self.name}: cannot read limits back")
+
+    def open_trials(self) -> list[TrialHandle]:
+        """Trials opened through this controller and not closed yet."""
+        return []
 
     def allowed_cpus(self) -> list[int]:
         """CPUs a trial of this controller may be given."""
