@@ -1,0 +1,216 @@
+"""Node allocator: which CPUs each concurrent trial on a node gets.
+
+:class:`NodeAllocator` hands out disjoint CPU sets while the node has free
+CPUs, picking them topology-aware (one NUMA node / package first, one thread
+per physical core before SMT siblings).  When the node is oversubscribed it
+shares the least-loaded CPUs and says so: :class:`Allocation` carries the
+trials it shares with, and a WARNING is logged for the decision log.
+:func:`read_topology` reads the layout from sysfs (``sysfs_root`` is an
+argument so tests can give a fake tree).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipetune.control.base import ControlInputError, format_cpus, parse_cpus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CpuTopo:
+    """Where one CPU sits: NUMA node, package (socket), physical core."""
+
+    cpu: int
+    node: int = 0
+    package: int = 0
+    core: int = 0
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """CPUs given to one trial; ``shared_with`` names the trials that hold some
+    of them too (empty while the node is not oversubscribed)."""
+
+    trial_id: str
+    cpus: tuple[int, ...]
+    shared_with: tuple[str, ...] = ()
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.shared_with)
+
+
+def read_topology(cpus: Sequence[int] | None = None, *,
+                  sysfs_root: Path = Path("/sys")) -> list[CpuTopo]:
+    """Topology of ``cpus`` (default: every online CPU) from sysfs.  Missing
+    files count as node/package/core 0 (a flat host)."""
+    base = Path(sysfs_root) / "devices/system"
+    if cpus is None:
+        try:
+            cpus = parse_cpus((base / "cpu/online").read_text())
+        except OSError:
+            import os
+
+            cpus = sorted(os.sched_getaffinity(0))
+    node_of: dict[int, int] = {}
+    for d in sorted((base / "node").glob("node[0-9]*")) if (base / "node").is_dir() else []:
+        try:
+            for c in parse_cpus((d / "cpulist").read_text()):
+                node_of[c] = int(d.name[4:])
+        except (OSError, ValueError):
+            continue
+
+    def _int(path: Path) -> int:
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            return 0
+
+    out = []
+    for c in cpus:
+        topo = base / f"cpu/cpu{c}/topology"
+        out.append(CpuTopo(c, node_of.get(c, 0), _int(topo / "physical_package_id"),
+                           _int(topo / "core_id")))
+    return out
+
+
+class NodeAllocator:
+    """Disjoint CPU sets for the trials of one node.  Thread safe.
+
+    ``cpus``: the CPUs it may hand out (default: every online CPU);
+    ``topology``: their layout (default: read from ``sysfs_root``).
+    """
+
+    def __init__(self, cpus: Sequence[int] | None = None, *,
+                 topology: Sequence[CpuTopo] | None = None,
+                 sysfs_root: Path = Path("/sys")) -> None:
+        topo = list(topology) if topology is not None else read_topology(cpus,
+                                                                         sysfs_root=sysfs_root)
+        if cpus is not None:
+            wanted = set(cpus)
+            topo = [t for t in topo if t.cpu in wanted]
+        if not topo:
+            raise ControlInputError("node allocator: no CPUs to hand out")
+        self._topo = {t.cpu: t for t in topo}
+        self._held: dict[str, tuple[int, ...]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def cpus(self) -> list[int]:
+        return sorted(self._topo)
+
+    def allocate(self, trial_id: str, cores: int) -> list[int]:
+        """CPUs for ``trial_id`` (see :meth:`allocate_detailed`)."""
+        return list(self.allocate_detailed(trial_id, cores).cpus)
+
+    def allocate_detailed(self, trial_id: str, cores: int) -> Allocation:
+        """Give ``trial_id`` ``cores`` CPUs, replacing what it held.
+
+        A trial that asks again keeps as many of its CPUs as it can (no needless
+        migration).  Raises ``ControlInputError`` for more cores than the node
+        has.
+        """
+        if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+            raise ControlInputError(f"cores={cores!r}: must be an integer >= 1")
+        if cores > len(self._topo):
+            raise ControlInputError(
+                f"{cores} cores asked for trial {trial_id}; the node has {len(self._topo)} "
+                f"({format_cpus(self._topo)})"
+            )
+        with self._lock:
+            own = self._held.pop(trial_id, ())
+            load = self._load()
+            free = [c for c in self._topo if load.get(c, 0) == 0]
+            keep = [c for c in own if c in free][:cores]
+            need = cores - len(keep)
+            picked = keep + self._pick([c for c in free if c not in keep], need, keep)
+            shared_with: set[str] = set()
+            if len(picked) < cores:
+                # Oversubscribed: share the least-loaded CPUs.
+                busy = sorted((c for c in self._topo if c not in picked),
+                              key=lambda c: (load.get(c, 0), self._order_key(c)))
+                picked += busy[: cores - len(picked)]
+                for other, held in self._held.items():
+                    if set(held) & set(picked):
+                        shared_with.add(other)
+            alloc = Allocation(trial_id, tuple(sorted(picked)), tuple(sorted(shared_with)))
+            self._held[trial_id] = alloc.cpus
+        if alloc.shared:
+            log.warning("node oversubscribed: trial %s gets cpus %s shared with trial(s) %s",
+                        trial_id, format_cpus(alloc.cpus), ", ".join(alloc.shared_with))
+        else:
+            log.info("trial %s gets cpus %s", trial_id, format_cpus(alloc.cpus))
+        return alloc
+
+    def release(self, trial_id: str) -> None:
+        """Give back what ``trial_id`` holds (nothing when it holds nothing)."""
+        with self._lock:
+            self._held.pop(trial_id, None)
+
+    def held(self) -> dict[str, tuple[int, ...]]:
+        with self._lock:
+            return dict(self._held)
+
+    # -- choosing ----------------------------------------------------------------
+
+    def _load(self) -> dict[int, int]:
+        load: dict[int, int] = {}
+        for held in self._held.values():
+            for c in held:
+                load[c] = load.get(c, 0) + 1
+        return load
+
+    def _order_key(self, cpu: int) -> tuple[int, int, int, int]:
+        t = self._topo[cpu]
+        return (t.node, t.package, t.core, cpu)
+
+    def _pick(self, free: list[int], need: int, near: Sequence[int]) -> list[int]:
+        """``need`` CPUs of ``free``: from one (node, package) domain when one
+        can hold them (the one ``near`` already uses, else the one where they
+        share the fewest physical cores with other trials, else the tightest
+        fit), else the fullest domains first; within a domain one thread per
+        physical core first."""
+        if need <= 0 or not free:
+            return []
+        domains: dict[tuple[int, int], list[int]] = {}
+        for c in free:
+            t = self._topo[c]
+            domains.setdefault((t.node, t.package), []).append(c)
+        near_domains = {(self._topo[c].node, self._topo[c].package) for c in near}
+        # Physical cores another trial already runs on: their SMT siblings
+        # would fight it for the same execution units.
+        busy = {(self._topo[c].package, self._topo[c].core) for held in self._held.values()
+                for c in held}
+
+        def contention(d: tuple[int, int]) -> int:
+            return sum((self._topo[c].package, self._topo[c].core) in busy
+                       for c in self._spread(domains[d])[:need])
+
+        fitting = [d for d, cs in domains.items() if len(cs) >= need]
+        if fitting:
+            best = min(fitting, key=lambda d: (d not in near_domains, contention(d),
+                                               len(domains[d]), d))
+            order = [best]
+        else:
+            order = sorted(domains, key=lambda d: (-len(domains[d]), d))
+        out: list[int] = []
+        for d in order:
+            out += self._spread(domains[d])
+        return out[:need]
+
+    def _spread(self, cpus: list[int]) -> list[int]:
+        # First thread of every physical core, then the SMT siblings.
+        seen: dict[tuple[int, int], int] = {}
+        ranked = []
+        for c in sorted(cpus, key=self._order_key):
+            t = self._topo[c]
+            rank = seen.get((t.package, t.core), 0)
+            seen[(t.package, t.core)] = rank + 1
+            ranked.append((rank, self._order_key(c), c))
+        return [c for _, _, c in sorted(ranked)]
