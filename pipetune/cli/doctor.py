@@ -47,7 +47,9 @@ def _version(dist: str) -> str | None:
 def _cgroup_facts(facts: dict[str, Any]) -> None:
     from pipetune.control import cgroups_writable, detect_cgroups
 
-    _probe(facts, "cgroup.version", lambda: detect_cgroups().version)
+    info = detect_cgroups()
+    facts["cgroup.version"] = info.effective_version()
+    facts["cgroup.mounts"] = info.version
     writable = cgroups_writable()
     facts["cgroup.writable"] = writable is True
     if writable is not True:

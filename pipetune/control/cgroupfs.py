@@ -45,6 +45,18 @@ class CgroupInfo:
     unified_root: str = "/"
     read_only: tuple[str, ...] = ()
 
+    def effective_version(self) -> str:
+        """The version pipetune controls with: a "hybrid" host whose cgroup2
+        mount offers none of cpu, cpuset, memory (systemd's usual layout) is
+        a v1 host for every knob pipetune turns."""
+        if self.version != "hybrid" or self.unified is None:
+            return self.version
+        try:
+            offered = (self.unified / "cgroup.controllers").read_text().split()
+        except OSError:
+            return "v1"
+        return "hybrid" if {"cpu", "cpuset", "memory"} & set(offered) else "v1"
+
     @property
     def mounts(self) -> dict[str, Path]:
         """Mount point per controller (v1 ones, plus ``"unified"``)."""

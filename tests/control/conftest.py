@@ -15,11 +15,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from control_helpers import (
+
+sys.path.insert(0, str(Path(__file__).parent))  # pytest runs with --import-mode=importlib
+
+from control_helpers import (  # noqa: E402
     HOST_DIRS,
     FakeCgroupV2Fs,
     Spawner,
