@@ -93,3 +93,20 @@ def test_next_daemon_removes_what_a_killed_one_left(
     wait_until(lambda: os.sched_getaffinity(sleeper.pid) == os.sched_getaffinity(0),
                what="affinity given back")
     assert sleeper.poll() is None
+
+
+def test_a_config_that_cannot_be_applied_leaves_training_untouched(
+    daemons: Daemons, sleeper: subprocess.Popen
+) -> None:
+    _cgroup_writable()
+    original = _cgroup_of(sleeper.pid)
+    d = daemons.cli("--controller", "cgroup")
+    # 1 MB is below what any process uses: the controller refuses it.
+    answer = d.client.register(job="j", trial="tiny", pids=[sleeper.pid], mode="v2",
+                               space="cores=1 memory_mb=1", values={"cores": 1, "memory_mb": 1})
+    assert answer["phase"] == "degraded"
+    assert "could not apply 1c/1m/0g" in answer["reason"]
+    assert "training continues untouched" in answer["reason"]
+    assert _cgroup_of(sleeper.pid) == original
+    assert _cgroup_of(sleeper.pid, "memory") == _cgroup_of(os.getpid(), "memory")
+    assert sleeper.poll() is None

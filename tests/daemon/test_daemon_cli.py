@@ -297,3 +297,45 @@ def test_graceful_stop_removes_socket_and_state(daemons: Daemons,
     assert "trial t (job j) closed: daemon stopping" in d.output()
     with pytest.raises(DaemonUnavailableError, match="no daemon socket"):
         DaemonClient(daemons.socket).health()
+
+
+GROUP_CLIENT = r"""
+import json, os, sys
+from pipetune.daemon import DaemonClient, DaemonUnavailableError
+try:
+    DaemonClient(sys.argv[1]).health()
+    print(json.dumps({"gid": os.getgid(), "health": "ok"}))
+except DaemonUnavailableError as e:
+    print(json.dumps({"gid": os.getgid(), "health": str(e)}))
+"""
+
+
+def test_socket_group_decides_who_may_connect(daemons: Daemons) -> None:
+    _as_nobody()
+    d = daemons.cli("--group", "nogroup", "--socket-mode", "0660")
+    st = daemons.socket.stat()
+    assert (st.st_gid, oct(st.st_mode & 0o777)) == (65534, "0o660")
+    results = {}
+    for who, cmd in {
+        "member": ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"],
+        "outsider": ["setpriv", "--reuid=daemon", "--regid=daemon", "--clear-groups"],
+    }.items():
+        out = subprocess.run([*cmd, PYTHON, "-c", GROUP_CLIENT, str(daemons.socket)],
+                             capture_output=True, text=True, timeout=60,
+                             env=child_env(HOME="/tmp"), cwd="/tmp")
+        assert out.returncode == 0, out.stderr
+        results[who] = json.loads(out.stdout)["health"]
+    assert results["member"] == "ok"
+    assert "permission denied" in results["outsider"]
+    assert d.client.health()["status"] == "ok"
+
+
+def test_unknown_socket_group_is_a_usage_error(socket_dir: Path) -> None:
+    out = subprocess.run(
+        [PYTHON, "-m", "pipetune", "daemon", "--socket", str(socket_dir / "d.sock"),
+         "--group", "no-such-group-here"],
+        capture_output=True, text=True, timeout=60, env=child_env(), cwd=ROOT,
+    )
+    assert out.returncode == 2
+    assert "no such group" in out.stderr
+    assert not (socket_dir / "d.sock").exists()
