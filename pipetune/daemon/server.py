@@ -690,6 +690,7 @@ class Daemon:
         values = _field(body, "values", dict, required=False, default={})
         for pid in pids:
             check_owner(caller, pid)
+        self._check_free(trial_id)  # before a policy is built for nothing
         ref = TrialRef(job=job, trial=trial_id, node=self.settings.node)
         policy = self._make_policy(mode, space, values, ref)
         trial = HostedTrial(
@@ -698,10 +699,7 @@ class Daemon:
             affinity={p: _affinity(p) for p in pids},
         )
         with self._lock:
-            if trial_id in self._trials:
-                other = self._trials[trial_id]
-                raise TrialConflictError(f"trial {trial_id!r} is already registered "
-                                         f"(job {other.ref.job}, pids {sorted(other.pids)})")
+            self._check_free(trial_id)
             self._trials[trial_id] = trial
         with trial.lock:
             self._start(trial)
@@ -710,6 +708,13 @@ class Daemon:
         log.info("trial %s (job %s, mode %s, uid %d, pids %s): %s, phase %s",
                  trial_id, job, mode, caller.uid, pids, answer["config"], answer["phase"])
         return answer
+
+    def _check_free(self, trial_id: str) -> None:
+        with self._lock:
+            other = self._trials.get(trial_id)
+        if other is not None:
+            raise TrialConflictError(f"trial {trial_id!r} is already registered "
+                                     f"(job {other.ref.job}, pids {sorted(other.pids)})")
 
     def _make_policy(self, mode: str, space: SystemSpace, values: Mapping[str, Any],
                      ref: TrialRef) -> SystemPolicy:

@@ -40,9 +40,13 @@ def raw_request(sock_path: Path, method: str, path: str, body: bytes | None = No
     return status, json.loads(payload)
 
 
-def test_health_over_socket_and_curl(daemons: Daemons) -> None:
-    d = daemons.cli()
+def test_health_over_socket_and_curl(daemons: Daemons, socket_dir: Path) -> None:
+    model = socket_dir / "gt.json"
+    store = f"sqlite:///{socket_dir / 'store.db'}"
+    d = daemons.cli("--model", str(model), "--store", store)
     health = d.client.health()
+    assert health["model"] == {"path": str(model), "version": 0, "mtime_ns": None}
+    assert health["capabilities"]["store.url"] == store
     assert health["api_version"] == 1
     assert health["pid"] == d.pid
     assert health["status"] == "ok"
@@ -284,13 +288,14 @@ def test_sigkill_mid_trial_training_goes_on_and_next_daemon_cleans_up(
             child.wait()
 
 
-def test_graceful_stop_removes_socket_and_state(daemons: Daemons,
-                                                sleeper: subprocess.Popen) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_graceful_stop_removes_socket_and_state(daemons: Daemons, sleeper: subprocess.Popen,
+                                                signum: int) -> None:
     d = daemons.cli()
     d.client.register(job="j", trial="t", pids=[sleeper.pid], mode="v1", space="cores=1")
     state = Path(str(daemons.socket) + ".state.json")
     assert "t" in json.loads(state.read_text())["trials"]
-    d.signal(signal.SIGTERM)
+    d.signal(signum)
     assert d.wait() == 0
     assert not daemons.socket.exists()
     assert not state.exists()
