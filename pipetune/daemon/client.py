@@ -19,6 +19,7 @@ import http.client
 import json
 import logging
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,14 +45,28 @@ class _UnixConnection(http.client.HTTPConnection):
         self._path = path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+        # With a timeout the socket is non-blocking inside, and a Unix-socket
+        # connect to a full listen backlog fails at once with EAGAIN instead
+        # of waiting: retry until the timeout, so a burst of trials ending an
+        # epoch together is not mistaken for a dead daemon.
+        deadline = time.monotonic() + (self.timeout or 5.0)
+        pause_s = 0.002
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self._path)
+                self.sock = sock
+                return
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() + pause_s > deadline:
+                    raise TimeoutError(f"listen backlog of {self._path} stayed full") from None
+                time.sleep(pause_s)
+                pause_s = min(pause_s * 2, 0.05)
+            except BaseException:
+                sock.close()
+                raise
 
 
 class DaemonClient:

@@ -897,6 +897,8 @@ def _affinity(pid: int) -> list[int] | None:
 
 class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+    # Every trial of the node may end an epoch at the same moment.
+    request_queue_size = 128
     daemon_ref: Daemon
 
 

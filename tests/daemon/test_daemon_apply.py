@@ -165,3 +165,36 @@ def test_policy_for_trial_without_a_daemon_is_none(socket_dir: Path) -> None:
     assert policy_for_trial(ref, mode="v1", space=space, socket_path=stale) is None
     with pytest.raises(ConnectionError, match="connection refused"):
         DaemonClient(stale).health()
+
+
+def test_a_burst_of_trials_ending_epochs_together_is_served(daemons: Daemons) -> None:
+    """Many trials at one epoch boundary: a full listen backlog must make
+    clients wait, not look like a dead daemon (which would degrade them)."""
+    import threading
+
+    d = daemons.recording()
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(48)]
+    errors: list[str] = []
+    try:
+        for i, p in enumerate(procs):
+            d.client.register(job="burst", trial=f"b{i}", pids=[p.pid], mode="v1",
+                              space="cores=1")
+
+        def trial(i: int) -> None:
+            client = DaemonClient(daemons.socket, timeout_s=30)
+            for epoch in range(10):
+                try:
+                    client.epoch_end(f"b{i}", EpochResult(epoch, SystemConfig(1), 0.1))
+                except Exception as e:  # noqa: BLE001 - collected and asserted below
+                    errors.append(repr(e))
+
+        threads = [threading.Thread(target=trial, args=(i,)) for i in range(len(procs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert errors == []
