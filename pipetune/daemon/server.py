@@ -264,13 +264,20 @@ class HostedTrial:
         return self.policy.reason
 
     def answer(self) -> dict[str, Any]:
-        """What register/epoch_end return to the trial."""
-        config = self.policy.config()
+        """What register/epoch_end return to the trial.  A trial the daemon
+        leaves untouched reports the space's default (the convention of every
+        degraded policy), not a config that is not in force."""
+        if self.degraded:
+            config = self.space.default or self.policy.config()
+            threads = config.cores
+        else:
+            config = self.policy.config()
+            threads = int(self.policy.threads())
         return {
             "trial": self.trial_id,
             "job": self.ref.job,
             "config": str(config),
-            "threads": max(1, int(self.policy.threads())),
+            "threads": max(1, threads),
             "phase": self.phase,
             "reason": self.reason,
             "cpus": self.cpus,

@@ -103,8 +103,11 @@ def test_a_config_that_cannot_be_applied_leaves_training_untouched(
     d = daemons.cli("--controller", "cgroup")
     # 1 MB is below what any process uses: the controller refuses it.
     answer = d.client.register(job="j", trial="tiny", pids=[sleeper.pid], mode="v2",
-                               space="cores=1 memory_mb=1", values={"cores": 1, "memory_mb": 1})
+                               space="cores=1,2 memory_mb=1,none",
+                               values={"cores": 1, "memory_mb": 1})
     assert answer["phase"] == "degraded"
+    # Untouched: it reports the space's default, not the config it could not apply.
+    assert (answer["config"], answer["threads"]) == ("2c/-m/0g", 2)
     assert "could not apply 1c/1m/0g" in answer["reason"]
     assert "training continues untouched" in answer["reason"]
     assert _cgroup_of(sleeper.pid) == original
