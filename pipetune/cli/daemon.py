@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "as root)")
     parser.add_argument("--store", metavar="URL", help="store the trials' policies write to")
     parser.add_argument("--model", metavar="PATH",
-                        help="ground-truth model file (reloaded when it changes)")
+                        help="ground-truth model file (watched: a change bumps model_version "
+                             "in /v1/health)")
     parser.add_argument("--group", metavar="NAME",
                         help="group owning the socket: its members may use the daemon")
     parser.add_argument("--socket-mode", metavar="OCTAL", type=_mode, default=0o660,
