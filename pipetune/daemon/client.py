@@ -302,12 +302,14 @@ def policy_for_trial(
     settings: Settings | None = None,
     socket_path: str | Path | None = None,
     timeout_s: float = 5.0,
+    health_timeout_s: float = 2.0,
 ) -> DaemonPolicy | None:
     """A :class:`DaemonPolicy` when a daemon answers on the socket, else ``None``.
 
     The socket is ``socket_path``, else ``settings.socket`` (``$PIPETUNE_SOCKET``
-    ...).  The daemon must answer health within a second and speak this
-    client's API version; a daemon that does not is logged and ignored.
+    ...).  The daemon must answer health within ``health_timeout_s`` and speak
+    this client's API version; a daemon that does not is logged and ignored.
+    ``timeout_s`` then bounds each later request of the trial.
     """
     if socket_path is None:
         socket_path = (settings or Settings.load()).socket
@@ -317,7 +319,7 @@ def policy_for_trial(
         return None
     client = DaemonClient(path, timeout_s=timeout_s)
     try:
-        health = client.health(timeout_s=1.0)
+        health = client.health(timeout_s=health_timeout_s)
     except DaemonError as e:
         log.info("daemon at %s not usable (%s): system policy runs in-process", path, e)
         return None
