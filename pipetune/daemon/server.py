@@ -1,0 +1,1019 @@
+"""The node daemon: one per node, run as root, applies trials' system configs.
+
+- :class:`Daemon` — the state (one :class:`HostedTrial` per registered trial,
+  the controller, the node allocator, the ground-truth model's version) and
+  the operations behind the endpoints; also usable without HTTP.
+- :class:`HostedTrial` — one trial: its owner, processes, system policy and
+  what the daemon applied for it.
+- The HTTP/JSON API over a Unix socket (``curl --unix-socket PATH
+  http://localhost/v1/health``)::
+
+      GET    /v1/health                      version, uptime, capabilities
+      GET    /v1/trials                      the caller's trials (root: all)
+      POST   /v1/trials                      {job, trial, pids, mode, space, values}
+      GET    /v1/trials/<id>
+      POST   /v1/trials/<id>/pids            {pids}
+      POST   /v1/trials/<id>/epoch_start     {epoch}
+      POST   /v1/trials/<id>/epoch_end       {epoch, config, seconds, steps, ...}
+      DELETE /v1/trials/<id>
+
+Privilege split: a policy *decides* (it is built with the dry-run controller
+kind so it never writes a limit itself); the daemon *applies* the policy's
+config through its one controller, on CPUs from its one node allocator, so
+concurrent trials get disjoint cpusets.  The caller's identity comes from
+``SO_PEERCRED``: a caller may only register and control processes it owns
+(root may do all).
+
+Stale state: the daemon records its trials (pids, their start times and
+original CPU affinity) in ``<socket>.state.json``.  A daemon that starts
+after one that died removes the stale socket, asks the controller to remove
+groups left by dead owners (``cleanup_stale``), and gives the recorded
+processes that still run their original affinity back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import grp
+import http.server
+import json
+import logging
+import os
+import signal
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pipetune import __version__
+from pipetune.config import Settings
+from pipetune.daemon.base import (
+    API_PREFIX,
+    API_VERSION,
+    BadRequestError,
+    DaemonBusyError,
+    MethodNotAllowedError,
+    PayloadTooLargeError,
+    PeerCredentials,
+    TrialConflictError,
+    UnknownPathError,
+    UnknownTrialError,
+    check_owner,
+    http_status,
+    peer_credentials,
+    pid_alive,
+    process_start_ticks,
+)
+from pipetune.errors import ConfigError, ControlError, PipetuneError, PrivilegeError
+from pipetune.policy import MODES, FixedPolicy, SystemPolicy, make_policy
+from pipetune.types import EpochResult, SystemConfig, SystemSpace, TrialRef
+
+log = logging.getLogger(__name__)
+
+STATE_SCHEMA_VERSION = 1
+MAX_BODY_BYTES = 1 << 20
+MAX_TRIAL_ID_CHARS = 200
+
+
+class MissingController:
+    """Stands in for a controller this host or install cannot provide: every
+    use raises :class:`ControlError` saying why, so trials run untouched
+    (phase ``degraded``) instead of the daemon refusing to start."""
+
+    name = "unavailable"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise ControlError(f"no controller: {self.reason}")
+
+    open_trial = add_pids = apply = usage = close_trial = _fail
+
+    def cleanup_stale(self) -> int:
+        return 0
+
+    def describe(self) -> str:
+        return f"unavailable ({self.reason})"
+
+
+def _detect_control(kind: str) -> tuple[Any, Any]:
+    """(controller, node allocator) for ``kind``; a :class:`MissingController`
+    and no allocator when pipetune.control cannot give one."""
+    try:
+        from pipetune.control import NodeAllocator, detect_controller
+    except ImportError as e:
+        reason = f"pipetune.control is not installed ({e})"
+        log.warning("daemon: %s; trials will run untouched", reason)
+        return MissingController(reason), None
+    try:
+        controller = detect_controller(kind)
+    except PipetuneError as e:
+        log.warning("daemon: controller %r unusable (%s); trials will run untouched", kind, e)
+        return MissingController(str(e)), None
+    try:
+        allowed = controller.allowed_cpus()
+    except Exception:  # noqa: BLE001 - fall back to every CPU the daemon may use
+        allowed = sorted(os.sched_getaffinity(0))
+    return controller, NodeAllocator(allowed)
+
+
+# -- request parsing ----------------------------------------------------------
+
+
+def _field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *,
+           required: bool = True, default: Any = None) -> Any:
+    if name not in body or body[name] is None:
+        if required:
+            raise BadRequestError(f"field {name!r} is required")
+        return default
+    value = body[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise BadRequestError(f"field {name!r}: expected {_kind_name(kinds)}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise BadRequestError(f"field {name!r}: expected {_kind_name(kinds)}, got {value!r}")
+    return value
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "an object", bool: "true/false"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _pids(body: Mapping[str, Any]) -> list[int]:
+    pids = _field(body, "pids", list)
+    if not pids:
+        raise BadRequestError("field 'pids': needs at least one pid")
+    for p in pids:
+        if isinstance(p, bool) or not isinstance(p, int) or p < 1:
+            raise BadRequestError(f"field 'pids': {p!r} is not a positive integer")
+    return list(dict.fromkeys(pids))
+
+
+def _trial_id(value: Any, what: str = "field 'trial'") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequestError(f"{what}: must be a non-empty string")
+    if len(value) > MAX_TRIAL_ID_CHARS or "/" in value or "\x00" in value:
+        raise BadRequestError(f"{what} {value[:40]!r}: at most {MAX_TRIAL_ID_CHARS} "
+                              "characters, no '/'")
+    return value
+
+
+def parse_space(value: Any) -> SystemSpace:
+    """A space from a request: ``SystemSpace.to_dict()``'s form, or the parse
+    form (``"cores=1,2 memory_mb=1024,none"`` or a list of such items)."""
+    if isinstance(value, (str, list)):
+        return SystemSpace.parse(value)
+    if not isinstance(value, dict):
+        raise BadRequestError(f"field 'space': expected an object or a string, got {value!r}")
+    unknown = set(value) - {"cores", "memory_mb", "gpus", "default"}
+    if unknown:
+        raise BadRequestError(f"field 'space': unknown key(s) {sorted(unknown)} "
+                              "(allowed: cores, memory_mb, gpus, default)")
+    kwargs: dict[str, Any] = {}
+    for key in ("cores", "memory_mb", "gpus"):
+        if key in value:
+            items = value[key] if isinstance(value[key], list) else [value[key]]
+            for v in items:
+                ok = isinstance(v, int) and not isinstance(v, bool)
+                if not ok and not (key == "memory_mb" and v is None):
+                    raise BadRequestError(f"field 'space': {key} value {v!r} is not an integer")
+            kwargs[key] = tuple(items)
+    if value.get("default") is not None:
+        default = value["default"]
+        kwargs["default"] = (SystemConfig.parse(default) if isinstance(default, str)
+                             else SystemConfig.from_dict(default))
+    return SystemSpace(**kwargs)
+
+
+def _epoch_result(body: Mapping[str, Any], current: SystemConfig) -> EpochResult:
+    epoch = _field(body, "epoch", int)
+    config_value = _field(body, "config", (str, dict), required=False)
+    if config_value is None:
+        config = current
+    elif isinstance(config_value, str):
+        config = SystemConfig.parse(config_value)
+    else:
+        config = SystemConfig.from_dict(config_value)
+    seconds = float(_field(body, "seconds", (int, float)))
+    if seconds < 0:
+        raise BadRequestError(f"field 'seconds': {seconds} is negative")
+    metrics = _field(body, "metrics", dict, required=False, default={})
+    clean: dict[str, float] = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise BadRequestError(f"field 'metrics': {k!r}={v!r} is not a number")
+        clean[str(k)] = float(v)
+    energy = _field(body, "energy_j", (int, float), required=False)
+    return EpochResult(
+        epoch=epoch,
+        config=config,
+        seconds=seconds,
+        steps=_field(body, "steps", int, required=False, default=0),
+        energy_j=None if energy is None else float(energy),
+        energy_method=_field(body, "energy_method", str, required=False),
+        metrics=clean,
+    )
+
+
+# -- trials -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class HostedTrial:
+    """One registered trial (mutable: guarded by ``lock``)."""
+
+    ref: TrialRef
+    owner: PeerCredentials
+    mode: str
+    space: SystemSpace
+    policy: SystemPolicy
+    pids: dict[int, int | None]  # pid -> start ticks at registration
+    affinity: dict[int, list[int]]  # pid -> CPU affinity before the daemon touched it
+    created_s: float = dataclasses.field(default_factory=time.time)
+    handle: Any = None
+    applied: SystemConfig | None = None
+    cpus: list[int] | None = None
+    degraded: str = ""  # why the daemon leaves this trial untouched ("" = it does not)
+    epoch: int = 0
+    lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
+
+    @property
+    def trial_id(self) -> str:
+        return self.ref.trial
+
+    @property
+    def phase(self) -> str:
+        return "degraded" if self.degraded else self.policy.phase
+
+    @property
+    def reason(self) -> str:
+        if self.degraded:
+            return self.degraded
+        if isinstance(self.policy, FixedPolicy):
+            # The policy built with the dry-run kind would say "via dry-run":
+            # what counts is what the daemon applied.
+            return f"{self.policy.phase}: {self.applied} applied by the daemon"
+        return self.policy.reason
+
+    def answer(self) -> dict[str, Any]:
+        """What register/epoch_end return to the trial.  A trial the daemon
+        leaves untouched reports the space's default (the convention of every
+        degraded policy), not a config that is not in force."""
+        if self.degraded:
+            config = self.space.default or self.policy.config()
+            threads = config.cores
+        else:
+            config = self.policy.config()
+            threads = int(self.policy.threads())
+        return {
+            "trial": self.trial_id,
+            "job": self.ref.job,
+            "config": str(config),
+            "threads": max(1, threads),
+            "phase": self.phase,
+            "reason": self.reason,
+            "cpus": self.cpus,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        out = self.answer()
+        out.update({
+            "mode": self.mode,
+            "owner_uid": self.owner.uid,
+            "pids": sorted(self.pids),
+            "space": self.space.to_dict(),
+            "applied": None if self.applied is None else str(self.applied),
+            "epoch": self.epoch,
+            "created_s": self.created_s,
+        })
+        return out
+
+
+class Daemon:
+    """The node daemon's state and operations (see the module docstring).
+
+    Args:
+        settings: the daemon's settings (socket path, store, model file,
+            controller kind); policies get a copy with the dry-run controller.
+        socket_mode: permission bits of the socket file (who may connect).
+        group: group that owns the socket file (with ``socket_mode`` 0o660:
+            the users who may use the daemon); ``None`` keeps the daemon's.
+        controller, allocator: the controller and node allocator (default:
+            ``pipetune.control.detect_controller(settings.controller)`` and a
+            ``NodeAllocator`` over its CPUs).
+        reap_interval_s: how often dead trials are dropped, policies' config
+            changes applied and the model file's mtime checked.
+        capabilities: the health endpoint's facts (default: ``pipetune doctor``'s,
+            collected once at start).
+
+    Thread safety: request threads and the reaper share ``_lock`` for the
+    trial table and each trial's own lock for its state.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        socket_mode: int = 0o660,
+        group: str | None = None,
+        controller: Any = None,
+        allocator: Any = None,
+        reap_interval_s: float = 1.0,
+        capabilities: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.socket_path = Path(settings.socket)
+        self.state_path = Path(str(self.socket_path) + ".state.json")
+        self.socket_mode = socket_mode
+        self.group = group
+        self._gid = self._group_id(group) if group else None
+        self._controller = controller
+        self._allocator = allocator
+        self._reap_interval_s = reap_interval_s
+        self._capabilities = dict(capabilities) if capabilities is not None else None
+        self._policy_settings = dataclasses.replace(settings, controller="dry-run")
+        self._trials: dict[str, HostedTrial] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._server: _UnixHTTPServer | None = None
+        self._reaper: threading.Thread | None = None
+        self._started_s = time.time()
+        self._model_path = Path(settings.model)
+        self._model_mtime_ns: int | None = None
+        self.model_version = 0
+        self.recovered: dict[str, Any] = {}
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @staticmethod
+    def _group_id(name: str) -> int:
+        try:
+            return grp.getgrnam(name).gr_gid
+        except KeyError:
+            try:
+                return grp.getgrgid(int(name)).gr_gid
+            except (KeyError, ValueError):
+                raise ConfigError(f"socket group {name!r}: no such group") from None
+
+    def start(self) -> Daemon:
+        """Clean up after a previous daemon, bind the socket, start the reaper.
+
+        Raises:
+            DaemonBusyError: another daemon answers on the socket.
+            ConfigError: the socket path is taken by something not a socket,
+                or cannot be created.
+        """
+        self._started_s = time.time()
+        stale_socket = self._clear_stale_socket()
+        if self._controller is None:
+            self._controller, alloc = _detect_control(self.settings.controller)
+            if self._allocator is None:
+                self._allocator = alloc
+        self.recovered = self._recover(stale_socket)
+        self._check_model()
+        if self._capabilities is None:
+            self._capabilities = self._collect_capabilities()
+        self._save_state()
+        self._bind()
+        self._reaper = threading.Thread(target=self._reap_loop, name="pipetune-daemon-reaper",
+                                        daemon=True)
+        self._reaper.start()
+        log.info("daemon %s (api v%d) listening on %s (mode %o%s), controller %s, pid %d",
+                 __version__, API_VERSION, self.socket_path, self.socket_mode,
+                 f", group {self.group}" if self.group else "", self.controller_name,
+                 os.getpid())
+        return self
+
+    @property
+    def controller_name(self) -> str:
+        c = self._controller
+        if c is None:
+            return "none"
+        try:
+            return str(c.describe())
+        except Exception:  # noqa: BLE001
+            return str(getattr(c, "name", type(c).__name__))
+
+    def _collect_capabilities(self) -> dict[str, Any]:
+        try:
+            from pipetune.cli.doctor import collect
+
+            return collect(self.settings)
+        except Exception as e:  # noqa: BLE001 - health still answers without them
+            log.warning("daemon: capabilities unknown: %s", e)
+            return {"error": f"{type(e).__name__}: {e}"}
+
+    def _clear_stale_socket(self) -> bool:
+        """Remove a socket file nobody answers on; refuse when someone does."""
+        path = self.socket_path
+        if not path.exists() and not path.is_symlink():
+            return False
+        if not path.is_socket():
+            raise ConfigError(f"socket path {path} exists and is not a socket: "
+                              "refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(2.0)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            log.info("daemon: removing stale socket %s (nobody answers on it)", path)
+            path.unlink(missing_ok=True)
+            return True
+        except OSError as e:
+            raise DaemonBusyError(f"socket {path}: cannot tell whether a daemon answers "
+                                  f"({e}); remove it if none runs") from e
+        finally:
+            probe.close()
+        owner = ""
+        with contextlib.suppress(Exception):
+            from pipetune.daemon.client import DaemonClient
+
+            health = DaemonClient(path, timeout_s=2.0).health()
+            owner = f" (pid {health.get('pid')}, version {health.get('version')})"
+        raise DaemonBusyError(f"another daemon answers on {path}{owner}: stop it first, "
+                              "or give this one another --socket")
+
+    def _recover(self, stale_socket: bool) -> dict[str, Any]:
+        """Undo what a dead previous daemon left: its cgroups and CPU masks."""
+        out: dict[str, Any] = {"stale_socket": stale_socket, "stale_trials": [],
+                               "stale_groups": 0, "restored_pids": 0}
+        try:
+            out["stale_groups"] = int(self._controller.cleanup_stale())
+        except Exception as e:  # noqa: BLE001 - report, keep starting
+            log.warning("daemon: cleanup of stale groups failed: %s", e)
+            out["stale_groups_error"] = str(e)
+        state = self._read_state()
+        if state is None:
+            return out
+        previous = state.get("daemon_pid")
+        if isinstance(previous, int) and previous != os.getpid() and pid_alive(
+            previous, state.get("daemon_start_ticks")
+        ):
+            log.warning("daemon: state file %s belongs to pid %d which still runs; "
+                        "its trials are left alone", self.state_path, previous)
+            return out
+        for trial_id, trial in (state.get("trials") or {}).items():
+            out["stale_trials"].append(trial_id)
+            for pid_text, info in (trial.get("pids") or {}).items():
+                pid = int(pid_text)
+                if not pid_alive(pid, info.get("start_ticks")):
+                    continue
+                original = info.get("affinity")
+                if original and self._restore_affinity(pid, original):
+                    out["restored_pids"] += 1
+        if out["stale_trials"]:
+            log.info("daemon: previous daemon (pid %s) left trial(s) %s; %d process(es) "
+                     "given their CPUs back, %d stale group(s) removed", previous,
+                     ", ".join(out["stale_trials"]), out["restored_pids"], out["stale_groups"])
+        return out
+
+    @staticmethod
+    def _restore_affinity(pid: int, cpus: Sequence[int]) -> bool:
+        usable = set(cpus) & set(range(os.cpu_count() or 1))
+        if not usable:
+            return False
+        done = False
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            tids = [pid]
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, usable)
+                done = True
+            except OSError as e:
+                log.debug("daemon: affinity of %d not restored: %s", tid, e)
+        return done
+
+    def _read_state(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            log.warning("daemon: unreadable state file %s (%s): ignored", self.state_path, e)
+            return None
+        if not isinstance(data, dict) or data.get("schema_version") != STATE_SCHEMA_VERSION:
+            log.warning("daemon: state file %s has an unknown schema: ignored", self.state_path)
+            return None
+        return data
+
+    def _save_state(self) -> None:
+        with self._lock:
+            trials = {
+                t.trial_id: {
+                    "job": t.ref.job,
+                    "owner_uid": t.owner.uid,
+                    "pids": {str(p): {"start_ticks": s, "affinity": t.affinity.get(p)}
+                             for p, s in t.pids.items()},
+                }
+                for t in self._trials.values()
+            }
+        data = {
+            "schema_version": STATE_SCHEMA_VERSION,
+            "daemon_pid": os.getpid(),
+            "daemon_start_ticks": process_start_ticks(os.getpid()),
+            "socket": str(self.socket_path),
+            "trials": trials,
+        }
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(data, fh)
+            os.replace(tmp, self.state_path)
+        except OSError as e:
+            log.warning("daemon: cannot write state file %s: %s", self.state_path, e)
+
+    def _bind(self) -> None:
+        path = self.socket_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"socket folder {path.parent}: cannot create: {e}") from e
+        server = _UnixHTTPServer(str(path), _Handler, bind_and_activate=False)
+        server.daemon_ref = self
+        # Bind under a tight umask so there is no moment where the socket is
+        # more open than asked; then set the asked mode and group.
+        old = os.umask(0o177)
+        try:
+            server.server_bind()
+        except OSError as e:
+            server.server_close()
+            raise ConfigError(f"socket {path}: cannot bind: {e}") from e
+        finally:
+            os.umask(old)
+        try:
+            if self._gid is not None:
+                os.chown(path, -1, self._gid)
+            os.chmod(path, self.socket_mode)
+            server.server_activate()
+        except OSError as e:
+            server.server_close()
+            path.unlink(missing_ok=True)
+            raise ConfigError(f"socket {path}: cannot set mode/group: {e}") from e
+        self._server = server
+
+    def serve_forever(self) -> None:
+        """Answer requests until :meth:`stop`; then close every trial."""
+        if self._server is None:
+            self.start()
+        assert self._server is not None  # for type checkers; start() sets it
+        try:
+            self._server.serve_forever(poll_interval=0.2)
+        finally:
+            self.close()
+
+    def run(self) -> None:
+        """Start, stop on SIGTERM/SIGINT, serve until then, close every trial.
+        Call from the main thread (signal handlers live there)."""
+        self.start()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.info("daemon: signal %d: stopping", signum)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.serve_forever()
+
+    def stop(self) -> None:
+        """Ask :meth:`serve_forever` to return (safe from any thread, and
+        from a signal handler: the blocking part runs in its own thread)."""
+        self._stop.set()
+        server = self._server
+        if server is not None:
+            threading.Thread(target=server.shutdown, name="pipetune-daemon-stop",
+                             daemon=True).start()
+
+    def close(self) -> None:
+        """Close every trial (limits restored, groups removed), the socket and
+        the state file.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        with self._lock:
+            trials = list(self._trials.values())
+        for trial in trials:
+            self._close(trial, "daemon stopping")
+        if self._server is not None:
+            self._server.server_close()
+        with contextlib.suppress(OSError):
+            self.socket_path.unlink()
+        with contextlib.suppress(OSError):
+            self.state_path.unlink()
+        log.info("daemon stopped: %d trial(s) closed", len(trials))
+
+    # -- background ------------------------------------------------------------
+
+    def _reap_loop(self) -> None:
+        while not self._stop.wait(self._reap_interval_s):
+            try:
+                self.reap()
+                self._check_model()
+            except Exception:  # noqa: BLE001 - the reaper must outlive any one failure
+                log.exception("daemon: reaper cycle failed")
+
+    def reap(self) -> list[str]:
+        """Drop trials whose processes are all gone; apply config changes a
+        policy made on its own thread.  Returns the dropped trial ids."""
+        with self._lock:
+            trials = list(self._trials.values())
+        dropped = []
+        for trial in trials:
+            if not any(pid_alive(p, s) for p, s in trial.pids.items()):
+                log.info("trial %s (job %s): all processes gone; closing it",
+                         trial.trial_id, trial.ref.job)
+                self._close(trial, "all processes gone")
+                dropped.append(trial.trial_id)
+            else:
+                with trial.lock:
+                    self._sync(trial)
+        return dropped
+
+    def _check_model(self) -> None:
+        """Track the ground-truth model file: a new mtime is a new version
+        (the loader that re-reads it lands with the tuner)."""
+        try:
+            mtime = self._model_path.stat().st_mtime_ns
+        except OSError:
+            mtime = None
+        if mtime != self._model_mtime_ns:
+            self._model_mtime_ns = mtime
+            if mtime is not None:
+                self.model_version += 1
+                log.info("ground-truth model %s changed: version %d",
+                         self._model_path, self.model_version)
+            else:
+                log.info("ground-truth model %s: no file", self._model_path)
+
+    # -- operations ------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            n = len(self._trials)
+        return {
+            "status": "ok",
+            "version": __version__,
+            "api_version": API_VERSION,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self._started_s, 3),
+            "socket": str(self.socket_path),
+            "controller": self.controller_name,
+            "allocator": self._allocator is not None,
+            "modes": list(MODES),
+            "trials": n,
+            "model": {
+                "path": str(self._model_path),
+                "version": self.model_version,
+                "mtime_ns": self._model_mtime_ns,
+            },
+            "model_version": self.model_version,
+            "recovered": self.recovered,
+            "capabilities": self._capabilities or {},
+        }
+
+    def register(self, caller: PeerCredentials, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Register a trial and apply its starting config (``POST /v1/trials``)."""
+        trial_id = _trial_id(_field(body, "trial", str))
+        job = _field(body, "job", str, required=False, default="job")
+        mode = _field(body, "mode", str, required=False, default="pipetune")
+        if mode not in MODES:
+            raise BadRequestError(f"field 'mode': {mode!r} is not one of {', '.join(MODES)}")
+        pids = _pids(body)
+        space = parse_space(_field(body, "space", (dict, str, list), required=False,
+                                   default={"cores": [os.cpu_count() or 1]}))
+        space.validate()
+        values = _field(body, "values", dict, required=False, default={})
+        for pid in pids:
+            check_owner(caller, pid)
+        self._check_free(trial_id)  # before a policy is built for nothing
+        ref = TrialRef(job=job, trial=trial_id, node=self.settings.node)
+        policy = self._make_policy(mode, space, values, ref)
+        trial = HostedTrial(
+            ref=ref, owner=caller, mode=mode, space=space, policy=policy,
+            pids={p: process_start_ticks(p) for p in pids},
+            affinity={p: _affinity(p) for p in pids},
+        )
+        with self._lock:
+            self._check_free(trial_id)
+            self._trials[trial_id] = trial
+        with trial.lock:
+            self._start(trial)
+            answer = trial.answer()
+        self._save_state()
+        log.info("trial %s (job %s, mode %s, uid %d, pids %s): %s, phase %s",
+                 trial_id, job, mode, caller.uid, pids, answer["config"], answer["phase"])
+        return answer
+
+    def _check_free(self, trial_id: str) -> None:
+        with self._lock:
+            other = self._trials.get(trial_id)
+        if other is not None:
+            raise TrialConflictError(f"trial {trial_id!r} is already registered "
+                                     f"(job {other.ref.job}, pids {sorted(other.pids)})")
+
+    def _make_policy(self, mode: str, space: SystemSpace, values: Mapping[str, Any],
+                     ref: TrialRef) -> SystemPolicy:
+        try:
+            return make_policy(mode, space, values, ref, self._policy_settings)
+        except ImportError as e:
+            # Mode pipetune before the tuner is installed: untouched, and say so.
+            policy = FixedPolicy(space.default, trial_id=ref.trial, controller="dry-run",
+                                 phase="degraded")
+            policy.reason = (f"system tuner unavailable in the daemon ({e}); "
+                             f"training runs untouched on {space.default}")
+            log.warning("trial %s: %s", ref.trial, policy.reason)
+            return policy
+
+    def _start(self, trial: HostedTrial) -> None:
+        """Open the trial in the controller and apply the policy's config.
+        Any failure leaves the trial untouched (phase degraded), never raises."""
+        policy = trial.policy
+        if policy.phase == "degraded":
+            trial.degraded = policy.reason or "policy degraded"
+            return
+        if not isinstance(policy, FixedPolicy):
+            # A fixed policy only applies (the daemon does that); others
+            # (the tuner) start their profiling here.
+            try:
+                policy.start(list(trial.pids))
+            except Exception as e:  # noqa: BLE001
+                trial.degraded = f"policy failed to start: {e}"
+                log.warning("trial %s: %s", trial.trial_id, trial.degraded)
+                return
+        try:
+            trial.handle = self._controller.open_trial(trial.trial_id, list(trial.pids))
+        except Exception as e:  # noqa: BLE001 - training must not fail for this
+            trial.degraded = f"daemon could not take the trial's processes: {e}; " \
+                             "training continues untouched"
+            log.warning("trial %s: %s", trial.trial_id, trial.degraded)
+            return
+        self._sync(trial)
+
+    def _sync(self, trial: HostedTrial) -> None:
+        """Apply the policy's config if it differs from what is in force."""
+        if trial.handle is None or trial.degraded:
+            return
+        want = trial.policy.config()
+        if want == trial.applied:
+            return
+        try:
+            cpus = (self._allocator.allocate(trial.trial_id, want.cores)
+                    if self._allocator is not None else None)
+            applied = self._controller.apply(trial.handle, want, cpus=cpus)
+        except Exception as e:  # noqa: BLE001 - untouched rather than half-limited
+            trial.degraded = f"could not apply {want}: {e}; limits removed, " \
+                             "training continues untouched"
+            log.warning("trial %s: %s", trial.trial_id, trial.degraded)
+            self._release(trial)
+            return
+        trial.applied = want
+        got = getattr(applied, "cpus", None)
+        trial.cpus = sorted(got) if got is not None else (sorted(cpus) if cpus else None)
+        log.info("trial %s (job %s, epoch %d): %s on cpus %s via %s", trial.trial_id,
+                 trial.ref.job, trial.epoch, want, trial.cpus, self.controller_name)
+
+    def _release(self, trial: HostedTrial) -> None:
+        if trial.handle is not None:
+            try:
+                self._controller.close_trial(trial.handle)
+            except Exception as e:  # noqa: BLE001
+                log.warning("trial %s: cleanup failed: %s", trial.trial_id, e)
+            trial.handle = None
+        if self._allocator is not None:
+            with contextlib.suppress(Exception):
+                self._allocator.release(trial.trial_id)
+        trial.applied = None
+        trial.cpus = None
+
+    def _close(self, trial: HostedTrial, why: str) -> None:
+        with trial.lock:
+            try:
+                trial.policy.close()
+            except Exception as e:  # noqa: BLE001
+                log.warning("trial %s: policy close failed: %s", trial.trial_id, e)
+            self._release(trial)
+        with self._lock:
+            if self._trials.get(trial.trial_id) is trial:
+                del self._trials[trial.trial_id]
+        self._save_state()
+        log.info("trial %s (job %s) closed: %s", trial.trial_id, trial.ref.job, why)
+
+    def _get(self, caller: PeerCredentials, trial_id: str) -> HostedTrial:
+        trial_id = _trial_id(trial_id, "trial id")
+        with self._lock:
+            trial = self._trials.get(trial_id)
+        if trial is None:
+            raise UnknownTrialError(f"trial {trial_id!r} is not registered")
+        if not caller.root and caller.uid != trial.owner.uid:
+            raise PrivilegeError(f"trial {trial_id!r} belongs to uid {trial.owner.uid}; "
+                                 f"caller uid {caller.uid} may not control it")
+        return trial
+
+    def trial(self, caller: PeerCredentials, trial_id: str) -> dict[str, Any]:
+        t = self._get(caller, trial_id)
+        with t.lock:
+            return t.describe()
+
+    def list_trials(self, caller: PeerCredentials) -> list[dict[str, Any]]:
+        with self._lock:
+            trials = list(self._trials.values())
+        out = []
+        for t in trials:
+            if caller.root or caller.uid == t.owner.uid:
+                with t.lock:
+                    out.append(t.describe())
+        return out
+
+    def add_pids(self, caller: PeerCredentials, trial_id: str,
+                 body: Mapping[str, Any]) -> dict[str, Any]:
+        trial = self._get(caller, trial_id)
+        pids = _pids(body)
+        for pid in pids:
+            check_owner(caller, pid)
+        with trial.lock:
+            new = [p for p in pids if p not in trial.pids]
+            for p in new:
+                trial.pids[p] = process_start_ticks(p)
+                trial.affinity[p] = _affinity(p)
+            if new and trial.handle is not None and not trial.degraded:
+                try:
+                    self._controller.add_pids(trial.handle, new)
+                except Exception as e:  # noqa: BLE001
+                    trial.degraded = f"could not add pids {new}: {e}; limits removed, " \
+                                     "training continues untouched"
+                    log.warning("trial %s: %s", trial.trial_id, trial.degraded)
+                    self._release(trial)
+            answer = trial.answer()
+        self._save_state()
+        answer["pids"] = sorted(trial.pids)
+        return answer
+
+    def epoch_start(self, caller: PeerCredentials, trial_id: str,
+                    body: Mapping[str, Any]) -> dict[str, Any]:
+        trial = self._get(caller, trial_id)
+        epoch = _field(body, "epoch", int)
+        with trial.lock:
+            trial.epoch = epoch
+            try:
+                trial.policy.epoch_start(epoch)
+            except Exception as e:  # noqa: BLE001
+                log.warning("trial %s: policy failed at epoch start: %s", trial_id, e)
+            self._sync(trial)
+            return trial.answer()
+
+    def epoch_end(self, caller: PeerCredentials, trial_id: str,
+                  body: Mapping[str, Any]) -> dict[str, Any]:
+        trial = self._get(caller, trial_id)
+        with trial.lock:
+            result = _epoch_result(body, trial.policy.config())
+            trial.epoch = result.epoch
+            try:
+                trial.policy.epoch_end(result)
+            except Exception as e:  # noqa: BLE001
+                log.warning("trial %s: policy failed at epoch end: %s", trial_id, e)
+            self._sync(trial)
+            return trial.answer()
+
+    def close_trial(self, caller: PeerCredentials, trial_id: str) -> dict[str, Any]:
+        trial = self._get(caller, trial_id)
+        self._close(trial, f"closed by uid {caller.uid}")
+        return {"trial": trial.trial_id, "closed": True}
+
+
+def _affinity(pid: int) -> list[int] | None:
+    try:
+        return sorted(os.sched_getaffinity(pid))
+    except OSError:
+        return None
+
+
+# -- HTTP -------------------------------------------------------------------------
+
+
+class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    # Every trial of the node may end an epoch at the same moment.
+    request_queue_size = 128
+    daemon_ref: Daemon
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Routes ``/v1/...`` to the :class:`Daemon`; errors become JSON bodies
+    with the status from :data:`~pipetune.daemon.base.ERROR_STATUS`."""
+
+    server: _UnixHTTPServer
+    server_version = f"pipetune-daemon/{__version__}"
+    timeout = 30  # a client that stops sending must not hold a thread forever
+
+    def address_string(self) -> str:  # Unix sockets have no client address
+        return "unix"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+        log.debug("http: " + format, *args)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch("DELETE")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._dispatch("PATCH")
+
+    def _dispatch(self, method: str) -> None:
+        daemon = self.server.daemon_ref
+        try:
+            caller = peer_credentials(self.request)
+            status, payload = self._route(daemon, caller, method)
+        except Exception as e:  # noqa: BLE001 - every error becomes one JSON answer
+            status = http_status(e)
+            if status >= 500 and not isinstance(e, PipetuneError):
+                log.exception("daemon: %s %s failed", method, self.path)
+            payload = {"error": str(e) or type(e).__name__, "type": type(e).__name__}
+        self._send(status, payload)
+
+    def _body(self) -> dict[str, Any]:
+        length_text = self.headers.get("Content-Length")
+        if not length_text:
+            return {}
+        try:
+            length = int(length_text)
+        except ValueError:
+            raise BadRequestError(f"Content-Length {length_text!r} is not a number") from None
+        if length < 0:
+            raise BadRequestError(f"Content-Length {length} is negative")
+        if length > MAX_BODY_BYTES:
+            raise PayloadTooLargeError(f"body of {length} bytes: at most {MAX_BODY_BYTES}")
+        raw = self.rfile.read(length) if length else b""
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise BadRequestError(f"body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise BadRequestError(f"body must be a JSON object, got {type(body).__name__}")
+        return body
+
+    def _route(self, daemon: Daemon, caller: PeerCredentials,
+               method: str) -> tuple[int, Any]:
+        path = urlsplit(self.path).path.rstrip("/")
+        if not path.startswith(API_PREFIX + "/") and path != API_PREFIX:
+            raise UnknownPathError(f"no endpoint {path or '/'}: paths start with {API_PREFIX}/")
+        parts = [unquote(p) for p in path[len(API_PREFIX) + 1 :].split("/")] if \
+            path != API_PREFIX else []
+
+        def allow(*methods: str) -> None:
+            if method not in methods:
+                raise MethodNotAllowedError(f"{method} {path}: allowed {', '.join(methods)}")
+
+        if parts == ["health"]:
+            allow("GET")
+            return 200, daemon.health()
+        if parts == ["trials"]:
+            allow("GET", "POST")
+            if method == "GET":
+                return 200, {"trials": daemon.list_trials(caller)}
+            return 201, daemon.register(caller, self._body())
+        if len(parts) == 2 and parts[0] == "trials":
+            allow("GET", "DELETE")
+            if method == "GET":
+                return 200, daemon.trial(caller, parts[1])
+            return 200, daemon.close_trial(caller, parts[1])
+        if len(parts) == 3 and parts[0] == "trials":
+            actions = {"pids": daemon.add_pids, "epoch_start": daemon.epoch_start,
+                       "epoch_end": daemon.epoch_end}
+            action = actions.get(parts[2])
+            if action is not None:
+                allow("POST")
+                return 200, action(caller, parts[1], self._body())
+        raise UnknownPathError(f"no endpoint {path}")
+
+    def _send(self, status: int, payload: Any) -> None:
+        data = (json.dumps(payload, default=str) + "\n").encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError as e:  # the client went away: nothing to tell it
+            log.debug("daemon: answer not sent: %s", e)

@@ -1,0 +1,123 @@
+"""Run a real daemon (real socket, real HTTP, real processes) whose controller
+records every call to a JSON-lines file instead of writing cgroups.
+
+Used by the tests that check *which* controller calls the daemon makes
+(open, apply on allocated CPUs, close on stop/reap), independent of whether
+pipetune.control is installed; the real controller is exercised by
+test_daemon_cgroup.py.
+
+    python recording_daemon.py SOCKET RECORD_FILE [--model PATH] [--cpus 0,1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipetune.config import Settings
+from pipetune.daemon import Daemon
+from pipetune.types import SystemConfig
+
+
+@dataclass(frozen=True)
+class Handle:
+    trial_id: str
+
+
+class RecordingController:
+    """Implements the controller contract (open_trial, add_pids, apply,
+    usage, close_trial, cleanup_stale) by appending one JSON line per call."""
+
+    name = "recording"
+
+    def __init__(self, record: Path) -> None:
+        self.record = record
+        self._lock = threading.Lock()
+        self._open: set[str] = set()
+
+    def _write(self, **entry: object) -> None:
+        with self._lock, open(self.record, "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+    def open_trial(self, trial_id: str, pids: Sequence[int]) -> Handle:
+        if trial_id in self._open:
+            raise ValueError(f"trial {trial_id} already open")
+        self._open.add(trial_id)
+        self._write(op="open", trial=trial_id, pids=list(pids))
+        return Handle(trial_id)
+
+    def add_pids(self, handle: Handle, pids: Sequence[int]) -> None:
+        self._write(op="add_pids", trial=handle.trial_id, pids=list(pids))
+
+    def apply(self, handle: Handle, config: SystemConfig, *, cpus=None, cpu_quota=None):
+        self._write(op="apply", trial=handle.trial_id, config=str(config),
+                    cpus=None if cpus is None else list(cpus))
+        return None
+
+    def usage(self, handle: Handle) -> dict:
+        return {}
+
+    def close_trial(self, handle: Handle) -> None:
+        self._open.discard(handle.trial_id)
+        self._write(op="close", trial=handle.trial_id)
+
+    def cleanup_stale(self) -> int:
+        self._write(op="cleanup_stale")
+        return 0
+
+    def describe(self) -> str:
+        return "recording"
+
+
+class LowestFreeAllocator:
+    """Disjoint CPUs, lowest free first (the allocator contract, no topology)."""
+
+    def __init__(self, cpus: Sequence[int]) -> None:
+        self.cpus = list(cpus)
+        self.held: dict[str, list[int]] = {}
+
+    def allocate(self, trial_id: str, cores: int) -> list[int]:
+        self.held.pop(trial_id, None)
+        busy = {c for held in self.held.values() for c in held}
+        free = [c for c in self.cpus if c not in busy]
+        picked = (free + [c for c in self.cpus if c in busy])[:cores]
+        self.held[trial_id] = picked
+        return picked
+
+    def release(self, trial_id: str) -> None:
+        self.held.pop(trial_id, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("socket")
+    p.add_argument("record", type=Path)
+    p.add_argument("--model", default="")
+    p.add_argument("--cpus", default=",".join(str(c) for c in sorted(os.sched_getaffinity(0))))
+    p.add_argument("--reap-interval-s", type=float, default=0.2)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    flags = {"socket": args.socket, "model": args.model or None}
+    settings = Settings.load(flags)
+    daemon = Daemon(
+        settings,
+        socket_mode=0o666,
+        controller=RecordingController(args.record),
+        allocator=LowestFreeAllocator([int(c) for c in args.cpus.split(",")]),
+        reap_interval_s=args.reap_interval_s,
+        capabilities={"recording": True},
+    )
+    daemon.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""A user-style training loop whose system policy is hosted by the daemon.
+
+    python train_child.py SOCKET TRIAL_ID GATE_DIR EPOCHS
+
+Prints one JSON line per epoch (what went to "Tune").  Before epoch 2 it
+waits for GATE_DIR/go1 (the test kills the daemon meanwhile); after the last
+epoch it waits for GATE_DIR/go2 before exiting (so the test can start the next
+daemon while this process still runs).  Exits 0 when training finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from pipetune.daemon import policy_for_trial
+from pipetune.tune.session import TrialSession
+from pipetune.types import SystemSpace, TrialRef
+
+
+def wait_for(path: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gate {path} never opened")
+        time.sleep(0.02)
+
+
+def main() -> int:
+    socket_path, trial_id, gate, epochs = sys.argv[1], sys.argv[2], Path(sys.argv[3]), \
+        int(sys.argv[4])
+    ref = TrialRef(job="sigkill-job", trial=trial_id, node="test")
+    space = SystemSpace.parse("cores=1")
+    policy = policy_for_trial(ref, mode="v1", space=space, socket_path=socket_path)
+    if policy is None:
+        print(json.dumps({"error": "no daemon"}), flush=True)
+        return 3
+
+    def report(out: dict) -> None:
+        print(json.dumps(out), flush=True)
+
+    session = TrialSession(ref, policy, report_fn=report).start()
+    x = 0.0
+    for epoch in range(epochs):
+        if epoch == 2:
+            wait_for(gate / "go1")
+        for i in range(20000):  # the "training"
+            x += (i % 7) * 1e-6
+        session.report({"loss": 1.0 / (epoch + 1), "pid": os.getpid()}, steps=20000)
+    session.close()
+    wait_for(gate / "go2")
+    print(json.dumps({"done": True, "x": x}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
