@@ -42,3 +42,13 @@ def influx_url(influx_server: InfluxServer) -> str:
     name = "t_" + uuid.uuid4().hex[:10]
     influx_server.create_database(name)
     return influx_server.url(name)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for every Tune test (starting Ray costs seconds)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -24,7 +24,7 @@ from typing import Any
 
 from pipetune.config import Settings
 from pipetune.errors import ConfigError
-from pipetune.policy import MODES, FixedPolicy, make_policy
+from pipetune.policy import MODES, FixedPolicy, SystemPolicy, make_policy
 from pipetune.tune.session import TrialSession, current_session
 from pipetune.types import SystemSpace, TrialRef
 
@@ -45,6 +45,20 @@ def report(metrics: Mapping[str, Any], *, steps: int = 0, checkpoint: Any = None
             tune.report(dict(metrics))
         return dict(metrics)
     return session.report(metrics, steps=steps, checkpoint=checkpoint)
+
+
+def _daemon_policy(
+    ref: TrialRef, mode: str, space: SystemSpace, values: Mapping[str, Any], settings: Settings
+) -> SystemPolicy | None:
+    """The node daemon's policy when a daemon answers on the socket, else
+    None (the trial then runs its policy in-process)."""
+    try:
+        from pipetune.daemon.client import policy_for_trial
+
+        return policy_for_trial(ref, mode=mode, space=space, values=dict(values), settings=settings)
+    except Exception as e:  # noqa: BLE001 - no daemon is a normal case
+        log.info("trial %s: no node daemon (%s); running in-process", ref.trial, e)
+        return None
 
 
 def _open_store(settings: Settings) -> Any:
@@ -116,7 +130,9 @@ def wrap(
         store = _open_store(settings)
         try:
             values = system_values(config) if system_values else config
-            policy = make_policy(mode, system, values, ref, settings)
+            policy = _daemon_policy(ref, mode, system, values, settings) or make_policy(
+                mode, system, values, ref, settings
+            )
         except Exception as e:  # noqa: BLE001 - pipetune must not fail the trial
             log.warning("trial %s: no system policy (%s); default config kept", ref.trial, e)
             policy = FixedPolicy(
