@@ -58,7 +58,7 @@ class Objective(str, enum.Enum):
     def needs_energy(self) -> bool:
         return self in (Objective.ENERGY, Objective.EDP)
 
-    def value(self, m: Measurement, space: SystemSpace | None = None) -> float:
+    def cost(self, m: Measurement, space: SystemSpace | None = None) -> float:
         """The objective of ``m`` (lower is better).
 
         Raises:
