@@ -41,6 +41,11 @@ CPU_EVENTS: tuple[str, ...] = (
     "cpu_time",
 )
 
+#: CPU-seconds per unit of a CPU event (perf counts task-clock in msec), so
+#: features are counts per CPU-*second*: log1p compresses values below 1, so
+#: the unit matters (per CPU-millisecond every rate would look like zero).
+CPU_EVENT_SECONDS: dict[str, float] = {"task-clock": 1e-3, "cpu-clock": 1e-3}
+
 #: Substrings that mark level-like figures (not counts): not divided by CPU time.
 LEVEL_MARKERS: tuple[str, ...] = ("rss", "vms", "memory", "mem_mb", "threads", "num_fds", "util")
 
@@ -101,7 +106,10 @@ class FeatureScaler:
 
     def _raw(self, rates: Mapping[str, float], events: Sequence[str]) -> np.ndarray:
         cpu = rates.get(self.cpu_event) if self.cpu_event else None
-        cpu = cpu if cpu is not None and cpu > 0 else None
+        if cpu is not None and cpu > 0:
+            cpu = cpu * CPU_EVENT_SECONDS.get(self.cpu_event or "", 1.0)
+        else:
+            cpu = None
         level = set(self.levels)
         out = np.empty(len(events))
         for i, e in enumerate(events):

@@ -25,12 +25,14 @@ import importlib
 import inspect
 import logging
 import math
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from pipetune.errors import ConfigError, GroundTruthError
 from pipetune.groundtruth.base import GroundTruth, GroundTruthRecord, Match, rates_of
@@ -113,8 +115,10 @@ def make_clusterer(name: str, k: int | None, seed: int = 0) -> Any:
         kwargs[count_param] = int(k)
     if "random_state" in params:
         kwargs["random_state"] = seed
-    if "n_init" in params and cls.__name__ in ("KMeans", "MiniBatchKMeans", "GaussianMixture"):
-        kwargs["n_init"] = 10
+    if "n_init" in params and cls.__name__ in ("KMeans", "MiniBatchKMeans"):
+        kwargs["n_init"] = 10  # restarts: one bad seed must not split a workload
+    elif "n_init" in params and cls.__name__ == "GaussianMixture":
+        kwargs["n_init"] = 3
     return cls(**kwargs)
 
 
@@ -126,7 +130,13 @@ def takes_k(name: str) -> bool:
 def _labels(name: str, k: int | None, X: np.ndarray, seed: int) -> np.ndarray:
     est = make_clusterer(name, k, seed)
     try:
-        labels = est.fit_predict(X) if hasattr(est, "fit_predict") else est.fit(X).predict(X)
+        # Ground-truth histories are small: BLAS/OpenMP threads only cost
+        # here (15x slower on a busy 2-core node), so fit single-threaded.
+        with threadpool_limits(1), warnings.catch_warnings():
+            # Scanning k asks some clusterers for more clusters than the data
+            # has; they warn and return fewer, which the silhouette then judges.
+            warnings.simplefilter("ignore", category=UserWarning)
+            labels = est.fit_predict(X) if hasattr(est, "fit_predict") else est.fit(X).predict(X)
     except ValueError as e:
         raise GroundTruthError(f"clusterer {name!r} could not fit {len(X)} records: {e}") from e
     return np.asarray(labels, dtype=int)
@@ -309,6 +319,47 @@ def _choose_k(
     return best[1], best[0]
 
 
+def _own_spread(X: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """(centroid, expected squared distance of a *new* member, size)."""
+    centroid = X[idx].mean(axis=0)
+    n = len(idx)
+    if n < 2:
+        return centroid, 0.0, n
+    ss = float(((X[idx] - centroid) ** 2).sum(axis=1).mean())
+    # A member's distance to a centroid fitted on it underestimates a new
+    # member's: E|new-mean|^2 / E|member-mean|^2 = (n+1)/(n-1).
+    return centroid, ss * (n + 1) / (n - 1), n
+
+
+def _merge_overlapping(
+    X: np.ndarray, groups: list[np.ndarray], floor: float
+) -> list[np.ndarray]:
+    """Merge clusters whose centroids are closer than the sum of their radii.
+
+    Silhouette happily splits one noisy workload in two; such halves overlap
+    (their centroids sit well inside each other's spread), while different
+    workloads do not.  Two clusters the similarity score could not tell apart
+    are one cluster.
+    """
+    groups = list(groups)
+    while len(groups) > 1:
+        stats = [_own_spread(X, idx) for idx in groups]
+        radii = [max(math.sqrt(s2), floor) for _, s2, _ in stats]
+        best: tuple[float, int, int] | None = None
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                d = float(np.linalg.norm(stats[i][0] - stats[j][0]))
+                overlap = d / (radii[i] + radii[j])
+                if overlap < 1.0 and (best is None or overlap < best[0]):
+                    best = (overlap, i, j)
+        if best is None:
+            break
+        _, i, j = best
+        groups[i] = np.concatenate([groups[i], groups[j]])
+        del groups[j]
+    return groups
+
+
 def fit_groundtruth(
     records: Sequence[GroundTruthRecord],
     *,
@@ -386,14 +437,14 @@ def fit_groundtruth(
     groups = [np.where(labels == lab)[0] for lab in sorted(set(labels.tolist()))]
 
     floor = float(np.sqrt(((noise_log / np.asarray(scaler.std)) ** 2).sum()))
-    own: list[tuple[np.ndarray, float, int]] = []
-    for idx in groups:
-        centroid = X[idx].mean(axis=0)
-        n = len(idx)
-        ss = float(((X[idx] - centroid) ** 2).sum(axis=1).mean()) if n > 1 else 0.0
-        # A member's distance to a centroid fitted on it underestimates a new
-        # member's: E|new-mean|^2 / E|member-mean|^2 = (n+1)/(n-1).
-        own.append((centroid, ss * (n + 1) / (n - 1) if n > 1 else 0.0, n))
+    if isinstance(k, str):
+        groups = _merge_overlapping(X, groups, floor)
+        if sil is not None:
+            merged = np.empty(len(X), dtype=int)
+            for lab, idx in enumerate(groups):
+                merged[idx] = lab
+            sil = _silhouette(X, merged)
+    own = [_own_spread(X, idx) for idx in groups]
     multi = [(s2, n) for _, s2, n in own if n > 1]
     pooled = sum(s2 * n for s2, n in multi) / sum(n for _, n in multi) if multi else 0.0
 
