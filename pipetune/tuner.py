@@ -193,7 +193,8 @@ class SystemTuner:
         warmup_s: seconds after a config change not counted in a probe.
         profile_epochs: epochs aggregated into the profile (at least).
         profile_min_s: seconds aggregated into the profile (at least), so very
-            short epochs are aggregated until the profile has enough samples.
+            short epochs are aggregated until the profile has enough samples
+            (default 3 s: three samples at perf's default 1 s interval).
         total_epochs: the trial's epochs, so a plan never needs more than are left.
         memory_margin: memory candidates stay ≥ observed peak × (1 + margin).
         halving_min_windows / halving_eta: successive-halving parameters.
@@ -220,7 +221,7 @@ class SystemTuner:
         threshold: float = 0.8,
         warmup_s: float = 1.0,
         profile_epochs: int = 1,
-        profile_min_s: float = 0.0,
+        profile_min_s: float = 3.0,
         total_epochs: int | None = None,
         memory_margin: float = DEFAULT_MEMORY_MARGIN,
         halving_min_windows: int = 1,
@@ -266,6 +267,8 @@ class SystemTuner:
         self.match: Match | None = None
         self.best: tuple[SystemConfig, float] | None = None
         self._config = self.default  # in force (read by the training thread)
+        self.started_at: float | None = None  # clock() at trial start
+        self.settled_at: float | None = None  # clock() when a config was settled
 
         self._trial_handle: Any = None
         self._profiler: Profiler | None = None
@@ -453,6 +456,10 @@ class SystemTuner:
     def _transition(self, new: TunerState, reason: str) -> None:
         if new not in TRANSITIONS[self.state] and new is not self.state:
             raise RuntimeError(f"illegal tuner transition {self.state.value} -> {new.value}")
+        if new is TunerState.PROFILING:
+            self.started_at = self.clock()
+        if new is TunerState.SETTLED and self.settled_at is None:
+            self.settled_at = self.clock()
         if new is not self.state:
             log.info("trial %s: %s -> %s (%s)", self.ref.trial, self.state.value, new.value,
                      reason)

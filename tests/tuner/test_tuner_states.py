@@ -27,6 +27,7 @@ def make(space=None, *, rates=RATES_A, clock=None, controller=None, profiler=Non
     profiler = profiler or FakeProfiler(rates)
     store = kw.pop("store", FakeStore())
     kw.setdefault("warmup_s", 0.0)
+    kw.setdefault("profile_min_s", 0.0)
     tuner = SystemTuner(
         TrialRef("job1", "t1", "node1"), space or SystemSpace(cores=(1, 2)),
         pids=[12345], controller=controller, profiler_factory=lambda pids: profiler,
@@ -55,6 +56,8 @@ def test_unseen_workload_probes_each_candidate_once_and_settles_on_fastest():
     assert tuner.state is TunerState.SETTLED and tuner.config == C1
     assert tuner.threads_to_use() == 1
     assert ctl.applied == [C2, C1, C2, C1]
+    # started before epoch 0, settled at the end of epoch 2 (3 epochs of 10 steps)
+    assert tuner.settled_at - tuner.started_at == pytest.approx(10 * 1.0 + 10 * 0.5 + 10 * 1.0)
     assert tuner.best == (C1, pytest.approx(0.5))
     # the profile was taken once, over the first epoch, and profiling stopped
     assert [c[0] for c in prof.calls] == ["start", "profile", "stop"]
