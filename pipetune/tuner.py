@@ -599,23 +599,26 @@ class SystemTuner:
             self._slot.intervals.append(iv)
         return iv
 
-    def _counted(self, slot: _Slot) -> tuple[list[_Interval], bool]:
-        """(intervals that count for the slot's config, warm-up excluded?)."""
+    def _counted(self, slot: _Slot, *, allow_loose: bool) -> list[_Interval]:
+        """Intervals that count for the slot's config: those that started after
+        the warm-up; failing that (``allow_loose``: an epoch-only loop at the
+        end of its epoch), those the config was in force for all but ``grace``
+        of — warm-up then included, as the module docstring says."""
         strict = [iv for iv in slot.intervals
                   if iv.t0 >= slot.applied_at + self.warmup_s and iv.steps > 0]
-        if strict:
-            return strict, True
-        loose = [iv for iv in slot.intervals
-                 if iv.steps > 0 and iv.t0 + self.grace * (iv.t1 - iv.t0) >= slot.applied_at]
-        return loose, False
+        if strict or not allow_loose:
+            return strict
+        return [iv for iv in slot.intervals
+                if iv.steps > 0 and iv.t0 + self.grace * (iv.t1 - iv.t0) >= slot.applied_at]
 
     def _probe_progress(self, ev: _Event, *, epoch_over: bool) -> None:
         slot, strategy = self._slot, self._strategy
         assert slot is not None and strategy is not None
-        counted, _ = self._counted(slot)
         if strategy.unit is ProbeUnit.EPOCH:
+            counted = self._counted(slot, allow_loose=epoch_over)
             done = epoch_over and bool(counted)
-        else:
+        else:  # sub-epoch windows exist to exclude the warm-up: never loose
+            counted = self._counted(slot, allow_loose=False)
             done = len(counted) >= slot.windows
         left = self._epochs_left()
         if not done:

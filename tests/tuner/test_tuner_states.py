@@ -248,6 +248,23 @@ def test_sub_epoch_halving_probes_inside_epochs():
     assert store.groundtruth[0]["config"] == SystemConfig(2)
 
 
+def test_halving_excludes_the_warmup_window():
+    # 1c's first window after a change is 20x slower (warm-up), then it is the
+    # fastest.  Halving must measure the window after the warm-up; counting
+    # the warm-up window would pick 2c.
+    def sps(cfg, since):
+        if cfg == C1:
+            return 20.0 if since == 0 else 1.0
+        return 1.5
+
+    tuner, clock, _, _, _ = make(total_epochs=4, strategy="halving", warmup_s=0.5)
+    tuner.start()
+    train(tuner, clock, range(4), steps=160, windows=16, seconds_per_step=sps)
+    assert tuner.decisions[-1].kind is DecisionKind.SETTLED
+    assert tuner.decisions[-1].config == C1
+    assert tuner.best[1] == pytest.approx(1.0)
+
+
 def test_halving_without_windows_falls_back_to_grid():
     tuner, clock, _, _, _ = make(total_epochs=5, strategy="halving")
     tuner.start()
