@@ -50,6 +50,23 @@ CPU_EVENT_SECONDS: dict[str, float] = {"task-clock": 1e-3, "cpu-clock": 1e-3}
 LEVEL_MARKERS: tuple[str, ...] = ("rss", "vms", "memory", "mem_mb", "threads", "num_fds", "util")
 
 
+def _within_std(raw: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    """Pooled within-group standard deviation per column; the overall one
+    when fewer than two labelled groups have repeated rows."""
+    if len(labels) != len(raw):
+        raise GroundTruthError(f"{len(labels)} labels for {len(raw)} profiles")
+    groups: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        if lab:
+            groups.setdefault(lab, []).append(i)
+    repeated = [idx for idx in groups.values() if len(idx) > 1]
+    if len(repeated) < 2:
+        return raw.std(axis=0)
+    ss = sum(((raw[idx] - raw[idx].mean(axis=0)) ** 2).sum(axis=0) for idx in repeated)
+    dof = sum(len(idx) - 1 for idx in repeated)
+    return np.sqrt(ss / dof)
+
+
 def is_level(event: str, markers: Sequence[str] = LEVEL_MARKERS) -> bool:
     e = event.lower()
     return any(m in e for m in markers)
@@ -72,14 +89,26 @@ class FeatureScaler:
         cls,
         rates: Sequence[Mapping[str, float]],
         *,
-        min_std: float = 0.1,
+        min_std: float = 0.25,
+        labels: Sequence[str] | None = None,
         cpu_events: Sequence[str] = CPU_EVENTS,
         level_markers: Sequence[str] = LEVEL_MARKERS,
     ) -> FeatureScaler:
         """Fit on the rates of the training records.
 
-        ``min_std`` is in log units: differences smaller than about
-        ``min_std`` × 100 % between runs count as noise.
+        ``min_std`` is in log units (0.25 ≈ 28 %): no feature counts finer
+        differences than that, so a history of one workload (std ≈ 0) still
+        compares sensibly.  Events that never changed in the history are
+        left out (they cannot tell workloads apart).
+
+        ``labels`` (the records' workload names, where known) turn the
+        scaling into run-to-run noise units: each feature is divided by its
+        pooled *within-workload* standard deviation instead of its overall
+        one.  On a shared node without a PMU, context switches and wake-ups
+        vary more between two runs of one workload than between workloads;
+        measured in their own noise they stop drowning the stable figures
+        (RSS, threads, futex and page-allocation rates).  Needs at least two
+        workloads with repeated runs; otherwise the overall spread is used.
 
         Raises:
             GroundTruthError: no records, or no event that every record has.
@@ -98,8 +127,18 @@ class FeatureScaler:
         levels = tuple(e for e in events if is_level(e, level_markers))
         partial = cls(events, cpu_event, levels, (0.0,) * len(events), (1.0,) * len(events))
         raw = np.vstack([partial._raw(r, events) for r in rates])
+        if len(rates) > 1:
+            # An event that never changed in the whole history (most often one
+            # that never fired) tells no workload from another; kept, it
+            # would only inflate every noise floor.
+            varies = raw.max(axis=0) - raw.min(axis=0) > 1e-9
+            if varies.any() and not varies.all():
+                events = tuple(e for e, v in zip(events, varies, strict=True) if v)
+                levels = tuple(e for e in levels if e in events)
+                raw = raw[:, varies]
         mean = raw.mean(axis=0)
-        std = np.maximum(raw.std(axis=0), min_std)
+        std = np.maximum(_within_std(raw, labels) if labels is not None else raw.std(axis=0),
+                         min_std)
         return cls(events, cpu_event, levels, tuple(map(float, mean)), tuple(map(float, std)))
 
     # -- transforming ----------------------------------------------------------------

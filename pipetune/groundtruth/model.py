@@ -391,9 +391,10 @@ def fit_groundtruth(
     clusterer: str = "kmeans",
     objective: str | None = None,
     seed: int = 0,
-    min_std: float = 0.1,
+    min_std: float = 0.25,
     noise_log: float = 0.25,
     max_k: int = 10,
+    use_workloads: bool = True,
 ) -> ClusterGroundTruth:
     """Fit a model on past trials' records.
 
@@ -404,6 +405,9 @@ def fit_groundtruth(
         clusterer: ``"kmeans"`` or any scikit-learn clusterer name.
         objective: which records to use; default: the one all records share.
         min_std: floor of a feature's standard deviation (log units).
+        use_workloads: scale features by their within-workload spread where
+            records name their workload (see :meth:`FeatureScaler.fit`); the
+            clustering itself never sees the names.
         noise_log: run-to-run noise of a rate (log units, 0.25 ≈ 28 %, what
             contention on a shared node does to context switches); floors each
             cluster's radius so a cluster of one record can still match.
@@ -440,7 +444,8 @@ def fit_groundtruth(
     if not isinstance(k, str) and k > len(recs):
         raise ConfigError(f"k={k}: larger than the {len(recs)} records")
 
-    scaler = FeatureScaler.fit([r.rates for r in recs], min_std=min_std)
+    labels = [r.workload for r in recs] if use_workloads else None
+    scaler = FeatureScaler.fit([r.rates for r in recs], min_std=min_std, labels=labels)
     X = scaler.transform_many([r.rates for r in recs])
     if isinstance(k, str):
         if takes_k(clusterer):

@@ -264,8 +264,25 @@ def test_records_from_a_real_store(tmp_path):
     assert recs[0].config == SystemConfig(1) and recs[0].value == pytest.approx(1.0)
 
 
-def test_scaler_floors_constant_features():
-    s = FeatureScaler.fit([{"a": 10.0, "b": 5.0}, {"a": 10.0, "b": 50.0}], min_std=0.1)
-    assert s.std[s.events.index("a")] == pytest.approx(0.1)
-    z, mask = s.transform({"a": 10.0 * math.e, "b": 5.0})
-    assert mask.all() and abs(z[s.events.index("a")]) < 15
+def test_scaler_drops_constant_events_and_floors_the_spread():
+    s = FeatureScaler.fit([{"a": 10.0, "b": 5.0}, {"a": 10.0, "b": 50.0}], min_std=0.25)
+    assert s.events == ("b",)  # "a" never changed: it cannot tell workloads apart
+    one = FeatureScaler.fit([{"a": 10.0, "b": 5.0}], min_std=0.25)
+    assert one.events == ("a", "b") and one.std == (0.25, 0.25)
+    z, mask = one.transform({"a": 10.0 * math.e, "b": 5.0})
+    assert mask.all() and 2 < z[0] < 5 and z[1] == 0
+
+
+def test_scaler_uses_within_workload_spread_when_names_are_known():
+    # "noisy" varies a lot between runs of the same workload, "clean" only
+    # between workloads: scaled by their own run-to-run noise, clean counts more.
+    rates = [{"noisy": n, "clean": c} for n, c in
+             ((10, 100), (1000, 110), (12, 5000), (900, 5100))]
+    labels = ["x", "x", "y", "y"]
+    within = FeatureScaler.fit(rates, labels=labels)
+    overall = FeatureScaler.fit(rates)
+    i_noisy, i_clean = within.events.index("noisy"), within.events.index("clean")
+    assert within.std[i_noisy] > 5 * within.std[i_clean]
+    assert overall.std[i_noisy] < 2 * overall.std[i_clean]
+    with pytest.raises(GroundTruthError, match="labels for"):
+        FeatureScaler.fit(rates, labels=["x"])
