@@ -89,7 +89,7 @@ def run_trial(tmp_path, name, *, kind, epochs, store, model, threshold, steps=40
         [sys.executable, str(script), kind, str(epochs), str(steps), str(windows)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
     )
-    controller = control_mod.detect_controller("cgroup")
+    controller = control_mod.detect_controller(kind="cgroup")
     tuner = None
     try:
         assert proc.stdout.readline().strip() == "ready"

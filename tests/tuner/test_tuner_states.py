@@ -273,6 +273,19 @@ def test_halving_without_windows_falls_back_to_grid():
     assert tuner.decisions[-1].config == C1
 
 
+def test_one_at_a_time_strategy_in_the_tuner():
+    space = SystemSpace(cores=(1, 2), memory_mb=(1024, 2048))
+    cost = {1: 0.5, 2: 1.0}
+    tuner, clock, _, _, _ = make(space, total_epochs=8, strategy="one_at_a_time")
+    tuner.start()
+    train(tuner, clock, range(8), seconds_per_step=lambda c, w: cost[c.cores] *
+          (1.2 if c.memory_mb == 2048 else 1.0))
+    probed = [d.config for d in tuner.decisions if d.kind is DecisionKind.PROBE]
+    # cores first at the default memory, then memory at the best cores
+    assert probed == [SystemConfig(1, 2048), SystemConfig(2, 2048), SystemConfig(1, 1024)]
+    assert tuner.decisions[-1].config == SystemConfig(1, 1024)
+
+
 def test_memory_candidates_below_the_peak_are_skipped():
     space = SystemSpace(cores=(1,), memory_mb=(512, 1024, 4096))
     clock = FakeClock()
