@@ -35,6 +35,24 @@ successive halving.
 Collaborators are injected (small protocols below), so the state machine is
 tested with fakes and runs for real with ``pipetune.profiler.TrialProfiler``
 and a ``pipetune.control`` controller.
+
+Embedding it without Ray (the training loop's side)::
+
+    tuner = SystemTuner(TrialRef(job, trial), space, pids=[os.getpid()],
+                        controller=detect_controller(),
+                        profiler_factory=lambda pids: TrialProfiler(pids),
+                        groundtruth=settings.model, store=store, workload="lenet5",
+                        total_epochs=epochs)
+    tuner.start()
+    for epoch in range(epochs):
+        sync_threads(tuner.threads_to_use())
+        tuner.epoch_start(epoch)
+        for step, batch in enumerate(loader, 1):
+            train_step(batch)
+            if step % 50 == 0:
+                tuner.window_end(epoch, step)      # optional: sub-epoch probing
+        tuner.epoch_end(epoch, step, {"loss": loss})
+    tuner.close()
 """
 
 from __future__ import annotations
