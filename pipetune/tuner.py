@@ -686,8 +686,11 @@ class SystemTuner:
         strategy = self._strategy
         assert strategy is not None
         best = strategy.best()
-        if best is None:
-            self._settle_default(ev, "no probe could be measured" + note)
+        if best is None or len(strategy.values) + len(strategy.rejected) < 2:
+            # One measurement compares nothing (an infeasible config is a
+            # comparison: it lost): keep the default.
+            n = len(strategy.values)
+            self._settle_default(ev, f"only {n} probe(s) could be measured" + note)
             return
         cfg, value = best
         self.best = best
@@ -699,7 +702,7 @@ class SystemTuner:
             f"best of {len(measured)} probed by {self.objective.value} ({value:.6g})" + note,
             objective=self.objective.value, candidates=measured,
         )
-        if len(measured) >= 2 and self.profile is not None and self.store is not None:
+        if self.profile is not None and self.store is not None:
             # (profile, winner, value): the next similar trial skips probing.
             self._store_call(self.store.write_groundtruth, workload=self.workload,
                              profile=self.profile, config=cfg, objective=self.objective.value,

@@ -219,6 +219,29 @@ def test_probe_counts_only_when_the_config_was_in_force_for_the_whole_window():
     assert tuner.decisions[-1].kind is DecisionKind.SETTLED
 
 
+def test_a_probe_that_spills_over_cuts_the_plan_and_keeps_the_default():
+    # 4 epochs: profile, then 2 probes planned; the first probe's epoch does
+    # not count (late apply), so only one probe fits: no comparison, default kept.
+    clock = FakeClock()
+    ctl = FakeController(clock, apply_takes_s=5.0)
+    tuner, clock, ctl, _, store = make(clock=clock, controller=ctl, total_epochs=4)
+    tuner.start()
+    assert tuner.wait_idle()
+    tuner.epoch_start(0)
+    for e in range(4):
+        clock.advance(10.0)
+        ctl.hold.clear()
+        tuner.epoch_end(e, 10)
+        if e < 3:
+            tuner.epoch_start(e + 1)
+        ctl.hold.set()
+        assert tuner.wait_idle()
+    last = tuner.decisions[-1]
+    assert last.kind is DecisionKind.FALLBACK and "only 1 probe" in last.reason
+    assert tuner.config == C2 and store.groundtruth == []
+    assert len([d for d in tuner.decisions if d.kind is DecisionKind.PROBE]) == 1
+
+
 def test_epoch_end_returns_while_the_worker_profiles():
     gate = threading.Event()
     prof = FakeProfiler(RATES_A, gate=gate)
