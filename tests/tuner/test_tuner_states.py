@@ -331,6 +331,18 @@ def test_oom_marks_a_config_infeasible():
     assert tuner.decisions[-1].config == C2  # 1c was fastest but OOMed
 
 
+def test_resource_time_prefers_the_smaller_config_that_is_not_much_slower():
+    # 2c is 10 % faster but holds twice the cores: resource-time picks 1c,
+    # runtime picks 2c.
+    table = {C1: 1.0, C2: 0.9}
+    for objective, winner in (("resource_time", C1), ("runtime", C2)):
+        tuner, clock, _, _, _ = make(total_epochs=5, objective=objective)
+        tuner.start()
+        train(tuner, clock, range(5), seconds_per_step=speed(table))
+        assert tuner.decisions[-1].config == winner, objective
+        assert tuner.decisions[-1].objective == objective
+
+
 def test_energy_objective_without_energy_uses_runtime():
     tuner, clock, _, _, store = make(total_epochs=5, objective="energy")
     tuner.start()
