@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
-    from pipetune.groundtruth import fit_groundtruth, load_model, records_from_frame, save_model
+    from pipetune.groundtruth import load_model, retrain
 
     if args.action == "show":
         print(f"{args.path}:")
@@ -50,13 +50,10 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     out = args.out or settings.model
     store = open_store(settings.store, spool_root=settings.spool_dir)
     try:
-        frame = store.groundtruth_records(objective)
+        model = retrain(store, out, objective=objective, k=args.k, clusterer=args.clusterer,
+                        seed=args.seed)
     finally:
         store.close()
-    records = records_from_frame(frame, objective)
-    model = fit_groundtruth(records, k=args.k, clusterer=args.clusterer, objective=objective,
-                            seed=args.seed)
-    path = save_model(model, out)
     print(model.describe())
-    print(f"wrote {path}")
+    print(f"wrote {out}")
     return 0

@@ -7,6 +7,7 @@
 - :mod:`.model` — :func:`fit_groundtruth`, :class:`ClusterGroundTruth`,
   :func:`similarity`, any scikit-learn clusterer by name.
 - :mod:`.persist` — versioned JSON files, atomic writes, no pickle.
+- :mod:`.retrain` — :func:`retrain`: store records → fitted model file.
 """
 
 from pipetune.groundtruth.base import (
@@ -27,6 +28,7 @@ from pipetune.groundtruth.model import (
     similarity,
 )
 from pipetune.groundtruth.persist import SCHEMA_VERSION, load_model, load_or_empty, save_model
+from pipetune.groundtruth.retrain import retrain
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -44,6 +46,7 @@ __all__ = [
     "load_or_empty",
     "make_clusterer",
     "records_from_frame",
+    "retrain",
     "save_model",
     "similarity",
 ]
