@@ -434,3 +434,32 @@ def test_summary_says_what_was_applied_and_why():
     assert s["pipetune/state"] == "settled" and s["pipetune/config"] == "2c/-m/0g"
     assert s["pipetune/decision"] == "fallback" and "too few" in s["pipetune/reason"]
     assert not math.isnan(s["pipetune/threads"])
+
+
+def test_from_settings_takes_threshold_objective_warmup_and_model(tmp_path):
+    from pipetune.config import Settings
+
+    settings = Settings.load({}, env={"PIPETUNE_HOME": str(tmp_path), "PIPETUNE_THRESHOLD": "0.3",
+                                      "PIPETUNE_OBJECTIVE": "edp", "PIPETUNE_WARMUP_S": "2.5"})
+    clock = FakeClock()
+    tuner = SystemTuner.from_settings(
+        TrialRef("j", "t"), SystemSpace(cores=(1, 2)), settings, pids=[1],
+        controller=FakeController(clock), profiler_factory=lambda pids: FakeProfiler(RATES_A),
+        clock=clock,
+    )
+    try:
+        assert tuner.threshold == 0.3 and tuner.objective.value == "edp"
+        assert tuner.warmup_s == 2.5
+        assert tuner._groundtruth_src == str(tmp_path / "groundtruth.json")
+    finally:
+        tuner.close()
+
+
+def test_context_manager_starts_and_closes():
+    clock = FakeClock()
+    ctl = FakeController(clock)
+    with SystemTuner(TrialRef("j", "t"), SystemSpace(cores=(1, 2)), pids=[7], controller=ctl,
+                     profiler_factory=lambda pids: FakeProfiler(RATES_A), clock=clock) as tuner:
+        assert tuner.wait_idle()
+        assert tuner.state is TunerState.PROFILING
+    assert ctl.opened == [("t", [7])] and ctl.closed == ["handle-t"]
