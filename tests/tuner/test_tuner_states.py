@@ -7,41 +7,24 @@ import math
 import threading
 
 import pytest
-from tuner_fakes import FakeClock, FakeController, FakeProfiler, FakeStore, train
+from tuner_fakes import (
+    C1,
+    C2,
+    RATES_A,
+    RATES_B,
+    FakeClock,
+    FakeController,
+    FakeProfiler,
+    kinds,
+    make,
+    speed,
+    train,
+)
 
 from pipetune.errors import ConfigError
 from pipetune.groundtruth import GroundTruthRecord, fit_groundtruth, save_model
 from pipetune.tuner import TRANSITIONS, SystemTuner, TunerState
 from pipetune.types import DecisionKind, SystemConfig, SystemSpace, TrialRef
-
-C1, C2 = SystemConfig(1), SystemConfig(2)
-RATES_A = {"task-clock": 1900.0, "context-switches": 120.0, "page-faults": 8000.0,
-           "sched:sched_wakeup": 300.0, "syscalls:sys_enter_read": 50.0}
-RATES_B = {"task-clock": 950.0, "context-switches": 9000.0, "page-faults": 30.0,
-           "sched:sched_wakeup": 20000.0, "syscalls:sys_enter_read": 7000.0}
-
-
-def make(space=None, *, rates=RATES_A, clock=None, controller=None, profiler=None, **kw):
-    clock = clock or FakeClock()
-    controller = controller or FakeController(clock)
-    profiler = profiler or FakeProfiler(rates)
-    store = kw.pop("store", FakeStore())
-    kw.setdefault("warmup_s", 0.0)
-    kw.setdefault("profile_min_s", 0.0)
-    tuner = SystemTuner(
-        TrialRef("job1", "t1", "node1"), space or SystemSpace(cores=(1, 2)),
-        pids=[12345], controller=controller, profiler_factory=lambda pids: profiler,
-        store=store, clock=clock, workload="wl", **kw,
-    )
-    return tuner, clock, controller, profiler, store
-
-
-def kinds(tuner):
-    return [d.kind for d in tuner.decisions]
-
-
-def speed(table):
-    return lambda cfg, since: table[cfg]
 
 
 def test_unseen_workload_probes_each_candidate_once_and_settles_on_fastest():

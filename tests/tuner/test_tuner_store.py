@@ -5,8 +5,7 @@ retrained from that store makes the next trial of the workload match."""
 from __future__ import annotations
 
 import pytest
-from test_tuner_states import C1, C2, RATES_A, RATES_B, kinds, make, speed
-from tuner_fakes import FakeClock, train
+from tuner_fakes import C1, C2, RATES_A, RATES_B, FakeClock, kinds, make, speed, train
 
 from pipetune.groundtruth import load_model, retrain
 from pipetune.store import RATE_PREFIX, open_store
@@ -22,9 +21,8 @@ def store(tmp_path):
 
 def run(store, trial, rates, model, epochs=5, *, start_s):
     # Each trial its own time: the store keys points by (tags, time).
-    tuner, clock, _, _, _ = make(rates=rates, store=store, groundtruth=model,
+    tuner, clock, _, _, _ = make(rates=rates, store=store, groundtruth=model, trial=trial,
                                  total_epochs=epochs, clock=FakeClock(start_s))
-    tuner.ref = tuner.ref.__class__("job1", trial, "node1")
     tuner.start()
     train(tuner, clock, range(epochs), seconds_per_step=speed({C1: 0.5, C2: 1.0}))
     tuner.close()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipetune.errors import ControlError, PerfUnavailableError
-from pipetune.types import EpochProfile, SystemConfig
+from pipetune.types import EpochProfile, SystemConfig, SystemSpace, TrialRef
 
 
 class FakeClock:
@@ -151,3 +151,39 @@ def train(tuner: Any, clock: FakeClock, epochs: Sequence[int], *, steps: int = 1
             else:
                 tuner.epoch_end(e, done, {"loss": 1.0 / (e + 1)})
             assert tuner.wait_idle()
+
+
+# -- a tuner wired to fakes ------------------------------------------------------------
+
+C1, C2 = SystemConfig(1), SystemConfig(2)
+RATES_A = {"task-clock": 1900.0, "context-switches": 120.0, "page-faults": 8000.0,
+           "sched:sched_wakeup": 300.0, "syscalls:sys_enter_read": 50.0}
+RATES_B = {"task-clock": 950.0, "context-switches": 9000.0, "page-faults": 30.0,
+           "sched:sched_wakeup": 20000.0, "syscalls:sys_enter_read": 7000.0}
+
+
+def make(space=None, *, rates=RATES_A, clock=None, controller=None, profiler=None, **kw):
+    """(tuner, clock, controller, profiler, store) with fakes where not given."""
+    from pipetune.tuner import SystemTuner
+
+    clock = clock or FakeClock()
+    controller = controller or FakeController(clock)
+    profiler = profiler or FakeProfiler(rates)
+    store = kw.pop("store", FakeStore())
+    kw.setdefault("warmup_s", 0.0)
+    kw.setdefault("profile_min_s", 0.0)
+    trial = kw.pop("trial", "t1")
+    tuner = SystemTuner(
+        TrialRef("job1", trial, "node1"), space or SystemSpace(cores=(1, 2)),
+        pids=[12345], controller=controller, profiler_factory=lambda pids: profiler,
+        store=store, clock=clock, workload="wl", **kw,
+    )
+    return tuner, clock, controller, profiler, store
+
+
+def kinds(tuner):
+    return [d.kind for d in tuner.decisions]
+
+
+def speed(table):
+    return lambda cfg, since: table[cfg]
