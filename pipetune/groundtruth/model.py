@@ -8,15 +8,24 @@
   score calibrated per cluster (:func:`similarity`).
 
 Why not raw k-means with a fixed k: on a host without a PMU, profiles of
-different workloads sit close in a few features and far in others; plain
-k-means with a guessed k split and merged workloads (ARI 0.55 in our first
-measurement) while nearest-centroid matching with per-cluster spread
-identified 20/21.  So: k chosen by silhouette (and k=1 when there is no real
-structure), features log-scaled per CPU-second and standardised with a noise
-floor, and the match judged in units of the matched cluster's own spread,
-corrected for the cluster's size.  Whatever clusterer found the groups, the
-model keeps only centroids, radii and configs, so it is saved as JSON and
-matched the same way.
+different workloads sit close in a few features and far in others, and the
+contention-driven figures (context switches, wake-ups, CPU utilisation) vary
+as much between two runs of one workload as between workloads.  So:
+
+- features per CPU-second, log-scaled, in units of each feature's
+  run-to-run (within-workload) noise where the records name their workload
+  (:meth:`FeatureScaler.fit`), floored so no feature counts finer than ~28 %;
+- distances leave out each comparison's worst ~10 % of features
+  (:func:`robust_sq_distance`): one flaky counter cannot decide a match;
+- ``k`` chosen by silhouette (one cluster when there is no real structure),
+  then clusters that overlap (centroids closer than the sum of their radii)
+  merged: the score could not tell them apart anyway;
+- the match judged in units of the matched cluster's own spread, corrected
+  for its size and shrunk toward the pooled spread (:func:`similarity`).
+
+Whatever clusterer found the groups, the model keeps only centroids, radii
+and configs, so it is saved as JSON and matched the same way.  Measured on
+this VM: ``benchmarks/groundtruth_ari.py``.
 """
 
 from __future__ import annotations
