@@ -192,6 +192,7 @@ def main() -> None:
     ap.add_argument("--load", metavar="JSON", help="reuse profiles saved before")
     args = ap.parse_args()
     from sklearn.metrics import adjusted_rand_score as ari
+    from sklearn.metrics import completeness_score
 
     if args.load:
         raw = json.loads(Path(args.load).read_text())
@@ -221,21 +222,33 @@ def main() -> None:
         for k in ("auto", n_w, n_t):
             model = fit_groundtruth(recs, k=k, use_workloads=names)
             lab = cluster_labels(model, recs)
+            # completeness 1.0: no workload's runs are split over clusters
+            comp = completeness_score(wl, lab)
             print(f"pipetune {tag:20s} k={str(k):4s} -> {model.n_clusters} clusters: "
-                  f"ARI vs workload {ari(wl, lab):.2f}, vs type {ari(ty, lab):.2f}")
+                  f"ARI vs workload {ari(wl, lab):.2f}, vs type {ari(ty, lab):.2f}, "
+                  f"workload completeness {comp:.2f}")
     for names in (False, True):
-        nearest = matched = same_type = 0
+        within = matched = same_type = 0
         for i, r in enumerate(recs):
             rest = recs[:i] + recs[i + 1:]
             m = fit_groundtruth(rest, k="auto", use_workloads=names).match(r.rates)
-            top = Counter(m.workloads).most_common(1)
-            own = bool(top) and top[0][0] == r.workload
-            nearest += own
+            own = r.workload in m.workloads  # its own earlier runs are in that cluster
+            within += own
             matched += own and m.score >= args.threshold
+            top = Counter(m.workloads).most_common(1)
             same_type += bool(top) and WORKLOADS[top[0][0]] == WORKLOADS[r.workload]
-        print(f"leave-one-out ({'noise units' if names else 'overall spread'}): nearest "
-              f"cluster's main workload is its own {nearest}/{len(recs)} (score >= "
-              f"{args.threshold}: {matched}), its type {same_type}/{len(recs)}")
+        print(f"leave-one-out ({'noise units' if names else 'overall spread'}): the nearest "
+              f"cluster holds its own workload {within}/{len(recs)}, matched with score >= "
+              f"{args.threshold} {matched}/{len(recs)}; cluster's main type is its type "
+              f"{same_type}/{len(recs)}")
+        unseen = 0
+        for w in WORKLOADS:
+            rest = [r for r in recs if r.workload != w]
+            model = fit_groundtruth(rest, k="auto", use_workloads=names)
+            unseen += sum(model.match(r.rates).score >= args.threshold
+                          for r in recs if r.workload == w)
+        print(f"  leave-one-workload-out: runs of a never-seen workload matched anyway "
+              f"{unseen}/{len(recs)} (they would skip probing with a neighbour's config)")
         # supervised reference (the DESIGN's first measurement): per-workload centroids
     ok = 0
     for i, r in enumerate(recs):

@@ -13,8 +13,12 @@ thread count to adopt (``threads_to_use()``) from stdin before each epoch, as
 a training loop calls ``sync_threads`` at its boundaries.  Nothing here
 asserts an absolute duration: the host is shared and contended.
 
+The threshold is 0.6, not the default 0.8: after one probing trial the model
+has a single record, so the match is judged against the noise floor alone
+(no spread learned yet) on a contended 2-core host.
+
 Needs the profiler and control packages (issues 4 and 5); skipped until they
-are merged.
+are merged.  Takes about a minute (three trials of 3-6 short epochs).
 """
 
 from __future__ import annotations
