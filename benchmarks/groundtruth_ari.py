@@ -1,0 +1,265 @@
+"""How well does ground truth tell workloads apart on this host's events?
+
+Runs small stand-ins of the three workload types of the paper in child
+processes — Type I image CNNs (LeNet-5 on MNIST-shaped data, a small CNN on
+CIFAR-shaped data), Type II text models (an LSTM and a 1-D CNN on token
+sequences), Type III classic HPC kernels (Jacobi, BFS, k-means) — profiles
+each with real ``perf stat -I`` (software events and tracepoints only: this VM
+has no PMU) plus procfs figures, then clusters the profiles:
+
+- baseline: plain k-means, fixed k, on log-scaled standardised raw rates;
+- pipetune: :func:`pipetune.groundtruth.fit_groundtruth` (per CPU-second,
+  k from the data, overlapping clusters merged, trimmed distances);
+
+and prints the adjusted Rand index against the workload and against its
+type (the paper's Figure 8), plus leave-one-out matching: fit on all other
+runs, does the held-out run match (score ≥ threshold) its own workload?
+
+    PYTHONPATH=$PWD python benchmarks/groundtruth_ari.py [--runs 3] [--seconds 4]
+
+Synthetic data, not the bundled workloads (those live in workloads/ and are
+being written beside this); same event set the profiler uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from pipetune.groundtruth import (
+    FeatureScaler,
+    GroundTruthRecord,
+    cluster_labels,
+    fit_groundtruth,
+)
+from pipetune.types import SystemConfig
+
+EVENTS = [
+    "task-clock", "context-switches", "cpu-migrations", "page-faults", "major-faults",
+    "sched:sched_wakeup", "sched:sched_switch", "sched:sched_process_fork",
+    "syscalls:sys_enter_read", "syscalls:sys_enter_write", "syscalls:sys_enter_futex",
+    "syscalls:sys_enter_mmap", "syscalls:sys_enter_munmap", "kmem:mm_page_alloc",
+    "kmem:mm_page_free", "timer:hrtimer_start",
+]
+
+WORKLOADS = {
+    "lenet5": "I", "cnn_cifar": "I",
+    "lstm_text": "II", "cnn_text": "II",
+    "jacobi": "III", "bfs": "III", "kmeans": "III",
+}
+
+CHILD = r'''
+import sys, time, random
+kind = sys.argv[1]
+if kind in ("lenet5", "cnn_cifar", "lstm_text", "cnn_text"):
+    import torch, torch.nn as nn
+    torch.manual_seed(0)
+    if kind == "lenet5":
+        model = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                              nn.Linear(84, 10))
+        def batch(): return torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    elif kind == "cnn_cifar":
+        model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Flatten(), nn.Linear(64 * 8 * 8, 10))
+        def batch(): return torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    elif kind == "lstm_text":
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.emb = nn.Embedding(5000, 64); self.rnn = nn.LSTM(64, 128, batch_first=True)
+                self.out = nn.Linear(128, 20)
+            def forward(self, x):
+                h, _ = self.rnn(self.emb(x)); return self.out(h[:, -1])
+        model = M()
+        def batch(): return torch.randint(0, 5000, (32, 100)), torch.randint(0, 20, (32,))
+    else:
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.emb = nn.Embedding(5000, 64); self.conv = nn.Conv1d(64, 128, 5)
+                self.out = nn.Linear(128, 20)
+            def forward(self, x):
+                h = torch.relu(self.conv(self.emb(x).transpose(1, 2)))
+                return self.out(h.max(dim=2).values)
+        model = M()
+        def batch(): return torch.randint(0, 5000, (64, 200)), torch.randint(0, 20, (64,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = nn.CrossEntropyLoss()
+    def step():
+        x, y = batch(); opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
+else:
+    import numpy as np
+    rng = np.random.default_rng(0)
+    if kind == "jacobi":
+        grid = rng.random((400, 400))
+        def step():
+            global grid
+            for _ in range(20):
+                grid[1:-1, 1:-1] = 0.25 * (grid[:-2, 1:-1] + grid[2:, 1:-1]
+                                           + grid[1:-1, :-2] + grid[1:-1, 2:])
+    elif kind == "bfs":
+        n = 20000
+        adj = [[random.randrange(n) for _ in range(8)] for _ in range(n)]
+        def step():
+            seen = {0}; frontier = [0]
+            while frontier:
+                nxt = []
+                for u in frontier:
+                    for v in adj[u]:
+                        if v not in seen:
+                            seen.add(v); nxt.append(v)
+                frontier = nxt
+    else:
+        pts = rng.random((20000, 8))
+        def step():
+            c = pts[rng.choice(len(pts), 16, replace=False)]
+            for _ in range(5):
+                d = ((pts[:, None, :] - c[None]) ** 2).sum(-1)
+                lab = d.argmin(1)
+                c = np.array([pts[lab == k].mean(0) if (lab == k).any() else c[k]
+                              for k in range(16)])
+print("ready", flush=True)
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    step()
+'''
+
+
+def profile_once(kind: str, seconds: float, warmup_s: float) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
+        fh.write(CHILD)
+        script = fh.name
+    child = subprocess.Popen([sys.executable, script, kind, str(seconds + warmup_s + 2)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(warmup_s)
+        t0 = time.time()
+        perf = subprocess.run(
+            ["perf", "stat", "-x", ";", "-e", ",".join(EVENTS), "-p", str(child.pid),
+             "--", "sleep", str(seconds)],
+            capture_output=True, text=True, check=False,
+        )
+        window = time.time() - t0
+        with open(f"/proc/{child.pid}/status") as fh:
+            status = dict(line.split(":", 1) for line in fh if ":" in line)
+    finally:
+        child.kill()  # our own child, by its handle
+        child.wait()
+        os.unlink(script)
+    rates: dict[str, float] = {}
+    for line in perf.stderr.splitlines():
+        parts = line.split(";")
+        if len(parts) < 3 or parts[2] not in EVENTS:
+            continue
+        try:
+            rates[parts[2]] = float(parts[0]) / window
+        except ValueError:  # <not counted> / <not supported>
+            continue
+    rates["rss_mb"] = int(status["VmRSS"].split()[0]) / 1024
+    rates["threads"] = float(status["Threads"])
+    return rates
+
+
+def baseline_labels(records: list[GroundTruthRecord], k: int) -> list[int]:
+    from sklearn.cluster import KMeans
+
+    events = sorted(set.intersection(*(set(r.rates) for r in records)))
+    X = np.log1p(np.array([[max(r.rates[e], 0.0) for e in events] for r in records]))
+    X = (X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)
+    return KMeans(k, n_init=10, random_state=0).fit_predict(X).tolist()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--threshold", type=float, default=0.8)
+    ap.add_argument("--save", metavar="JSON", help="write the profiles here")
+    ap.add_argument("--load", metavar="JSON", help="reuse profiles saved before")
+    args = ap.parse_args()
+    from sklearn.metrics import adjusted_rand_score as ari
+    from sklearn.metrics import completeness_score
+
+    if args.load:
+        raw = json.loads(Path(args.load).read_text())
+    else:
+        raw = []
+        for r in range(args.runs):
+            for kind in WORKLOADS:
+                t = time.time()
+                raw.append({"workload": kind, "rates": profile_once(kind, args.seconds,
+                                                                      args.warmup)})
+                print(f"run {r} {kind}: {time.time() - t:.1f} s", file=sys.stderr)
+        if args.save:
+            Path(args.save).write_text(json.dumps(raw, indent=1))
+    recs = [GroundTruthRecord(p["rates"], SystemConfig(1), "runtime", 1.0, p["workload"])
+            for p in raw]
+    wl = [r.workload for r in recs]
+    ty = [WORKLOADS[w] for w in wl]
+    n_w, n_t = len(set(wl)), len(set(ty))
+    print(f"{len(recs)} profiles of {n_w} workloads ({n_t} types), "
+          f"{len(set.intersection(*(set(r.rates) for r in recs)))} figures each")
+    base_w = baseline_labels(recs, n_w)
+    base_t = baseline_labels(recs, n_t)
+    print(f"plain k-means k={n_w}, raw rates:            ARI vs workload {ari(wl, base_w):.2f}")
+    print(f"plain k-means k={n_t}, raw rates:            ARI vs type     {ari(ty, base_t):.2f}")
+    for names in (False, True):
+        tag = "noise units (names)" if names else "overall spread"
+        for k in ("auto", n_w, n_t):
+            model = fit_groundtruth(recs, k=k, use_workloads=names)
+            lab = cluster_labels(model, recs)
+            # completeness 1.0: no workload's runs are split over clusters
+            comp = completeness_score(wl, lab)
+            print(f"pipetune {tag:20s} k={str(k):4s} -> {model.n_clusters} clusters: "
+                  f"ARI vs workload {ari(wl, lab):.2f}, vs type {ari(ty, lab):.2f}, "
+                  f"workload completeness {comp:.2f}")
+    for names in (False, True):
+        within = matched = same_type = 0
+        for i, r in enumerate(recs):
+            rest = recs[:i] + recs[i + 1:]
+            m = fit_groundtruth(rest, k="auto", use_workloads=names).match(r.rates)
+            own = r.workload in m.workloads  # its own earlier runs are in that cluster
+            within += own
+            matched += own and m.score >= args.threshold
+            top = Counter(m.workloads).most_common(1)
+            same_type += bool(top) and WORKLOADS[top[0][0]] == WORKLOADS[r.workload]
+        print(f"leave-one-out ({'noise units' if names else 'overall spread'}): the nearest "
+              f"cluster holds its own workload {within}/{len(recs)}, matched with score >= "
+              f"{args.threshold} {matched}/{len(recs)}; cluster's main type is its type "
+              f"{same_type}/{len(recs)}")
+        unseen = 0
+        for w in WORKLOADS:
+            rest = [r for r in recs if r.workload != w]
+            model = fit_groundtruth(rest, k="auto", use_workloads=names)
+            unseen += sum(model.match(r.rates).score >= args.threshold
+                          for r in recs if r.workload == w)
+        print(f"  leave-one-workload-out: runs of a never-seen workload matched anyway "
+              f"{unseen}/{len(recs)} (they would skip probing with a neighbour's config)")
+        # supervised reference (the DESIGN's first measurement): per-workload centroids
+    ok = 0
+    for i, r in enumerate(recs):
+        rest = recs[:i] + recs[i + 1:]
+        sc = FeatureScaler.fit([x.rates for x in rest], labels=[x.workload for x in rest])
+        X = sc.transform_many([x.rates for x in rest])
+        z, _ = sc.transform(r.rates)
+        labs = np.array([x.workload for x in rest])
+        cents = {w: X[labs == w].mean(axis=0) for w in set(labs)}
+        ok += min(cents, key=lambda w: float(np.linalg.norm(cents[w] - z))) == r.workload
+    print(f"reference, nearest per-workload centroid (labels known): {ok}/{len(recs)}")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Profile → feature vector, made comparable across runs and trials.
+
+Raw rates are a poor distance space: one huge counter (page faults, context
+switches) decides every cluster, and the same workload on 1 or 2 cores has
+twice the rates.  So :class:`FeatureScaler`
+
+1. keeps only events every training record has (and, at match time, the
+   events the new profile has too);
+2. divides count-like rates by the CPU time rate (``task-clock`` …), so a
+   feature is "events per CPU-second", independent of the cores granted —
+   level-like figures (RSS, threads) and the CPU rate itself are kept as is;
+3. takes ``log1p`` (rates span orders of magnitude; ratios matter, not
+   differences);
+4. standardises each feature with the training mean and a floored standard
+   deviation, so a feature that happens to be constant in the history cannot
+   explode a distance.
+
+Its parameters are plain lists, so a fitted scaler is saved as JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipetune.errors import GroundTruthError
+
+#: CPU-time rate events, in order of preference (perf software events, then
+#: procfs figures of the profiler).  Their rate is "CPU-seconds per second"
+#: up to a unit factor, which cancels after standardisation.
+CPU_EVENTS: tuple[str, ...] = (
+    "task-clock",
+    "cpu-clock",
+    "proc.cpu_s",
+    "proc.cpu_time",
+    "cpu_s",
+    "cpu_time",
+)
+
+#: CPU-seconds per unit of a CPU event (perf counts task-clock in msec), so
+#: features are counts per CPU-*second*: log1p compresses values below 1, so
+#: the unit matters (per CPU-millisecond every rate would look like zero).
+CPU_EVENT_SECONDS: dict[str, float] = {"task-clock": 1e-3, "cpu-clock": 1e-3}
+
+#: Substrings that mark level-like figures (not counts): not divided by CPU time.
+LEVEL_MARKERS: tuple[str, ...] = ("rss", "vms", "memory", "mem_mb", "threads", "num_fds", "util")
+
+
+def _within_std(raw: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    """Pooled within-group standard deviation per column; the overall one
+    when fewer than two labelled groups have repeated rows."""
+    if len(labels) != len(raw):
+        raise GroundTruthError(f"{len(labels)} labels for {len(raw)} profiles")
+    groups: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        if lab:
+            groups.setdefault(lab, []).append(i)
+    repeated = [idx for idx in groups.values() if len(idx) > 1]
+    if len(repeated) < 2:
+        return raw.std(axis=0)
+    ss = sum(((raw[idx] - raw[idx].mean(axis=0)) ** 2).sum(axis=0) for idx in repeated)
+    dof = sum(len(idx) - 1 for idx in repeated)
+    return np.sqrt(ss / dof)
+
+
+def is_level(event: str, markers: Sequence[str] = LEVEL_MARKERS) -> bool:
+    e = event.lower()
+    return any(m in e for m in markers)
+
+
+@dataclass(frozen=True)
+class FeatureScaler:
+    """Fitted feature transformation (see the module docstring)."""
+
+    events: tuple[str, ...]
+    cpu_event: str | None
+    levels: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    # -- fitting -------------------------------------------------------------------
+
+    @classmethod
+    def fit(
+        cls,
+        rates: Sequence[Mapping[str, float]],
+        *,
+        min_std: float = 0.25,
+        labels: Sequence[str] | None = None,
+        cpu_events: Sequence[str] = CPU_EVENTS,
+        level_markers: Sequence[str] = LEVEL_MARKERS,
+    ) -> FeatureScaler:
+        """Fit on the rates of the training records.
+
+        ``min_std`` is in log units (0.25 ≈ 28 %): no feature counts finer
+        differences than that, so a history of one workload (std ≈ 0) still
+        compares sensibly.  Events that never changed in the history are
+        left out (they cannot tell workloads apart).
+
+        ``labels`` (the records' workload names, where known) turn the
+        scaling into run-to-run noise units: each feature is divided by its
+        pooled *within-workload* standard deviation instead of its overall
+        one.  On a shared node without a PMU, context switches and wake-ups
+        vary more between two runs of one workload than between workloads;
+        measured in their own noise they stop drowning the stable figures
+        (RSS, threads, futex and page-allocation rates).  Needs at least two
+        workloads with repeated runs; otherwise the overall spread is used.
+
+        Raises:
+            GroundTruthError: no records, or no event that every record has.
+        """
+        if not rates:
+            raise GroundTruthError("no profiles to fit features on")
+        common = set(rates[0])
+        for r in rates[1:]:
+            common &= set(r)
+        if not common:
+            raise GroundTruthError(
+                "the profiles share no event; were they made on hosts with different perf events?"
+            )
+        cpu_event = next((e for e in cpu_events if e in common), None)
+        events = tuple(sorted(common))
+        levels = tuple(e for e in events if is_level(e, level_markers))
+        partial = cls(events, cpu_event, levels, (0.0,) * len(events), (1.0,) * len(events))
+        raw = np.vstack([partial._raw(r, events) for r in rates])
+        if len(rates) > 1:
+            # An event that never changed in the whole history (most often one
+            # that never fired) tells no workload from another; kept, it
+            # would only inflate every noise floor.
+            varies = raw.max(axis=0) - raw.min(axis=0) > 1e-9
+            if varies.any() and not varies.all():
+                events = tuple(e for e, v in zip(events, varies, strict=True) if v)
+                levels = tuple(e for e in levels if e in events)
+                raw = raw[:, varies]
+        mean = raw.mean(axis=0)
+        std = np.maximum(_within_std(raw, labels) if labels is not None else raw.std(axis=0),
+                         min_std)
+        return cls(events, cpu_event, levels, tuple(map(float, mean)), tuple(map(float, std)))
+
+    # -- transforming ----------------------------------------------------------------
+
+    def _raw(self, rates: Mapping[str, float], events: Sequence[str]) -> np.ndarray:
+        cpu = rates.get(self.cpu_event) if self.cpu_event else None
+        if cpu is not None and cpu > 0:
+            cpu = cpu * CPU_EVENT_SECONDS.get(self.cpu_event or "", 1.0)
+        else:
+            cpu = None
+        level = set(self.levels)
+        out = np.empty(len(events))
+        for i, e in enumerate(events):
+            v = max(float(rates.get(e, 0.0)), 0.0)
+            if cpu is not None and e != self.cpu_event and e not in level:
+                v = v / cpu
+            out[i] = math.log1p(v)
+        return out
+
+    def shared(self, rates: Mapping[str, float]) -> np.ndarray:
+        """Boolean mask of the scaler's events that ``rates`` has."""
+        return np.array([e in rates for e in self.events], dtype=bool)
+
+    def transform(self, rates: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        """(standardised vector over all scaler events, mask of events present).
+
+        Missing events are 0 in the vector and False in the mask: callers
+        compare only the masked dimensions.
+        """
+        mask = self.shared(rates)
+        if self.cpu_event and self.cpu_event not in rates:
+            # Without the CPU rate the per-CPU-second features are not comparable.
+            level = set(self.levels)
+            mask &= np.array([e in level for e in self.events], dtype=bool)
+        raw = self._raw(rates, self.events)
+        z = (raw - np.asarray(self.mean)) / np.asarray(self.std)
+        z[~mask] = 0.0
+        return z, mask
+
+    def transform_many(self, rates: Sequence[Mapping[str, float]]) -> np.ndarray:
+        """Matrix of standardised vectors; every record must have every event."""
+        rows = []
+        for r in rates:
+            z, mask = self.transform(r)
+            if not mask.all():
+                missing = [e for e, m in zip(self.events, mask, strict=True) if not m]
+                raise GroundTruthError(f"a record lacks events {missing[:5]}")
+            rows.append(z)
+        return np.vstack(rows) if rows else np.empty((0, len(self.events)))
+
+    # -- persistence -----------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "events": list(self.events),
+            "cpu_event": self.cpu_event,
+            "levels": list(self.levels),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FeatureScaler:
+        events = tuple(str(e) for e in d["events"])
+        mean = tuple(float(x) for x in d["mean"])
+        std = tuple(float(x) for x in d["std"])
+        if not (len(events) == len(mean) == len(std)) or not events:
+            raise ValueError("features: events, mean and std differ in length or are empty")
+        if any(not math.isfinite(s) or s <= 0 for s in std):
+            raise ValueError("features: std must be positive")
+        cpu = d.get("cpu_event")
+        return cls(events, None if cpu is None else str(cpu),
+                   tuple(str(e) for e in d.get("levels", ())), mean, std)

@@ -1,0 +1,107 @@
+"""`pipetune groundtruth retrain|show` on a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pipetune.cli import main
+from pipetune.store import open_store
+from pipetune.types import EpochProfile, SystemConfig
+
+EVENTS = ["task-clock", "context-switches", "page-faults", "sched:sched_wakeup",
+          "syscalls:sys_enter_read", "rss_mb"]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPETUNE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def fill(url, tmp_path, n_workloads=3, runs=4):
+    rng = np.random.default_rng(0)
+    store = open_store(url, spool_root=tmp_path / "spool")
+    t = 1_000.0
+    for w in range(n_workloads):
+        base = np.exp(rng.uniform(2, 9, len(EVENTS)))
+        for _ in range(runs):
+            rates = {e: float(b * math.exp(rng.normal(0, 0.05)))
+                     for e, b in zip(EVENTS, base, strict=True)}
+            t += 1
+            store.write_groundtruth(workload=f"w{w}", profile=EpochProfile(rates, 0, 1, 1),
+                                    config=SystemConfig(w + 1), objective="runtime",
+                                    value=1.0 + w, time_s=t)
+    assert store.flush()
+    store.close()
+
+
+def test_retrain_writes_a_model_that_separates_the_workloads(env, capsys):
+    url = f"sqlite:///{env}/s.db"
+    fill(url, env)
+    out = env / "models" / "gt.json"
+    assert main(["groundtruth", "retrain", "--store", url, "--out", str(out), "--k", "auto"]) == 0
+    text = capsys.readouterr().out
+    assert "3 clusters from 12 records" in text and "silhouette" in text
+    for w in range(3):
+        assert f"best {w + 1}c/-m/0g" in text and f"w{w}×4" in text
+    assert f"wrote {out}" in text
+    doc = json.loads(out.read_text())
+    assert doc["schema_version"] == 1 and len(doc["model"]["clusters"]) == 3
+
+    assert main(["groundtruth", "show", str(out)]) == 0
+    assert "3 clusters from 12 records" in capsys.readouterr().out
+
+    assert main(["groundtruth", "retrain", "--store", url, "--out", str(out), "--k", "2",
+                 "--clusterer", "agglomerative"]) == 0
+    assert "2 clusters" in capsys.readouterr().out
+
+
+def test_retrain_default_out_is_the_model_setting(env, capsys):
+    url = f"sqlite:///{env}/s.db"
+    fill(url, env, n_workloads=2, runs=2)
+    assert main(["groundtruth", "retrain", "--store", url]) == 0
+    assert (env / "home" / "groundtruth.json").is_file()
+
+
+def test_retrain_errors_are_one_line(env, capsys):
+    url = f"sqlite:///{env}/empty.db"
+    out = env / "gt.json"
+    assert main(["groundtruth", "retrain", "--store", url, "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pipetune groundtruth: error: no ground-truth records")
+    assert "\n" not in err and not out.exists()
+
+    fill(f"sqlite:///{env}/s.db", env, n_workloads=2, runs=2)
+    url = f"sqlite:///{env}/s.db"
+    assert main(["groundtruth", "retrain", "--store", url, "--out", str(out), "--k", "9"]) == 2
+    assert "k=9: larger than the 4 records" in capsys.readouterr().err
+    assert main(["groundtruth", "retrain", "--store", url, "--out", str(out),
+                 "--clusterer", "magic"]) == 2
+    assert "clusterer 'magic': unknown" in capsys.readouterr().err
+    assert main(["groundtruth", "retrain", "--store", url, "--out", str(out),
+                 "--objective", "speed"]) == 2
+    assert "objective 'speed'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_show_errors(env, capsys):
+    bad = env / "bad.json"
+    bad.write_text("{")
+    assert main(["groundtruth", "show", str(bad)]) == 1
+    assert "corrupt" in capsys.readouterr().err
+    newer = env / "newer.json"
+    newer.write_text(json.dumps({"format": "pipetune-groundtruth", "schema_version": 99,
+                                 "model": {}}))
+    assert main(["groundtruth", "show", str(newer)]) == 1
+    assert "newer than this pipetune" in capsys.readouterr().err
+
+
+def test_threshold_outside_0_1_is_a_usage_error(env, capsys, monkeypatch):
+    monkeypatch.setenv("PIPETUNE_THRESHOLD", "1.5")
+    assert main(["groundtruth", "show", str(env / "x.json")]) == 2
+    assert "threshold" in capsys.readouterr().err

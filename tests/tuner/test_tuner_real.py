@@ -1,0 +1,186 @@
+"""The SystemTuner for real: a tiny CPU workload in a child process, the real
+perf-based TrialProfiler, the real cgroup controller, a real SQLite store.
+
+1. An unseen workload probes each candidate once, settles on the fastest it
+   measured and writes a ground-truth record.
+2. After ``pipetune groundtruth retrain``, a second run of the same workload
+   matches and skips probing.
+3. A clearly different workload (sleep/syscall-bound) does not match.
+
+The training loop is the child process; it reports its boundaries as lines
+on stdout (``start E`` / ``window E STEPS`` / ``end E STEPS``) and reads the
+thread count to adopt (``threads_to_use()``) from stdin before each epoch, as
+a training loop calls ``sync_threads`` at its boundaries.  Nothing here
+asserts an absolute duration: the host is shared and contended.
+
+The threshold is 0.6, not the default 0.8: after one probing trial the model
+has a single record, so the match is judged against the noise floor alone
+(no spread learned yet) on a contended 2-core host.
+
+Needs the profiler and control packages (issues 4 and 5); skipped until they
+are merged.  Takes about a minute (three trials of 3-6 short epochs).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+profiler_mod = pytest.importorskip("pipetune.profiler", reason="pipetune.profiler not merged yet")
+control_mod = pytest.importorskip("pipetune.control", reason="pipetune.control not merged yet")
+# Before the merge these are empty folders (namespace packages): skip too.
+if not hasattr(profiler_mod, "TrialProfiler"):
+    pytest.skip("pipetune.profiler.TrialProfiler not merged yet", allow_module_level=True)
+if not hasattr(control_mod, "detect_controller"):
+    pytest.skip("pipetune.control.detect_controller not merged yet", allow_module_level=True)
+
+from pipetune.cli import main as cli_main  # noqa: E402
+from pipetune.store import open_store  # noqa: E402
+from pipetune.tuner import SystemTuner, TunerState  # noqa: E402
+from pipetune.types import DecisionKind, SystemSpace, TrialRef  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    kind, epochs, steps, windows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    import torch
+    try:
+        from pipetune.control import sync_threads
+    except ImportError:  # pragma: no cover
+        def sync_threads(n):
+            torch.set_num_threads(n)
+            return n
+    a = torch.randn(256, 256)
+    print("ready", flush=True)
+    per_window = steps // windows
+    for e in range(epochs):
+        line = sys.stdin.readline()
+        if not line:
+            break
+        sync_threads(int(line))
+        print(f"start {e}", flush=True)
+        for s in range(1, steps + 1):
+            if kind == "matmul":
+                for _ in range(10):
+                    a = torch.tanh(a @ a / 256.0)
+            else:  # sleep and syscalls: a clearly different profile
+                with open(os.devnull, "wb") as fh:
+                    for _ in range(50):
+                        fh.write(b"x" * 64)
+                time.sleep(0.02)
+            if s % per_window == 0 and s < steps:
+                print(f"window {e} {s}", flush=True)
+        print(f"end {e} {steps}", flush=True)
+    """
+)
+
+
+def run_trial(tmp_path, name, *, kind, epochs, store, model, threshold, steps=40, windows=4):
+    """One trial: the child trains, this process drives its SystemTuner."""
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), kind, str(epochs), str(steps), str(windows)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+    )
+    controller = control_mod.detect_controller(kind="cgroup")
+    tuner = None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        tuner = SystemTuner(
+            TrialRef("real-job", name),
+            SystemSpace(cores=(1, 2)),
+            pids=[proc.pid],
+            controller=controller,
+            profiler_factory=lambda pids: profiler_mod.TrialProfiler(pids, interval_ms=200),
+            groundtruth=model,
+            store=store,
+            workload=kind,
+            threshold=threshold,
+            warmup_s=0.2,
+            profile_min_s=0.8,  # at least 4 samples of 200 ms
+            total_epochs=epochs,
+        )
+        tuner.start()
+        for _ in range(epochs):
+            proc.stdin.write(f"{tuner.threads_to_use()}\n")
+            proc.stdin.flush()
+            while True:
+                word, *rest = proc.stdout.readline().split()
+                nums = [int(x) for x in rest]
+                if word == "start":
+                    tuner.epoch_start(nums[0])
+                elif word == "window":
+                    tuner.window_end(nums[0], nums[1])
+                else:
+                    tuner.epoch_end(nums[0], nums[1], {"loss": 0.0})
+                    break
+        assert tuner.wait_idle(30)
+        settled_after = (None if tuner.settled_at is None or tuner.started_at is None
+                         else tuner.settled_at - tuner.started_at)
+        print(f"{name}: {[(d.kind.value, str(d.config), d.reason) for d in tuner.decisions]} "
+              f"settled after {settled_after} s; profile "
+              f"{dict(tuner.profile.rates) if tuner.profile else None}")
+        return tuner, settled_after
+    finally:
+        if tuner is not None:
+            tuner.close()
+        if proc.stdin:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # our own child, by its Popen handle
+            proc.wait()
+
+
+def test_probe_then_match_then_no_match(tmp_path):
+    url = f"sqlite:///{tmp_path}/pipetune.db"
+    model_path = tmp_path / "groundtruth.json"
+    store = open_store(url, spool_root=tmp_path / "spool")
+    try:
+        # 1. unseen: probe each candidate once, settle on the fastest measured
+        first, t_unseen = run_trial(tmp_path, "t1", kind="matmul", epochs=6, store=store,
+                                    model=str(model_path), threshold=0.6)
+        assert first.state is TunerState.SETTLED, first.reason
+        probes = [d.config for d in first.decisions if d.kind is DecisionKind.PROBE]
+        assert sorted(probes) == sorted(SystemSpace(cores=(1, 2)).configs())  # once each
+        settled = first.decisions[-1]
+        assert settled.kind is DecisionKind.SETTLED
+        values = first._strategy.values
+        assert settled.config == min(values, key=values.get)
+        assert store.flush()
+        records = store.groundtruth_records()
+        assert len(records) == 1 and records.iloc[0]["config"] == str(settled.config)
+        assert any(c.startswith("rate.") for c in records.columns)
+        decisions = store.decisions("real-job", "t1")
+        assert list(decisions["kind"]) == ["probe", "probe", "settled"]
+
+        # 2. retrain; the same workload now matches and does not probe
+        assert cli_main(["groundtruth", "retrain", "--store", url, "--out", str(model_path)]) == 0
+        second, t_matched = run_trial(tmp_path, "t2", kind="matmul", epochs=3, store=store,
+                                      model=str(model_path), threshold=0.6)
+        kinds = [d.kind for d in second.decisions]
+        assert kinds == [DecisionKind.MATCHED], second.decisions
+        assert second.decisions[0].config == settled.config
+        assert t_matched is not None and t_unseen is not None
+        print(f"time to a settled config: matched {t_matched:.1f} s, unseen {t_unseen:.1f} s "
+              f"(ratio {t_unseen / t_matched:.2f})")
+
+        # 3. a clearly different workload does not match
+        third, _ = run_trial(tmp_path, "t3", kind="sleepy", epochs=3, store=store,
+                             model=str(model_path), threshold=0.6)
+        assert third.decisions and third.decisions[0].kind is not DecisionKind.MATCHED
+        assert "no match" in third.decisions[0].reason
+    finally:
+        store.close()
