@@ -11,7 +11,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from pipetune.errors import ConfigError, PipetuneError
-from pipetune.tune import current_session, report, wrap
+from pipetune.tune import current_session, report, window, wrap
 from pipetune.types import SystemConfig, SystemSpace
 
 __all__ = [
@@ -22,5 +22,6 @@ __all__ = [
     "__version__",
     "current_session",
     "report",
+    "window",
     "wrap",
 ]

@@ -41,8 +41,15 @@ class SystemPolicy(abc.ABC):
     def start(self, pids: list[int]) -> None:
         """The trial's processes are known; apply the starting config."""
 
+    def bind(self, *, store: Any = None) -> None:  # noqa: B027 - optional hook
+        """The trial's store, for policies that write their own points."""
+
     def epoch_start(self, epoch: int) -> None:  # noqa: B027 - optional hook
-        """A new epoch (or step window) begins."""
+        """A new epoch begins."""
+
+    def window_end(self, epoch: int, steps: int) -> None:  # noqa: B027 - optional hook
+        """A step window inside ``epoch`` ended after ``steps`` steps of it
+        (cumulative); lets a policy probe inside long epochs."""
 
     @abc.abstractmethod
     def epoch_end(self, result: EpochResult) -> None:
@@ -108,6 +115,7 @@ def make_policy(
     trial_config: Mapping[str, Any],
     ref: TrialRef,
     settings: Settings,
+    **tuner_kwargs: Any,
 ) -> SystemPolicy:
     """The system policy of one trial for ``mode`` (see :func:`wrap`)."""
     if mode == "v1":
@@ -127,5 +135,5 @@ def make_policy(
     if mode == "pipetune":
         from pipetune.tuner import tuner_policy
 
-        return tuner_policy(space, ref, settings)
+        return tuner_policy(space, ref, settings, **tuner_kwargs)
     raise ConfigError(f"mode {mode!r}: must be one of {', '.join(MODES)}")

@@ -71,6 +71,7 @@ from typing import Any, Protocol
 from pipetune.errors import ConfigError, NotSupportedError, PipetuneError
 from pipetune.groundtruth import EmptyGroundTruth, GroundTruth, Match, check_threshold
 from pipetune.groundtruth.persist import load_or_empty
+from pipetune.policy import SystemPolicy
 from pipetune.probing import (
     DEFAULT_MEMORY_MARGIN,
     Measurement,
@@ -820,3 +821,99 @@ class SystemTuner:
         self._closed = True
         self._stop_profiler()
         self._release()
+
+
+class TunerPolicy(SystemPolicy):
+    """The SystemTuner as a trial's :class:`~pipetune.policy.SystemPolicy`
+    (pipetune mode): it writes its own epochs (with profiles), decisions and
+    ground-truth records, so the trial session does not."""
+
+    writes_to_store = True
+
+    def __init__(
+        self,
+        space: SystemSpace,
+        ref: TrialRef,
+        settings: Any,
+        *,
+        workload: str = "",
+        total_epochs: int | None = None,
+        **tuner_kwargs: Any,
+    ) -> None:
+        self.space = space
+        self.ref = ref
+        self.settings = settings
+        self.workload = workload
+        self.total_epochs = total_epochs
+        self.tuner_kwargs = tuner_kwargs
+        self.tuner: SystemTuner | None = None
+        self._store: Any = None
+        self.phase = "starting"
+
+    def bind(self, *, store: Any = None) -> None:
+        self._store = store
+
+    def start(self, pids: list[int]) -> None:
+        from pipetune.control import detect_controller
+        from pipetune.profiler import TrialProfiler
+
+        settings = self.settings
+        try:
+            controller = detect_controller(settings.controller)
+        except PipetuneError as e:
+            log.warning("trial %s: no controller (%s); configs are only logged",
+                        self.ref.trial, e)
+            controller = detect_controller("dry-run")
+        energy = None
+        try:
+            from pipetune.energy import TrialEnergy, detect_meters
+
+            # Its own TrialEnergy: intervals are per consumer, and the
+            # session measures the same trial for Tune's report.
+            energy = TrialEnergy(detect_meters(), list(pids))
+        except Exception as e:  # noqa: BLE001 - energy is a figure, not a requirement
+            log.info("trial %s: no energy figures for the tuner: %s", self.ref.trial, e)
+        self.tuner = SystemTuner.from_settings(
+            self.ref,
+            self.space,
+            settings,
+            pids=pids,
+            controller=controller,
+            profiler_factory=lambda p: TrialProfiler(p, interval_ms=settings.interval_ms),
+            store=self._store,
+            energy=energy,
+            workload=self.workload,
+            total_epochs=self.total_epochs,
+            **self.tuner_kwargs,
+        )
+        self.tuner.start()
+
+    def epoch_start(self, epoch: int) -> None:
+        if self.tuner is not None:
+            self.tuner.epoch_start(epoch)
+
+    def window_end(self, epoch: int, steps: int) -> None:
+        if self.tuner is not None:
+            self.tuner.window_end(epoch, steps)
+
+    def epoch_end(self, result: EpochResult) -> None:
+        if self.tuner is not None:
+            self.tuner.epoch_end(result.epoch, result.steps, dict(result.metrics))
+            self.phase = self.tuner.state.value
+            summary = self.tuner.summary()
+            self.reason = str(summary.get("pipetune/reason") or "")
+
+    def config(self) -> SystemConfig:
+        return self.tuner.config if self.tuner is not None else self.space.default
+
+    def threads(self) -> int:
+        return self.tuner.threads_to_use() if self.tuner is not None else self.space.default.cores
+
+    def close(self) -> None:
+        if self.tuner is not None:
+            self.tuner.close()
+
+
+def tuner_policy(space: SystemSpace, ref: TrialRef, settings: Any, **kwargs: Any) -> TunerPolicy:
+    """The policy :func:`pipetune.policy.make_policy` builds for mode ``pipetune``."""
+    return TunerPolicy(space, ref, settings, **kwargs)

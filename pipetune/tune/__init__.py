@@ -30,7 +30,16 @@ from pipetune.types import SystemSpace, TrialRef
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODES", "current_session", "make_policy", "report", "wrap"]
+__all__ = ["MODES", "current_session", "make_policy", "report", "window", "wrap"]
+
+
+def window(steps: int) -> None:
+    """Mark the end of a step window inside the current epoch (``steps`` =
+    steps done in this epoch so far).  Optional: lets the tuner probe inside
+    long epochs and leave each config's warm-up out of its measurement."""
+    session = current_session()
+    if session is not None:
+        session.window(steps)
 
 
 def report(metrics: Mapping[str, Any], *, steps: int = 0, checkpoint: Any = None) -> dict[str, Any]:
@@ -90,6 +99,8 @@ def wrap(
     mode: str = "pipetune",
     settings: Settings | None = None,
     system_values: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+    workload: str = "",
+    total_epochs: int | None = None,
 ) -> Callable[[dict[str, Any]], Any]:
     """Turn a Tune function trainable into a pipetune trial.
 
@@ -102,6 +113,9 @@ def wrap(
             every trial uses the driver's store and thresholds.
         system_values: where mode ``v2`` finds ``cores``/``memory_mb`` in a
             trial's config (default: the config itself).
+        workload: a name for the ground-truth records (default: the function's).
+        total_epochs: epochs each trial will run, so probing never plans
+            more epochs than a trial has (unknown: the tuner stays careful).
 
     Raises:
         ConfigError: unknown mode, or a space that does not fit this node.
@@ -131,7 +145,16 @@ def wrap(
         try:
             values = system_values(config) if system_values else config
             policy = _daemon_policy(ref, mode, system, values, settings) or make_policy(
-                mode, system, values, ref, settings
+                mode,
+                system,
+                values,
+                ref,
+                settings,
+                **(
+                    {"workload": workload or fn.__name__, "total_epochs": total_epochs}
+                    if mode == "pipetune"
+                    else {}
+                ),
             )
         except Exception as e:  # noqa: BLE001 - pipetune must not fail the trial
             log.warning("trial %s: no system policy (%s); default config kept", ref.trial, e)

@@ -32,6 +32,8 @@ class PipeTuneCallback(Callback):
         workload: str = "",
         metric: str = "accuracy",
         metric_mode: str = "max",
+        model_path: str | None = None,
+        objective: str = "runtime",
     ) -> None:
         self.store_url = store_url
         self.spool_dir = spool_dir
@@ -41,6 +43,9 @@ class PipeTuneCallback(Callback):
         self.workload = workload
         self.metric = metric
         self.metric_mode = metric_mode
+        self.model_path = model_path
+        self.objective = objective
+        self.model_updates = 0
         self.start_s = time.time()
         self.end_s: float | None = None
         self.trials: dict[str, dict[str, Any]] = {}
@@ -81,6 +86,29 @@ class PipeTuneCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.trials.setdefault(trial.trial_id, {"epochs": 0})["status"] = "done"
+        self._learn()
+
+    def _learn(self) -> None:
+        """Refit the ground truth from every record so far, so that later
+        trials of this job (and later jobs) can skip probing what an
+        earlier trial already probed.  Offline ``pipetune groundtruth
+        retrain`` does the same for a whole cluster's history."""
+        if not self.model_path:
+            return
+        from pipetune.errors import PipetuneError
+        from pipetune.groundtruth import retrain
+
+        try:
+            model = retrain(self.store, self.model_path, objective=self.objective)
+            self.model_updates += 1
+            log.info(
+                "job %s: ground truth refit: %d clusters from %d records",
+                self.job,
+                model.n_clusters,
+                model.n_records,
+            )
+        except PipetuneError as e:
+            log.info("job %s: ground truth not refit: %s", self.job, e)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.trials.setdefault(trial.trial_id, {"epochs": 0})["status"] = "failed"

@@ -117,7 +117,11 @@ def _workload_train_fn(workload: str, epochs: int, seed: int) -> Any:
                 w.load_state_dict(state["workload"])
                 start = state["epoch"] + 1
         for epoch in range(start, epochs):
-            stats = w.train_epoch(epoch)
+            steps = getattr(w, "steps_per_epoch", 0)
+            window = max(1, steps // 4) if isinstance(steps, int) and steps >= 4 else None
+            stats = w.train_epoch(
+                epoch, on_window=pt.window if window else None, window_steps=window
+            )
             metrics = {
                 **{k: v for k, v in stats.items() if isinstance(v, (int, float))},
                 **w.evaluate(),
@@ -196,6 +200,8 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
             mode=spec.mode,
             settings=settings,
             system_values=_trial_values,
+            workload=spec.workload,
+            total_epochs=spec.epochs,
         )
         if spec.mode == "v2":
             trainable = tune.with_resources(trainable, lambda c: {"cpu": int(c["trial"]["cores"])})
@@ -211,6 +217,8 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
             workload=spec.workload,
             metric=metric,
             metric_mode=metric_mode,
+            model_path=settings.model if spec.mode == "pipetune" else None,
+            objective=settings.objective,
         )
         tuner = tune.Tuner(
             trainable,

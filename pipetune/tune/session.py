@@ -81,6 +81,7 @@ class TrialSession:
         self._extra = dict(extra or {})
 
     def start(self) -> TrialSession:
+        self.policy.bind(store=self._store)
         self.policy.start([os.getpid()])
         if self._store is not None and not self.policy.writes_to_store:
             degraded = self.policy.phase == "degraded"
@@ -112,6 +113,14 @@ class TrialSession:
             except Exception as e:  # noqa: BLE001
                 log.debug("thread sync failed: %s", e)
                 self._threads_set = want
+
+    def window(self, steps: int) -> None:
+        """A step window of the current epoch ended (see pipetune.window)."""
+        try:
+            self.policy.window_end(self.epoch, steps)
+        except Exception as e:  # noqa: BLE001
+            log.warning("trial %s: system policy failed at a window: %s", self.ref.trial, e)
+        self._sync_threads()
 
     def report(
         self,
