@@ -30,6 +30,7 @@ from pipetune.profiler.perf_stat import (
     PerfStatSampler,
     parse_line,
     perf_event_cgroup_available,
+    perf_event_cgroup_root,
 )
 from pipetune.profiler.procfs import ProcTreeReader, tree_pids
 from pipetune.profiler.trial import TargetExitedError, TrialProfiler
@@ -57,6 +58,7 @@ __all__ = [
     "marker_windows",
     "parse_line",
     "perf_event_cgroup_available",
+    "perf_event_cgroup_root",
     "sample_rates",
     "tree_pids",
 ]

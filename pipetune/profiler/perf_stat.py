@@ -17,8 +17,11 @@ What perf does here, verified on this project's VM (perf 6.1, kernel 6.18):
 - A target that did not run at all in an interval prints ``<not counted>``
   (0 for that interval); ``<not supported>`` (no PMU on a VM) repeats every
   interval and the event is dropped.
-- perf ends when every target has exited — but a zombie counts as alive, so
+- perf notices that every target has exited only at its next interval tick
+  (the last sample is a full interval), and a zombie counts as alive, so
   whoever started the target must reap it.
+- ``-G`` works here for cgroups of the cgroup2 hierarchy (``perf_event`` is
+  bound to v2 on this VM, not mounted in v1): ``perf_event_cgroup_root``.
 - The sampler starts perf with events disabled (``-D -1``) and enables them
   over ``--control fd:CTL,ACK``; the ack proves the counters are attached
   before :meth:`PerfStatSampler.start` returns, and perf's output goes to a
@@ -184,17 +187,48 @@ class IntervalAssembler:
         return done
 
 
-def perf_event_cgroup_available(proc_cgroups: str | os.PathLike[str] = "/proc/cgroups") -> bool:
-    """Whether the kernel has an enabled ``perf_event`` cgroup controller (needed for ``-G``)."""
+def perf_event_cgroup_root(
+    proc_cgroups: str | os.PathLike[str] = "/proc/cgroups",
+    proc_mounts: str | os.PathLike[str] = "/proc/mounts",
+) -> str | None:
+    """Where cgroups that ``perf stat -G`` can name live, or None.
+
+    The ``perf_event`` controller is either mounted on a v1 hierarchy (its
+    mount point) or — hierarchy 0 in ``/proc/cgroups`` — bound to the cgroup2
+    hierarchy, where it needs no enabling (the cgroup2 mount point).  On this
+    project's VM it is the latter: v1 has no perf_event mount, but ``-G``
+    works for cgroups under ``/sys/fs/cgroup/unified``.
+    """
+    hierarchy = None
     try:
-        text = Path(proc_cgroups).read_text()
+        for line in Path(proc_cgroups).read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and parts[0] == "perf_event" and parts[3] == "1":
+                hierarchy = parts[1]
     except OSError:
-        return False
-    for line in text.splitlines():
-        parts = line.split()
-        if parts and parts[0] == "perf_event":
-            return len(parts) < 4 or parts[3] == "1"
-    return False
+        return None
+    if hierarchy is None:
+        return None
+    try:
+        mounts = [line.split() for line in Path(proc_mounts).read_text().splitlines()]
+    except OSError:
+        return None
+    for m in mounts:
+        if len(m) < 4:
+            continue
+        if hierarchy != "0" and m[2] == "cgroup" and "perf_event" in m[3].split(","):
+            return m[1]
+        if hierarchy == "0" and m[2] == "cgroup2":
+            return m[1]
+    return None
+
+
+def perf_event_cgroup_available(
+    proc_cgroups: str | os.PathLike[str] = "/proc/cgroups",
+    proc_mounts: str | os.PathLike[str] = "/proc/mounts",
+) -> bool:
+    """Whether ``perf stat -G`` can work on this host (see :func:`perf_event_cgroup_root`)."""
+    return perf_event_cgroup_root(proc_cgroups, proc_mounts) is not None
 
 
 class PerfStatSampler:
@@ -261,9 +295,11 @@ class PerfStatSampler:
         if self.cgroup:
             if not perf_event_cgroup_available():
                 raise PerfUnavailableError(
-                    f"cannot profile cgroup {self.cgroup!r}: this kernel has no perf_event "
-                    "cgroup controller (attach to the trial's PIDs instead)")
-            cmd += ["-a", "-G", self.cgroup]
+                    f"cannot profile cgroup {self.cgroup!r}: this host has no mounted "
+                    "perf_event cgroup hierarchy (attach to the trial's PIDs instead)")
+            # -G names a cgroup relative to the perf_event hierarchy's mount and
+            # must follow -e; one name applies to every event.
+            cmd += ["-a", "-G", self.cgroup.lstrip("/") or "/"]
         else:
             cmd += ["-p", ",".join(str(p) for p in self.pids)]
         return cmd
