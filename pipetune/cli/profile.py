@@ -135,6 +135,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     interval_ms = args.interval_ms or settings.interval_ms
     if interval_ms < 10:
         raise UsageError(f"--interval-ms {interval_ms}: must be >= 10")
+    if cmd and shutil.which(cmd[0]) is None:
+        print(f"pipetune profile: error: command not found: {cmd[0]}", file=sys.stderr)
+        return 127
     events = _choose_events(args)
     procfs = not args.no_procfs
     if events == () and not procfs:
@@ -145,9 +148,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     child: subprocess.Popen[bytes] | None = None
     pumps: list[_OutputPump] = []
     if cmd:
-        if shutil.which(cmd[0]) is None:
-            print(f"pipetune profile: error: command not found: {cmd[0]}", file=sys.stderr)
-            return 127
         gate_r, gate_w = os.pipe()
         child = subprocess.Popen([sys.executable, "-c", _GATE, str(gate_r), *cmd],
                                  pass_fds=(gate_r,), stdin=subprocess.DEVNULL,
