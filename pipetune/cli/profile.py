@@ -192,14 +192,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             while profiler.running and (deadline is None or time.time() < deadline):
                 time.sleep(0.05)
     except KeyboardInterrupt:
-        if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGINT)
-            try:
-                child.wait(10.0)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        exit_code = 130
+        # With --pid, Ctrl-C is the normal way to end the profile (exit 0).
+        if child is not None:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+                try:
+                    child.wait(10.0)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+            exit_code = 130
     end = time.time()
     # perf ends by itself once the target is reaped and prints the last partial interval.
     profiler.profile(end, end, wait_s=min(2.0, 2 * interval_ms / 1000))
