@@ -1,7 +1,7 @@
 """procfs/psutil figures of a process tree, as per-interval deltas.
 
 - :class:`ProcTreeReader` — reads CPU time, I/O bytes, context switches
-  (cumulative) and RSS, threads, processes (gauges) of the target processes
+  and page faults (cumulative) and RSS, threads, processes (gauges) of the target processes
   and all their descendants; :meth:`ProcTreeReader.delta` turns two readings
   into the counts of one interval, under the names of
   :data:`pipetune.profiler.events.PROC_FIGURES`.
@@ -35,7 +35,24 @@ _CUMULATIVE = (
     "proc.write_chars",
     "proc.ctx_voluntary",
     "proc.ctx_involuntary",
+    "proc.minor_faults",
+    "proc.major_faults",
 )
+
+
+def _faults(pid: int) -> tuple[float, float] | None:
+    """(minor, major) page faults of ``pid`` from ``/proc/PID/stat`` (psutil
+    does not expose them); free for the trial, unlike perf's fault events."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = text[text.rfind(b")") + 2:].split()
+    try:
+        return float(fields[7]), float(fields[9])
+    except (IndexError, ValueError):
+        return None
 
 
 @dataclass
@@ -103,6 +120,9 @@ class ProcTreeReader:
                 figures["proc.write_bytes"] = float(io.write_bytes)
                 figures["proc.read_chars"] = float(getattr(io, "read_chars", 0))
                 figures["proc.write_chars"] = float(getattr(io, "write_chars", 0))
+            faults = _faults(proc.pid)
+            if faults is not None:
+                figures["proc.minor_faults"], figures["proc.major_faults"] = faults
             reading.per_process[key] = figures
             rss += mem.rss
             threads += n_threads

@@ -10,6 +10,7 @@ import pytest
 
 from pipetune.profiler import (
     PMU_EVENTS,
+    REDUNDANT_EVENTS,
     SOFTWARE_EVENTS,
     TRACEPOINT_EVENTS,
     available_events,
@@ -27,7 +28,9 @@ def test_this_host_probe_is_cached_and_consistent():
     assert not set(a.all) & set(a.unsupported)
     assert a.pmu == bool(a.hardware)
     default = a.default_events()
-    assert "task-clock" in default and "sched:sched_switch" in default
+    assert "task-clock" in default and "sched:sched_wakeup" in default
+    assert not set(default) & REDUNDANT_EVENTS
+    assert set(a.default_events(full=True)) == set(a.all)
     # A host without PMU (this VM) still has a discriminating set of figures.
     if not a.pmu:
         assert len(default) >= 10
