@@ -146,8 +146,10 @@ def features(runs: list[Run], keep) -> tuple[np.ndarray, list[str]]:
     return x, [n for n, k in zip(names, keep_cols, strict=True) if k]
 
 
-def nearest_centroid_loo(x: np.ndarray, labels: list[str]) -> float:
+def nearest_centroid_loo(x: np.ndarray, labels: list[str]) -> tuple[float, list[str]]:
+    """Accuracy, and the misses as "run i: label -> predicted"."""
     hits = 0
+    misses: list[str] = []
     for i in range(len(labels)):
         best, best_d = None, math.inf
         for lab in sorted(set(labels)):
@@ -158,7 +160,9 @@ def nearest_centroid_loo(x: np.ndarray, labels: list[str]) -> float:
             if d < best_d:
                 best, best_d = lab, d
         hits += best == labels[i]
-    return hits / len(labels)
+        if best != labels[i]:
+            misses.append(f"{labels[i]}->{best}")
+    return hits / len(labels), misses
 
 
 def kmeans_ari(x: np.ndarray, labels: list[str]) -> tuple[float, float, int]:
@@ -185,12 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0, help="profiled seconds per run")
     ap.add_argument("--interval-ms", type=int, default=500)
+    ap.add_argument("--full-events", action="store_true",
+                    help="every supported event, redundant ones included (default: lean set)")
     ap.add_argument("--skip-s", type=float, default=1.0,
                     help="start-up left out for commands that print no READY line")
     args = ap.parse_args(argv)
 
     support = available_events()
-    events = support.default_events()
+    events = support.default_events(full=args.full_events)
     if not support.perf_available:
         print(f"perf unusable ({support.reason}): procfs figures only")
     workloads: dict[str, tuple[list[str], float]] = {}
@@ -233,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         if x.shape[1] == 0:
             print(f"{title:<22}{0:>4}  (no features)")
             continue
-        acc = nearest_centroid_loo(x, labels)
+        acc, misses = nearest_centroid_loo(x, labels)
         ari, ari_sil, k_sil = kmeans_ari(x, labels)
-        print(f"{title:<22}{len(names):>4}{acc:>12.3f}{ari:>12.3f}{ari_sil:>8.3f} (k={k_sil})")
+        print(f"{title:<22}{len(names):>4}{acc:>12.3f}{ari:>12.3f}{ari_sil:>8.3f} (k={k_sil})"
+              + (f"  misses: {', '.join(misses)}" if misses else ""))
     print(f"\n{len(runs)} runs in {time.time() - t_start:.0f} s")
     return 0
 
