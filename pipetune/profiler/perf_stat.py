@@ -132,12 +132,14 @@ def parse_line(line: str, *, interval: bool = True, sep: str = ";") -> PerfRecor
     )
 
 
-@dataclass(frozen=True)
+@dataclass
 class PerfInterval:
-    """The lines of one ``-I`` interval, keyed by event."""
+    """The lines of one ``-I`` interval, keyed by event (filled by the
+    assembler, then only read)."""
 
     time_s: float
     records: dict[str, PerfRecord] = field(default_factory=dict)
+    n_lines: int = 0
 
     def counts(self) -> dict[str, float]:
         """Values of the counted events (``<not counted>`` → 0, unsupported left out)."""
@@ -157,17 +159,27 @@ class IntervalAssembler:
     An interval is complete when it has ``n_events`` lines (perf prints every
     event each interval), when a line of a later interval arrives, or at the
     end of the output (:meth:`flush`) — so a sample is handed on as soon as
-    perf printed it, not one interval late.  Events measured per cgroup are
-    keyed ``event`` as well; only one cgroup per sampler is supported.
+    perf printed it, not one interval late.  Should perf print more lines per
+    interval than events were asked for (an event expanded to several PMUs on
+    a hybrid CPU), the late lines of an interval already handed on are
+    dropped and the expected count grows, so later intervals are whole.
     """
 
     def __init__(self, n_events: int) -> None:
         self.n_events = n_events
         self._current: PerfInterval | None = None
+        self._last_done: float | None = None
+        self.dropped = 0
 
     def feed(self, line: str) -> list[PerfInterval]:
         rec = parse_line(line, interval=True)
         if rec is None or rec.time_s is None:
+            return []
+        if self._current is None and rec.time_s == self._last_done:
+            self.dropped += 1
+            self.n_events += 1
+            log.debug("perf printed more lines per interval than events; expecting %d",
+                      self.n_events)
             return []
         done: list[PerfInterval] = []
         if self._current is not None and rec.time_s != self._current.time_s:
@@ -175,10 +187,23 @@ class IntervalAssembler:
             self._current = None
         if self._current is None:
             self._current = PerfInterval(rec.time_s)
-        self._current.records[rec.event] = rec
-        if len(self._current.records) >= self.n_events:
+        key = rec.event
+        if key in self._current.records:  # same name from another PMU: sum them
+            old = self._current.records[key]
+            rec = PerfRecord(key, old.value + rec.value, rec.unit, rec.time_s,
+                             min(old.running_pct, rec.running_pct), old.run_time + rec.run_time,
+                             rec.cgroup, old.not_counted and rec.not_counted,
+                             old.not_supported and rec.not_supported)
+            self._current.records[key] = rec
+            self._current.n_lines += 1
+        else:
+            self._current.records[key] = rec
+            self._current.n_lines += 1
+        if self._current.n_lines >= self.n_events:
             done.append(self._current)
             self._current = None
+        if done:
+            self._last_done = done[-1].time_s
         return done
 
     def flush(self) -> list[PerfInterval]:

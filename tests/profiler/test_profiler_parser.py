@@ -126,3 +126,15 @@ def test_interval_is_emitted_when_complete_not_one_late():
     assert asm.feed("2.0;3;;context-switches;1;100.00;;") == []
     assert asm.feed("3.0;4;;context-switches;1;100.00;;")[0].time_s == 2.0
     assert asm.flush()[0].time_s == 3.0
+
+
+def test_more_lines_than_events_are_learnt():
+    # e.g. a hybrid CPU printing cycles for two PMUs although one event was asked.
+    asm = IntervalAssembler(1)
+    assert len(asm.feed("1.0;100;;cycles;1;100.00;;")) == 1
+    assert asm.feed("1.0;50;;cycles;1;100.00;;") == []  # late line of a finished interval
+    assert asm.dropped == 1 and asm.n_events == 2
+    assert asm.feed("2.0;100;;cycles;1;100.00;;") == []
+    done = asm.feed("2.0;50;;cycles;1;50.00;;")
+    assert len(done) == 1 and done[0].counts() == {"cycles": 150}
+    assert done[0].running_pct() == {"cycles": 50.0}
