@@ -293,7 +293,7 @@ def plot_heatmap(events: Sequence[str], epochs: Sequence[dict[str, Any]], path: 
     peak = np.nanmax(np.abs(data), axis=1, keepdims=True) if data.size else 1.0
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.where(peak > 0, data / peak, 0.0)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(epochs) + 3), 0.3 * len(events) + 1.5))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.5 * len(epochs) + 4), 0.3 * len(events) + 1.5))
     im = ax.imshow(norm, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
                    interpolation="nearest")
     ax.set_yticks(range(len(events)))
@@ -301,7 +301,7 @@ def plot_heatmap(events: Sequence[str], epochs: Sequence[dict[str, Any]], path: 
     ax.set_xticks(range(len(epochs)))
     ax.set_xticklabels([str(e["index"]) for e in epochs], fontsize=7)
     ax.set_xlabel("epoch")
-    ax.set_title("event rate per epoch (each row / its max)")
+    ax.set_title("rate per epoch (each row / its max)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
     try:

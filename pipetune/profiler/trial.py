@@ -116,11 +116,21 @@ class TrialProfiler:
             self._prev_reading = self._reader.read()
         self.events = tuple(events) + (PROC_FIGURES if self.procfs else ())
         if events:
-            self._sampler = PerfStatSampler(
-                events, pids=pids, interval_ms=self.interval_ms, perf_binary=self.perf_binary,
-                on_interval=self._on_interval, on_end=self._on_end,
-            )
-            self._sampler.start()
+            for attempt in (1, 2):
+                self._sampler = PerfStatSampler(
+                    events, pids=pids, interval_ms=self.interval_ms,
+                    perf_binary=self.perf_binary, on_interval=self._on_interval,
+                    on_end=self._on_end,
+                )
+                try:
+                    self._sampler.start()
+                    break
+                except ProfilerError as e:
+                    # A child of the tree may have exited between listing and attach.
+                    fresh = tree_pids(self.pids)
+                    if attempt == 2 or "no such process" not in str(e) or not fresh:
+                        raise
+                    pids = fresh
             self.started_at = self._sampler.enabled_at or time.time()
         else:
             self.started_at = time.time()
