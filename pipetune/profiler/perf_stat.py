@@ -30,6 +30,7 @@ What perf does here, verified on this project's VM (perf 6.1, kernel 6.18):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -40,6 +41,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,6 +258,19 @@ def perf_event_cgroup_available(
     return perf_event_cgroup_root(proc_cgroups, proc_mounts) is not None
 
 
+_live: weakref.WeakSet[PerfStatSampler] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_samplers() -> None:
+    # perf runs in its own session (a Ctrl-C must not end it early), so an
+    # owner that exits without stop() would leave it counting until the
+    # target ends: stop what is left, by PID, on the way out.
+    for sampler in list(_live):
+        with contextlib.suppress(Exception):
+            sampler.stop(timeout_s=2.0)
+
+
 class PerfStatSampler:
     """Owns one ``perf stat -I`` subprocess and reads its intervals.
 
@@ -373,6 +388,7 @@ class PerfStatSampler:
             self._close_fds()
             raise self._classify(why)
         self.enabled_at = time.time()
+        _live.add(self)
         self._thread = threading.Thread(target=self._read_loop, name=f"perf-stat-{self.pid}",
                                         daemon=True)
         self._thread.start()
@@ -457,6 +473,7 @@ class PerfStatSampler:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """End perf (by its PID) and the reader thread.  Idempotent."""
+        _live.discard(self)
         with self._lock:
             self._stopping.set()
             self._terminate(timeout_s)

@@ -268,3 +268,29 @@ def test_cgroup_root_from_fake_proc_files(tmp_path):
     assert perf_event_cgroup_root(cg, mounts) == "/sys/fs/cgroup/perf_event"
     cg.write_text("cpu\t1\t1\t1\n")
     assert perf_event_cgroup_root(cg, mounts) is None
+
+
+def test_owner_exit_without_stop_leaves_no_perf(tmp_path):
+    target = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    owner = tmp_path / "owner.py"
+    owner.write_text(textwrap.dedent(f"""
+        from pipetune.profiler import TrialProfiler
+        tp = TrialProfiler([{target.pid}], interval_ms=200)
+        tp.start()
+        print(tp.perf_pid, flush=True)
+    """))
+    try:
+        import os
+
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        out = subprocess.run([sys.executable, str(owner)], capture_output=True, text=True,
+                             timeout=60, env=env)
+        perf_pid = int(out.stdout.split()[0])
+        deadline = time.time() + 5
+        while _alive(perf_pid) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not _alive(perf_pid)
+        assert target.poll() is None
+    finally:
+        target.kill()
+        target.wait()
