@@ -9,6 +9,11 @@ events × epochs (each row normalised), like the paper's Figure 2.
 
 perf's unit for task-clock is msec, so a busy thread reads ≈ 1000 msec/s.
 The exit code is the command's own when it fails, 2 for bad arguments.
+
+Marker lines are timed when they arrive, so the command must not
+block-buffer its output (``PYTHONUNBUFFERED=1`` is set for it; other
+programs need to flush per line).  ``--pid`` profiles until the process
+exits, ``--duration-s`` passes, or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -149,9 +154,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     pumps: list[_OutputPump] = []
     if cmd:
         gate_r, gate_w = os.pipe()
+        # Marker times are when lines arrive: ask Python commands not to
+        # block-buffer their output into a pipe (others must flush themselves).
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
         child = subprocess.Popen([sys.executable, "-c", _GATE, str(gate_r), *cmd],
                                  pass_fds=(gate_r,), stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         os.close(gate_r)
         target = child.pid
     else:

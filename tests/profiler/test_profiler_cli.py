@@ -28,7 +28,7 @@ ts = [threading.Thread(target=spin) for _ in range(n)]
 [t.start() for t in ts]
 for i in range(int(dur / 0.5)):
     time.sleep(0.5)
-    print("epoch", i, "done", flush=True)
+    print("epoch", i, "done")  # no flush: pipetune sets PYTHONUNBUFFERED
 [t.join() for t in ts]
 """
 
@@ -91,6 +91,9 @@ def test_epoch_marker_table_and_store(tmp_path):
     assert "event / epoch" in out and "task-clock" in out and "epoch 0 done" in out
     header = next(line for line in out.splitlines() if line.startswith("event / epoch"))
     assert header.split()[-1] == "3"  # four markers → epochs 0..3
+    secs = next(line for line in out.splitlines() if line.startswith("seconds"))
+    # Markers come every ~0.5 s (sleeps); block-buffered output would bunch them at the end.
+    assert all(0.2 < float(v) < 2.0 for v in secs.split()[1:]), secs
     con = sqlite3.connect(db)
     tables = [t for (t,) in con.execute("select name from sqlite_master where type='table'")]
     con.close()
