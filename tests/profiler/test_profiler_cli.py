@@ -33,9 +33,15 @@ for i in range(int(dur / 0.5)):
 """
 
 
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    # Settings, spool and default store of the CLI go to this test's tmp_path.
+    monkeypatch.setenv("PIPETUNE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PIPETUNE_STORE", raising=False)
+
+
 def _pipetune(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PIPETUNE_HOME=os.environ.get(
-        "PIPETUNE_TEST_HOME", "/tmp/pipetune-test-home"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "pipetune", *args], capture_output=True,
                           text=True, timeout=timeout, env=env)
 
