@@ -143,6 +143,8 @@ class Workload(abc.ABC):
                 continue
             if key == "lr" and not value > 0:
                 raise ConfigError(f"hyperparameter lr={value!r}: must be > 0")
+            if key == "optimizer" and value not in ("sgd", "adam"):
+                raise ConfigError(f"hyperparameter optimizer={value!r}: must be sgd or adam")
             if key == "dropout" and not 0.0 <= value < 1.0:
                 raise ConfigError(f"hyperparameter dropout={value!r}: must be in [0, 1)")
             if (key in ("batch_size", "epochs") or key.endswith(("_dim", "_size", "_iters"))

@@ -280,32 +280,62 @@ def generate_topic_corpus(n_docs: int, *, n_topics: int = 20, seed: int = 0,
     return docs, labels.astype(np.int64)
 
 
+def _strip_header(text: str) -> str:
+    """A post without its mail header (it names the newsgroup: the label)."""
+    _, sep, body = text.partition("\n\n")
+    return body if sep else text
+
+
+def _read_news20(home: Path) -> tuple[list[str], np.ndarray, list[str], np.ndarray, str] | None:
+    """The official "bydate" folders, else scikit-learn's cache file, under ``home``."""
+    train_dir, test_dir = home / "20news-bydate-train", home / "20news-bydate-test"
+    if train_dir.is_dir() and test_dir.is_dir():
+        from sklearn.datasets import load_files
+
+        train = load_files(str(train_dir), encoding="latin1", shuffle=False)
+        test = load_files(str(test_dir), encoding="latin1", shuffle=False)
+        if list(train.target_names) != list(test.target_names):
+            raise WorkloadError(f"{home}: train and test folders name different newsgroups")
+        return ([_strip_header(t) for t in train.data], np.asarray(train.target, np.int64),
+                [_strip_header(t) for t in test.data], np.asarray(test.target, np.int64),
+                f"20 Newsgroups folders in {home} ({len(train.data)} train / "
+                f"{len(test.data)} test posts, {len(train.target_names)} groups)")
+    if not (home / "20news-bydate_py3.pkz").exists():
+        return None
+    from sklearn.datasets import fetch_20newsgroups
+
+    # scikit-learn's own cache format (a compressed pickle it wrote in the user's data folder).
+    kw = {"data_home": str(home), "download_if_missing": False,
+          "remove": ("headers", "footers", "quotes")}
+    try:
+        train = fetch_20newsgroups(subset="train", **kw)
+        test = fetch_20newsgroups(subset="test", **kw)
+    except OSError:
+        return None
+    return (list(train.data), np.asarray(train.target, np.int64), list(test.data),
+            np.asarray(test.target, np.int64),
+            f"20 Newsgroups (scikit-learn cache in {home}: {len(train.data)} train / "
+            f"{len(test.data)} test posts)")
+
+
 def load_news20(data_dir: Path, *, vocab_size: int, seq_len: int, seed: int = 0,
                 generated_docs: int = 3000) -> Arrays:
     """20 Newsgroups (train/test split by date) as padded token-id sequences.
 
-    Reads scikit-learn's cache under ``data_dir/news20`` (or ``data_dir``)
-    without downloading; when absent, uses :func:`generate_topic_corpus` and
-    says so.
+    Reads, under ``data_dir/news20`` (or ``data_dir``), the official
+    ``20news-bydate-train``/``-test`` folders (mail headers stripped) or
+    scikit-learn's cache (``fetch_20newsgroups(download_if_missing=False)``);
+    nothing is downloaded.  When neither is there, uses
+    :func:`generate_topic_corpus` and says so.
     """
     import torch
 
     texts_train = texts_test = None
     for home in (data_dir / "news20", data_dir):
-        try:
-            from sklearn.datasets import fetch_20newsgroups
-
-            kw = {"data_home": str(home), "download_if_missing": False,
-                  "remove": ("headers", "footers", "quotes")}
-            train = fetch_20newsgroups(subset="train", **kw)
-            test = fetch_20newsgroups(subset="test", **kw)
-        except OSError:
-            continue
-        texts_train, y_train = train.data, np.asarray(train.target, dtype=np.int64)
-        texts_test, y_test = test.data, np.asarray(test.target, dtype=np.int64)
-        source = (f"20 Newsgroups from {home} ({len(texts_train)} train / "
-                  f"{len(texts_test)} test posts)")
-        break
+        found = _read_news20(home)
+        if found is not None:
+            texts_train, y_train, texts_test, y_test, source = found
+            break
     if texts_train is None:
         docs, labels = generate_topic_corpus(generated_docs, seed=1234)
         n_test = generated_docs // 5

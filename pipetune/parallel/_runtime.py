@@ -198,7 +198,7 @@ def epoch_loop(
             }
             record.update(wl.evaluate())
             record.update(strategy=spec.config.strategy, workers=world,
-                          chunks=spec.config.chunks)
+                          chunks=spec.config.chunks, data=wl.data_source)
             if partitions is not None:
                 record["partitions"] = partitions
             if spec.record_step_losses:
@@ -266,6 +266,8 @@ def _worker_main(rank: int, world: int, port: int, target: str, spec: RunSpec,
     import torch.distributed as dist
 
     torch.set_num_threads(spec.threads_per_worker)
+    if rank != 0:  # one copy of "which data was used" is enough
+        logging.getLogger("workloads").setLevel(logging.ERROR)
     module_name, _, fn_name = target.partition(":")
     fn = getattr(importlib.import_module(module_name), fn_name)
     try:

@@ -59,7 +59,8 @@ class SingleProcessStrategy(ParallelStrategy):
                     record: EpochRecord = {"epoch": epoch, **result,
                                            "seconds": time.perf_counter() - t0}
                     record.update(wl.evaluate())
-                    record.update(strategy="none", workers=1, chunks=spec.config.chunks)
+                    record.update(strategy="none", workers=1, chunks=spec.config.chunks,
+                                  data=wl.data_source)
                     report(record)
         finally:
             torch.set_num_threads(previous)
