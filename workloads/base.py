@@ -28,6 +28,7 @@ Contract (all workloads):
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -221,6 +222,7 @@ class TorchWorkload(Workload):
         self.model: nn.Module = self.build_model()
         self.optimizer = self.build_optimizer(self.model.parameters())
         self.epochs_trained = 0
+        self._rng_state = torch.Generator().manual_seed(self.seed + 1).get_state()
 
     # -- what subclasses provide ---------------------------------------------------------
 
@@ -287,11 +289,12 @@ class TorchWorkload(Workload):
         self._check_window(window_steps)
         total, steps, samples = 0.0, 0, 0
         for x, y in self.train_batches(epoch):
-            total += self.train_step(x, y)
+            with self.rng_scope():
+                total += self.train_step(x, y)
             steps += 1
             samples += len(x)
             if on_window is not None and window_steps and steps % window_steps == 0:
-                on_window(steps)
+                on_window(steps)  # outside the RNG scope: the tuner's code is not ours
         self.epochs_trained = epoch
         return {"loss": total / max(steps, 1), "steps": steps, "samples": samples}
 
@@ -311,16 +314,41 @@ class TorchWorkload(Workload):
         return {"accuracy": correct / max(n, 1), "test_loss": loss_sum / max(n, 1)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """A deep copy: torch's state dicts alias the live tensors (momentum buffers too)."""
+        import copy
+
+        return copy.deepcopy({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epochs_trained": self.epochs_trained,
-        }
+            "rng": self._rng_state,
+        })
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        import copy
+
+        state = copy.deepcopy(dict(state))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epochs_trained = int(state.get("epochs_trained", 0))
+        if state.get("rng") is not None:
+            self._rng_state = state["rng"]
+
+    @contextlib.contextmanager
+    def rng_scope(self) -> Iterator[None]:
+        """Run with this workload's own torch RNG (dropout), leaving the global one untouched.
+
+        Two instances in one process (a test, a tuner) then do not draw from
+        each other's random stream, and a checkpoint resumes the same masks.
+        """
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._rng_state)
+            try:
+                yield
+            finally:
+                self._rng_state = torch.get_rng_state()
 
     # -- partitions for model/pipeline parallelism ----------------------------------------
 

