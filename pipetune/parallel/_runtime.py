@@ -336,6 +336,17 @@ def spawn_workers(target: str, spec: RunSpec,
             if p.is_alive():  # pragma: no cover - a worker stuck in a syscall
                 os.kill(p.pid, 9)
                 p.join(timeout=5)
+        # Records already sent may still sit in the queue behind a failure report
+        # from another rank: they are epochs that did end, so they are kept.
+        while True:
+            try:
+                kind, _, payload, _ = results.get(timeout=0.05)
+            except (queue_mod.Empty, OSError, EOFError, ValueError):
+                break
+            if kind == "epoch" and payload["epoch"] > len(records):
+                records.append(payload)
+                if on_epoch is not None:
+                    on_epoch(payload)
         results.close()
     if failure is not None:
         rank, message, tb = failure

@@ -10,7 +10,7 @@ loss per micro-batch; their mean is the batch loss.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipetune.errors import ConfigError
 from pipetune.parallel._runtime import (
@@ -22,6 +22,9 @@ from pipetune.parallel._runtime import (
 from pipetune.parallel.base import EpochRecord, ParallelConfig, RunSpec
 from pipetune.parallel.mp import ModelParallelStrategy
 from workloads.base import Workload
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class GPipeStrategy(ModelParallelStrategy):
@@ -42,6 +45,39 @@ class GPipeStrategy(ModelParallelStrategy):
         return spawn_workers(f"{__name__}:worker", spec, on_epoch)
 
 
+def contiguous_boundaries(part: nn.Sequential) -> nn.Sequential:
+    """``part`` with contiguous tensors at its edges, forward and backward.
+
+    The pipeline runtime allocates receive buffers with the strides of what the
+    neighbour stage produced, and gloo refuses non-contiguous buffers: the
+    input gradient of a ``batch_first`` LSTM, for one, is a transposed view.
+    The wrapper adds no parameters, so state-dict keys are unchanged.
+    """
+    import torch
+    from torch import nn
+
+    class _ContiguousGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+            return x.contiguous()
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+            return grad.contiguous()
+
+    class Edges(nn.Module):
+        def __init__(self, inner: nn.Sequential) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.is_floating_point() and x.requires_grad:
+                x = _ContiguousGrad.apply(x)
+            return _ContiguousGrad.apply(self.inner(x))
+
+    return Edges(part)
+
+
 def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord], None]) -> None:
     import torch
     from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
@@ -49,7 +85,7 @@ def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord],
     wl = build_workload(spec)
     part = wl.partitions(world)[rank]
     optimizer = wl.build_optimizer(part.parameters())
-    stage = PipelineStage(part, rank, world, torch.device("cpu"))
+    stage = PipelineStage(contiguous_boundaries(part), rank, world, torch.device("cpu"))
     schedule = ScheduleGPipe(stage, n_microbatches=spec.config.chunks, loss_fn=wl.loss_fn)
     last = rank == world - 1
 
