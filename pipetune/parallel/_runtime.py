@@ -106,6 +106,22 @@ class _NoMeter:
         return None
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM).
+
+    Not ``getrusage().ru_maxrss``: Linux carries that across fork+exec, so a
+    spawned worker would report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def partition_memory(module: nn.Module, optimizer: torch.optim.Optimizer,
                      activations_bytes: int) -> dict[str, float]:
     """Memory one partition holds at its peak: params + grads + optimizer state + activations."""
@@ -122,7 +138,7 @@ def partition_memory(module: nn.Module, optimizer: torch.optim.Optimizer,
         "activations_mb": activations_bytes / MB,
     }
     record["total_mb"] = sum(record.values())
-    record["rss_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    record["rss_peak_mb"] = peak_rss_mb()
     record["layers"] = ",".join(name for name, _ in module.named_children())  # type: ignore[assignment]
     if torch.cuda.is_available() and any(p.is_cuda for p in params):
         record["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / MB
