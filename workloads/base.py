@@ -352,12 +352,47 @@ class TorchWorkload(Workload):
 
     # -- partitions for model/pipeline parallelism ----------------------------------------
 
+    def layer_costs(self) -> list[float]:
+        """Estimated forward cost of each of the model's children, for one sample.
+
+        FLOPs counted by ``torch.utils.flop_counter`` on one training sample,
+        floored by the layer's output size; recurrent layers, which the counter
+        does not see into, count 2 FLOPs per weight per time step.  Shapes only:
+        every process computes the same costs, so every rank cuts the model
+        at the same places.  Runs in eval mode under ``no_grad`` and draws no
+        random numbers.
+        """
+        import torch
+        from torch import nn
+        from torch.utils.flop_counter import FlopCounterMode
+
+        was_training = self.model.training
+        self.model.eval()
+        costs: list[float] = []
+        x = self.x_train[:1]
+        try:
+            with torch.no_grad():
+                for child in self.model.children():
+                    steps = x.shape[1] if x.dim() > 1 else 1
+                    with FlopCounterMode(display=False) as counter:
+                        x = child(x)
+                    cost = max(counter.get_total_flops(), x.numel())
+                    if any(isinstance(m, nn.RNNBase) for m in child.modules()):
+                        # The counter does not see inside fused RNN kernels: ~2 FLOPs
+                        # per weight per time step (batch-first input).
+                        params = sum(p.numel() for p in child.parameters())
+                        cost = max(cost, 2 * params * steps)
+                    costs.append(float(cost))
+        finally:
+            self.model.train(was_training)
+        return costs
+
     def partition_boundaries(self, n: int) -> list[int]:
         """Start index of each of ``n`` partitions of the model's children.
 
-        Default: balance parameter counts (+1 per layer so parameter-free layers
-        still spread).  A workload whose layers have very uneven compute can
-        override this to declare its own split points.
+        Default: contiguous groups that minimise the largest group's
+        :meth:`layer_costs` (a pipeline runs at the pace of its slowest
+        stage).  A workload can override this to declare its own split points.
 
         Raises:
             NotSupportedError: the model is not an ``nn.Sequential``.
@@ -370,23 +405,12 @@ class TorchWorkload(Workload):
                 f"workload {self.name!r}: its model is not an nn.Sequential and declares no "
                 "split points, so it cannot be partitioned"
             )
-        children = list(self.model.children())
-        if n > len(children):
+        n_layers = len(self.model)
+        if n > n_layers:
             raise ConfigError(
-                f"workers={n}: workload {self.name!r} has only {len(children)} layers to split"
+                f"workers={n}: workload {self.name!r} has only {n_layers} layers to split"
             )
-        cost = [1 + sum(p.numel() for p in c.parameters()) for c in children]
-        total = sum(cost)
-        bounds, acc = [0], 0
-        for i, c in enumerate(cost):
-            acc += c
-            want = len(bounds)
-            remaining_layers = len(children) - (i + 1)
-            if want < n and (acc >= total * want / n or remaining_layers == n - want):
-                bounds.append(i + 1)
-        while len(bounds) < n:  # pragma: no cover - guarded by the loop above
-            bounds.append(bounds[-1] + 1)
-        return bounds
+        return balanced_boundaries(self.layer_costs(), n)
 
     def partitions(self, n: int) -> list[nn.Sequential]:
         """The model cut into ``n`` ``nn.Sequential`` parts that keep the children's names.
@@ -411,3 +435,31 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
         return os.cpu_count() or 1
+
+
+def balanced_boundaries(costs: list[float], n: int) -> list[int]:
+    """Cut ``costs`` into ``n`` non-empty contiguous groups minimising the largest sum.
+
+    Returns each group's start index (the first is 0).  Exact dynamic
+    programming, O(n * len(costs)^2): models here have tens of layers.
+    """
+    size = len(costs)
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    # best[k][i]: smallest max-group cost splitting the first i layers into k groups.
+    best = [[inf] * (size + 1) for _ in range(n + 1)]
+    cut = [[0] * (size + 1) for _ in range(n + 1)]
+    best[0][0] = 0.0
+    for k in range(1, n + 1):
+        for i in range(k, size + 1):
+            for j in range(k - 1, i):
+                value = max(best[k - 1][j], prefix[i] - prefix[j])
+                if value < best[k][i]:
+                    best[k][i], cut[k][i] = value, j
+    starts, i = [], size
+    for k in range(n, 0, -1):
+        i = cut[k][i]
+        starts.append(i)
+    return starts[::-1]

@@ -273,14 +273,29 @@ def recv_tensor(src: int) -> torch.Tensor:
 # -- processes -----------------------------------------------------------------------------------
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to end this worker if the parent dies (no orphans blocked in gloo)."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _worker_main(rank: int, world: int, port: int, target: str, spec: RunSpec,
-                 results: Any) -> None:
+                 results: Any, parent_pid: int) -> None:
     """Entry of one worker process (module-level so spawn can import it)."""
     import importlib
 
     import torch
     import torch.distributed as dist
 
+    _die_with_parent(parent_pid)
     torch.set_num_threads(spec.threads_per_worker)
     if rank != 0:  # one copy of "which data was used" is enough
         logging.getLogger("workloads").setLevel(logging.ERROR)
@@ -313,7 +328,8 @@ def spawn_workers(target: str, spec: RunSpec,
     ctx = tmp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker_main, args=(r, world, port, target, spec, results),
+    me = os.getpid()
+    procs = [ctx.Process(target=_worker_main, args=(r, world, port, target, spec, results, me),
                          name=f"pipetune-{spec.config.strategy}-{r}", daemon=True)
              for r in range(world)]
     records: list[EpochRecord] = []

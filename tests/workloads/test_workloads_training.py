@@ -149,3 +149,24 @@ def test_partitions_refuse_more_parts_than_layers_and_non_sequential_models() ->
     wl.model = torch.nn.LSTM(3, 3)
     with pytest.raises(NotSupportedError, match="not an nn.Sequential"):
         wl.partitions(2)
+
+
+def test_balanced_boundaries_minimise_the_slowest_stage() -> None:
+    from workloads.base import balanced_boundaries
+
+    assert balanced_boundaries([1, 1, 1, 1], 2) == [0, 2]
+    assert balanced_boundaries([10, 1, 1, 1], 2) == [0, 1]
+    assert balanced_boundaries([1, 1, 1, 10], 3)[-1] == 3  # the heavy layer stands alone
+    assert balanced_boundaries([3, 3, 3], 3) == [0, 1, 2]
+    assert balanced_boundaries([5], 1) == [0]
+
+
+def test_default_split_follows_compute_not_parameters() -> None:
+    # LeNet-5's parameters sit in its linear layers, its compute in the convolutions:
+    # a parameter-balanced split would put both convolutions on the first stage.
+    wl: TorchWorkload = make("lenet5-mnist")
+    costs = wl.layer_costs()
+    assert costs == wl.layer_costs()  # deterministic: every rank cuts the same way
+    first, second = wl.partitions(2)
+    assert "conv1" in dict(first.named_children())
+    assert "conv2" in dict(second.named_children())
