@@ -136,22 +136,29 @@ class Workload(abc.ABC):
         cls.validate_hparams(resolved)
         return resolved
 
+    #: Integer hyperparameters for which 0 is meaningful (every other int must be >= 1).
+    zero_allowed: ClassVar[frozenset[str]] = frozenset({"max_train_samples"})
+
     @classmethod
     def validate_hparams(cls, hp: Mapping[str, Any]) -> None:
-        """Check value ranges; subclasses extend.  Raise ConfigError naming the key."""
+        """Check value ranges; subclasses extend.  Raise ConfigError naming the key.
+
+        Every integer hyperparameter is a size or a count: it must be >= 1
+        (>= 0 for those in :attr:`zero_allowed`).
+        """
         for key, value in hp.items():
             if isinstance(value, bool):
                 continue
+            if isinstance(value, int):
+                low = 0 if key in cls.zero_allowed else 1
+                if value < low:
+                    raise ConfigError(f"hyperparameter {key}={value!r}: must be >= {low}")
             if key == "lr" and not value > 0:
                 raise ConfigError(f"hyperparameter lr={value!r}: must be > 0")
+            if key in ("dropout", "momentum") and not 0.0 <= value < 1.0:
+                raise ConfigError(f"hyperparameter {key}={value!r}: must be in [0, 1)")
             if key == "optimizer" and value not in ("sgd", "adam"):
                 raise ConfigError(f"hyperparameter optimizer={value!r}: must be sgd or adam")
-            if key == "dropout" and not 0.0 <= value < 1.0:
-                raise ConfigError(f"hyperparameter dropout={value!r}: must be in [0, 1)")
-            if (key in ("batch_size", "epochs") or key.endswith(("_dim", "_size", "_iters"))
-                    or key in ("iters_per_epoch", "size", "nodes", "points", "clusters")) \
-                    and isinstance(value, int) and value < 1:
-                raise ConfigError(f"hyperparameter {key}={value!r}: must be >= 1")
 
     # -- training ----------------------------------------------------------------------
 

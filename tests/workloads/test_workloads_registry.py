@@ -64,11 +64,23 @@ def test_string_values_are_converted_to_the_defaults_type() -> None:
     ("hparams", "word"),
     [({"batch_size": 0}, "batch_size"), ({"batch_size": "x"}, "batch_size"),
      ({"lr": 0}, "lr"), ({"dropout": 1.0}, "dropout"), ({"optimizer": "rmsprop"}, "optimizer"),
-     ({"batch_size": 2.5}, "batch_size")],
+     ({"batch_size": 2.5}, "batch_size"), ({"momentum": 1.5}, "momentum"),
+     ({"max_train_samples": -1}, "max_train_samples")],
 )
 def test_bad_values_are_config_errors(hparams: dict, word: str) -> None:
     with pytest.raises(ConfigError, match=word):
         get_workload("lenet5-mnist").resolve_hparams(hparams)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_integer_size_must_be_positive(name: str) -> None:
+    cls = get_workload(name)
+    for key, default in cls.hyperparameters.items():
+        if isinstance(default, int) and not isinstance(default, bool):
+            low = 0 if key in cls.zero_allowed else 1
+            with pytest.raises(ConfigError, match=key):
+                cls.resolve_hparams({key: low - 1})
+            assert cls.resolve_hparams({key: low})[key] == low
 
 
 def test_type_iii_sizes_must_be_positive() -> None:
