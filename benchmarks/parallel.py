@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=min(2, cpu_count()))
     p.add_argument("--chunks", type=int, default=4)
     p.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
-    p.add_argument("--strategies", nargs="+", default=["none", "ddp", "mp", "gpipe"])
+    p.add_argument("--strategies", nargs="+", default=["none", "none/1t", "ddp", "mp", "gpipe"],
+                   help="none/1t is none with one torch thread")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: cores / processes)")
     p.add_argument("--data-dir", default=None)
@@ -52,21 +53,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_one(workload: str, strategy: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One run.  ``none/1t`` is ``none`` with one torch thread; by default a process
+    gets cores / processes threads (``none`` all of them, ddp/mp/gpipe workers one
+    each on two cores), which the ``Nt`` suffix of each row says."""
+    threads = args.threads
+    if strategy == "none/1t":
+        strategy, threads = "none", 1
     workers = 1 if strategy == "none" else args.workers
     config = ParallelConfig(strategy, workers=workers,
                             chunks=args.chunks if strategy == "gpipe" else 1)
+    eff_threads = threads or max(1, cpu_count() // workers)
     hparams = {"max_train_samples": args.samples, "batch_size": args.batch_size, "dropout": 0.0}
     t0 = time.perf_counter()
     records = train(workload, hparams, parallel=config, epochs=args.epochs,
                     data_dir=args.data_dir, measure_memory=True,
-                    threads_per_worker=args.threads)
+                    threads_per_worker=threads)
     wall = time.perf_counter() - t0
     seconds = [r["seconds"] for r in records]
     steady = seconds[1:] or seconds  # the first epoch pays one-off costs (allocator, gloo)
     return {
         "workload": workload,
         "strategy": strategy,
-        "config": str(config),
+        "config": f"{config} {eff_threads}t",
+        "threads": eff_threads,
         "workers": workers,
         "chunks": config.chunks,
         "epoch_s": statistics.median(steady),
@@ -81,16 +90,19 @@ def run_one(workload: str, strategy: str, args: argparse.Namespace) -> dict[str,
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'workload':14s} {'strategy':20s} {'epoch s':>8s} {'x none':>7s} {'loss':>7s} "
+    head = (f"{'workload':14s} {'strategy':24s} {'epoch s':>8s} {'x none':>7s} {'loss':>7s} "
             f"{'acc':>6s} | {'part':>4s} {'params':>7s} {'grads':>7s} {'optim':>7s} "
             f"{'activ':>7s} {'total':>7s} {'rss':>7s}  (MB)")
     lines = [head, "-" * len(head)]
-    base = {r["workload"]: r["epoch_s"] for r in rows if r["strategy"] == "none"}
+    base: dict[str, float] = {}
+    for r in rows:  # the first "none" row of each workload (default threads)
+        if r["strategy"] == "none":
+            base.setdefault(r["workload"], r["epoch_s"])
     for r in rows:
         ratio = r["epoch_s"] / base[r["workload"]] if r["workload"] in base else float("nan")
         for i, p in enumerate(r["partitions"]):
-            left = (f"{r['workload']:14s} {r['config']:20s} {r['epoch_s']:8.2f} {ratio:7.2f} "
-                    f"{r['loss']:7.4f} {r['accuracy']:6.3f}") if i == 0 else " " * 67
+            left = (f"{r['workload']:14s} {r['config']:24s} {r['epoch_s']:8.2f} {ratio:7.2f} "
+                    f"{r['loss']:7.4f} {r['accuracy']:6.3f}") if i == 0 else " " * 71
             lines.append(
                 f"{left} | {i:4d} {p['params_mb']:7.3f} {p['grads_mb']:7.3f} "
                 f"{p['optimizer_mb']:7.3f} {p['activations_mb']:7.3f} {p['total_mb']:7.3f} "
