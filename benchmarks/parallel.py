@@ -133,7 +133,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         labels, bottoms = [], []
         for r in rs:
             for i, _ in enumerate(r["partitions"]):
-                labels.append(f"{r['strategy']}:{i}")
+                labels.append(f"{r['strategy']} {r['threads']}t:{i}")
                 bottoms.append(0.0)
         for key, colour in zip(parts, colours, strict=True):
             values = [p[key] for r in rs for p in r["partitions"]]

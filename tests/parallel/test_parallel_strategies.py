@@ -7,6 +7,7 @@ Every distributed run starts real worker processes (spawn, gloo on
 from __future__ import annotations
 
 import multiprocessing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -162,7 +163,9 @@ def test_free_port_is_bindable() -> None:
 
 @pytest.mark.slow
 @needs_two_cores
-def test_a_crash_in_a_worker_becomes_a_workload_error() -> None:
+def test_a_crash_in_a_worker_becomes_a_workload_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Workers inherit sys.path at spawn: make the fixture module importable in any import mode.
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
     seen: list[int] = []
     with pytest.raises(WorkloadError, match=r"mp worker \d failed: RuntimeError: boom in epoch 2"):
         train("_parallel_fixtures:FailsInEpochTwo", LENET, parallel=ParallelConfig("mp", 2),
