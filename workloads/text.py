@@ -43,7 +43,7 @@ def _adapters():  # noqa: ANN202 - nn classes are made lazily so torch loads onl
 
         def forward(self, x):  # noqa: ANN001, ANN201
             _, (h, _) = self.lstm(x)
-            return h[-1]
+            return h[-1].contiguous()  # pipelining sends it as is
 
     return ChannelsFirst, LastHidden
 

@@ -1,0 +1,391 @@
+"""Shared machinery of the strategies: worker processes, the epoch loop, memory accounting.
+
+:func:`spawn_workers` starts ``workers`` processes with ``torch.multiprocessing``'s
+spawn context, joined in one gloo group on a free port of 127.0.0.1, and
+streams their epoch records back through a queue.  A worker that fails sends
+its error and the parent ends the others (only the processes it started, by
+their handles) and raises it as one clear error.
+
+:func:`epoch_loop` is the training loop every strategy runs, so that they
+differ only in their ``step`` function: that is what makes their losses
+comparable with the single-process reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as queue_mod
+import resource
+import socket
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from pipetune import errors
+from pipetune.errors import WorkloadError
+from pipetune.parallel.base import EpochRecord, RunSpec
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from workloads.base import TorchWorkload
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+#: Seconds the parent waits for workers to exit once they are done or failed.
+JOIN_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def build_workload(spec: RunSpec) -> TorchWorkload:
+    from pathlib import Path
+
+    from workloads import get_workload
+
+    cls = get_workload(spec.workload)
+    data_dir = Path(spec.data_dir) if spec.data_dir else None
+    return cls(spec.hparams, seed=spec.seed, data_dir=data_dir)  # type: ignore[return-value]
+
+
+# -- memory accounting ---------------------------------------------------------------------
+
+
+def tensors_mb(tensors: Iterable[torch.Tensor]) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors) / MB
+
+
+class SavedActivations:
+    """Counts the bytes autograd saves for backward while it is active.
+
+    Storages are counted once each and parameters not at all (a linear layer
+    saves its weight, which is already counted as a parameter).  Under GPipe
+    all micro-batches' forwards run before any backward, so the count is the
+    peak of saved activations; for the one-batch strategies it is too.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor]) -> None:
+        self._exclude = {p.untyped_storage().data_ptr() for p in params}
+        self._seen: set[int] = set()
+        self.bytes = 0
+        self._ctx: Any = None
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self._exclude and ptr not in self._seen:
+            self._seen.add(ptr)
+            self.bytes += storage.nbytes()
+        return t
+
+    def __enter__(self) -> SavedActivations:
+        import torch
+
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)
+
+
+class _NoMeter:
+    def __enter__(self) -> _NoMeter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM).
+
+    Not ``getrusage().ru_maxrss``: Linux carries that across fork+exec, so a
+    spawned worker would report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def partition_memory(module: nn.Module, optimizer: torch.optim.Optimizer,
+                     activations_bytes: int) -> dict[str, float]:
+    """Memory one partition holds at its peak: params + grads + optimizer state + activations."""
+    import torch
+
+    params = list(module.parameters())
+    grads = [p.grad for p in params if p.grad is not None]
+    opt_state = [v for s in optimizer.state.values() for v in s.values()
+                 if isinstance(v, torch.Tensor)]
+    record = {
+        "params_mb": tensors_mb(params),
+        "grads_mb": tensors_mb(grads),
+        "optimizer_mb": tensors_mb(opt_state),
+        "activations_mb": activations_bytes / MB,
+    }
+    record["total_mb"] = sum(record.values())
+    record["rss_peak_mb"] = peak_rss_mb()
+    record["layers"] = ",".join(name for name, _ in module.named_children())  # type: ignore[assignment]
+    if torch.cuda.is_available() and any(p.is_cuda for p in params):
+        record["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / MB
+    return record
+
+
+# -- the epoch loop --------------------------------------------------------------------------
+
+StepFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor | None"]
+
+
+def epoch_loop(
+    spec: RunSpec,
+    wl: TorchWorkload,
+    step: StepFn,
+    *,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_holders: int,
+    report: Callable[[EpochRecord], None],
+    before_eval: Callable[[], None] | None = None,
+) -> None:
+    """Train ``spec.epochs`` epochs with ``step`` and report each from rank 0.
+
+    ``step(x, y)`` runs one global batch and returns the loss on ranks that
+    compute it (None elsewhere); ``loss_holders`` is how many ranks do, so the
+    all-reduced sum divided by it is the loss of the whole batch.
+    ``module``/``optimizer`` are this rank's partition, for memory accounting.
+    """
+    import torch
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    for epoch in range(1, spec.epochs + 1):
+        t0 = time.perf_counter()
+        losses: list[torch.Tensor] = []
+        samples = 0
+        meter_bytes = 0
+        for i, (x, y) in enumerate(wl.train_batches(epoch)):
+            measure = spec.measure_memory and epoch == 1 and i == 0
+            meter: Any = SavedActivations(module.parameters()) if measure else _NoMeter()
+            with meter, wl.rng_scope():
+                loss = step(x, y)
+            if measure:
+                meter_bytes = meter.bytes
+                memory = partition_memory(module, optimizer, meter_bytes)
+            losses.append(loss.detach().reshape(()) if loss is not None else torch.zeros(()))
+            samples += len(x)
+        step_losses = torch.stack(losses) if losses else torch.zeros(0)
+        if distributed:
+            dist.all_reduce(step_losses, op=dist.ReduceOp.SUM)
+        step_losses /= loss_holders
+        seconds = time.perf_counter() - t0
+        partitions = None
+        if spec.measure_memory and epoch == 1:
+            if distributed:
+                gathered: list[Any] = [None] * world
+                dist.all_gather_object(gathered, memory)
+                partitions = gathered
+            else:
+                partitions = [memory]
+        if before_eval is not None:
+            before_eval()
+        if rank == 0:
+            record: EpochRecord = {
+                "epoch": epoch,
+                "loss": float(step_losses.mean()) if len(step_losses) else float("nan"),
+                "steps": len(step_losses),
+                "samples": samples,
+                "seconds": seconds,
+            }
+            record.update(wl.evaluate())
+            record.update(strategy=spec.config.strategy, workers=world,
+                          chunks=spec.config.chunks, data=wl.data_source)
+            if partitions is not None:
+                record["partitions"] = partitions
+            if spec.record_step_losses:
+                record["step_losses"] = [float(v) for v in step_losses]
+            report(record)
+        wl.epochs_trained = epoch
+
+
+def gather_partitions_to_rank0(wl: TorchWorkload, part: nn.Module) -> Callable[[], None]:
+    """A ``before_eval`` that merges every rank's partition weights into rank 0's full model."""
+    import torch.distributed as dist
+
+    def merge() -> None:
+        states: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(states, {k: v.detach() for k, v in part.state_dict().items()})
+        if dist.get_rank() == 0:
+            merged: dict[str, Any] = {}
+            for s in states:
+                merged.update(s)
+            wl.model.load_state_dict(merged)
+
+    return merge
+
+
+# -- point-to-point tensors with their shape ---------------------------------------------------
+
+_DTYPES = ["float32", "float64", "int64", "float16", "bfloat16"]
+
+
+def send_tensor(t: torch.Tensor, dst: int) -> None:
+    """Send a tensor whose shape the receiver does not know: a header, then the data."""
+    import torch
+    import torch.distributed as dist
+
+    header = torch.zeros(10, dtype=torch.int64)
+    header[0] = _DTYPES.index(str(t.dtype).removeprefix("torch."))
+    header[1] = t.dim()
+    header[2:2 + t.dim()] = torch.tensor(t.shape, dtype=torch.int64)
+    dist.send(header, dst)
+    dist.send(t.contiguous(), dst)
+
+
+def recv_tensor(src: int) -> torch.Tensor:
+    import torch
+    import torch.distributed as dist
+
+    header = torch.zeros(10, dtype=torch.int64)
+    dist.recv(header, src)
+    ndim = int(header[1])
+    shape = [int(v) for v in header[2:2 + ndim]]
+    t = torch.empty(shape, dtype=getattr(torch, _DTYPES[int(header[0])]))
+    dist.recv(t, src)
+    return t
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to end this worker if the parent dies (no orphans blocked in gloo)."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _worker_main(rank: int, world: int, port: int, target: str, spec: RunSpec,
+                 results: Any, parent_pid: int) -> None:
+    """Entry of one worker process (module-level so spawn can import it)."""
+    import importlib
+
+    import torch
+    import torch.distributed as dist
+
+    _die_with_parent(parent_pid)
+    torch.set_num_threads(spec.threads_per_worker)
+    if rank != 0:  # one copy of "which data was used" is enough
+        logging.getLogger("workloads").setLevel(logging.ERROR)
+    module_name, _, fn_name = target.partition(":")
+    fn = getattr(importlib.import_module(module_name), fn_name)
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world)
+        try:
+            fn(rank, world, spec, lambda record: results.put(("epoch", rank, record, "")))
+        finally:
+            dist.destroy_process_group()
+        results.put(("done", rank, None, ""))
+    except BaseException as e:  # noqa: BLE001 - everything is reported to the parent
+        results.put(("error", rank, f"{type(e).__name__}: {e}", traceback.format_exc()))
+
+
+def spawn_workers(target: str, spec: RunSpec,
+                  on_epoch: Callable[[EpochRecord], None] | None) -> list[EpochRecord]:
+    """Run ``target(rank, world, spec, report)`` in ``spec.config.workers`` processes.
+
+    Returns the epoch records (reported by rank 0) in order.
+
+    Raises:
+        WorkloadError (or the PipetuneError a worker raised): a worker failed or died.
+    """
+    import torch.multiprocessing as tmp
+
+    world = spec.config.workers
+    ctx = tmp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    me = os.getpid()
+    procs = [ctx.Process(target=_worker_main, args=(r, world, port, target, spec, results, me),
+                         name=f"pipetune-{spec.config.strategy}-{r}", daemon=True)
+             for r in range(world)]
+    records: list[EpochRecord] = []
+    done: set[int] = set()
+    failure: tuple[int, str, str] | None = None
+    try:
+        for p in procs:
+            p.start()
+        log.debug("started %d %s workers: %s", world, spec.config.strategy,
+                  [p.pid for p in procs])
+        while len(done) < world and failure is None:
+            try:
+                kind, rank, payload, tb = results.get(timeout=0.5)
+            except queue_mod.Empty:
+                for r, p in enumerate(procs):
+                    if r not in done and p.exitcode not in (None, 0):
+                        failure = (r, f"exited with code {p.exitcode}", "")
+                continue
+            if kind == "epoch":
+                records.append(payload)
+                if on_epoch is not None:
+                    on_epoch(payload)
+            elif kind == "done":
+                done.add(rank)
+            else:
+                failure = (rank, payload, tb)
+    finally:
+        deadline = time.monotonic() + (JOIN_TIMEOUT_S if failure is None else 2.0)
+        for p in procs:
+            if p.pid is None:
+                continue
+            p.join(timeout=max(0.1, deadline - time.monotonic()))
+            if p.is_alive():
+                p.terminate()  # only the processes started above, by their handles
+                p.join(timeout=5)
+            if p.is_alive():  # pragma: no cover - a worker stuck in a syscall
+                os.kill(p.pid, 9)
+                p.join(timeout=5)
+        # Records already sent may still sit in the queue behind a failure report
+        # from another rank: they are epochs that did end, so they are kept.
+        while True:
+            try:
+                kind, _, payload, _ = results.get(timeout=0.05)
+            except (queue_mod.Empty, OSError, EOFError, ValueError):
+                break
+            if kind == "epoch" and payload["epoch"] > len(records):
+                records.append(payload)
+                if on_epoch is not None:
+                    on_epoch(payload)
+        results.close()
+    if failure is not None:
+        rank, message, tb = failure
+        log.debug("worker %d traceback:\n%s", rank, tb)
+        cls_name, _, text = message.partition(": ")
+        cls = getattr(errors, cls_name, None)
+        if isinstance(cls, type) and issubclass(cls, errors.PipetuneError):
+            raise cls(text)
+        raise WorkloadError(f"{spec.config.strategy} worker {rank} failed: {message}")
+    return records

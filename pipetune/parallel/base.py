@@ -1,0 +1,111 @@
+"""Parallel training strategies: the config a trial chooses and the strategy interface.
+
+A :class:`ParallelConfig` (``strategy``, ``workers``, ``chunks``) comes from
+the trial's config; :func:`pipetune.parallel.train` validates it against the
+workload and the host, then runs the epochs with the chosen
+:class:`ParallelStrategy`:
+
+* ``none``  — one process, the workload's own training loop (the reference).
+* ``ddp``   — ``DistributedDataParallel`` over ``workers`` processes; each
+  global batch is cut into ``workers`` equal shards, gradients are averaged,
+  so a step equals the single-process step on the whole batch.
+* ``mp``    — model parallel: the model's layer groups on ``workers``
+  processes; activations go forward and gradients back with point-to-point
+  send/recv, one batch at a time (no pipelining).
+* ``gpipe`` — ``torch.distributed.pipelining``: one ``PipelineStage`` per
+  process and ``ScheduleGPipe`` with ``chunks`` micro-batches.
+
+Each epoch yields one record (a dict): ``epoch``, ``loss``, ``steps``,
+``samples``, ``seconds``, the workload's evaluation figures, ``strategy``,
+``workers``, ``chunks``; with ``measure_memory`` also ``partitions`` (per
+partition: ``params_mb``, ``grads_mb``, ``optimizer_mb``, ``activations_mb``,
+``total_mb``, ``rss_peak_mb``) and with ``record_step_losses`` the per-step
+losses.  Workers are processes on 127.0.0.1 talking over gloo (NCCL where
+each worker has its own GPU); the caller owns them and they end with the call.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipetune.errors import ConfigError, NotSupportedError, UsageError
+from workloads.base import Workload, cpu_count
+
+STRATEGY_NAMES = ("none", "ddp", "mp", "gpipe")
+
+EpochRecord = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How one trial trains: strategy, worker processes, micro-batches (gpipe)."""
+
+    strategy: str = "none"
+    workers: int = 1
+    chunks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGY_NAMES:
+            raise UsageError(
+                f"unknown parallel strategy {self.strategy!r} (known: {', '.join(STRATEGY_NAMES)})"
+            )
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(f"workers={self.workers!r}: must be an integer >= 1")
+        if not isinstance(self.chunks, int) or self.chunks < 1:
+            raise ConfigError(f"chunks={self.chunks!r}: must be an integer >= 1")
+
+    def __str__(self) -> str:
+        s = f"{self.strategy}"
+        if self.strategy != "none":
+            s += f" x{self.workers}"
+        if self.strategy == "gpipe":
+            s += f" ({self.chunks} chunks)"
+        return s
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a worker process needs to rebuild the trial (picklable)."""
+
+    workload: str
+    hparams: dict[str, Any]
+    seed: int
+    data_dir: str | None
+    epochs: int
+    config: ParallelConfig
+    threads_per_worker: int
+    measure_memory: bool = False
+    record_step_losses: bool = False
+
+
+class ParallelStrategy(abc.ABC):
+    """One way of training a workload.  Stateless; one instance may run many trials."""
+
+    name: str = ""
+
+    def check(self, workload_cls: type[Workload], hparams: dict[str, Any],
+              config: ParallelConfig) -> None:
+        """Refuse what cannot work, before any process starts.
+
+        Raises:
+            NotSupportedError: the strategy does not apply to this workload.
+            UsageError / ConfigError: workers/chunks/batch size do not fit.
+        """
+        cores = cpu_count()
+        if config.workers > cores:
+            raise UsageError(
+                f"workers={config.workers} exceeds the {cores} cores this process may use"
+            )
+        if self.name != "none" and not workload_cls.supports_parallel:
+            raise NotSupportedError(
+                f"parallel strategy {self.name!r} does not apply to workload "
+                f"{workload_cls.name!r} (kind {workload_cls.kind}: not a DNN); use --parallel none"
+            )
+
+    @abc.abstractmethod
+    def run(self, spec: RunSpec,
+            on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
+        """Train ``spec.epochs`` epochs; call ``on_epoch`` as each one ends."""

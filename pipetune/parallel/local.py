@@ -1,0 +1,67 @@
+"""``none``: one process, no parallelism — the reference the other strategies must match."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pipetune.errors import ConfigError
+from pipetune.parallel._runtime import build_workload, epoch_loop
+from pipetune.parallel.base import EpochRecord, ParallelConfig, ParallelStrategy, RunSpec
+from workloads.base import TorchWorkload, Workload
+
+
+class SingleProcessStrategy(ParallelStrategy):
+    """Trains in the calling process.  Applies to every workload, DNN or not."""
+
+    name = "none"
+
+    def check(self, workload_cls: type[Workload], hparams: dict[str, Any],
+              config: ParallelConfig) -> None:
+        super().check(workload_cls, hparams, config)
+        if config.workers != 1:
+            raise ConfigError(
+                f"workers={config.workers}: parallel strategy 'none' runs one process; "
+                "use --parallel ddp, mp or gpipe for more"
+            )
+
+    def run(self, spec: RunSpec,
+            on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(spec.threads_per_worker)
+        records: list[EpochRecord] = []
+
+        def report(record: EpochRecord) -> None:
+            records.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+
+        try:
+            wl = build_workload(spec)
+            if isinstance(wl, TorchWorkload):
+                def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                    wl.model.train()
+                    wl.optimizer.zero_grad(set_to_none=True)
+                    loss = wl.loss_fn(wl.model(x), y)
+                    loss.backward()
+                    wl.optimizer.step()
+                    return loss
+
+                epoch_loop(spec, wl, step, module=wl.model, optimizer=wl.optimizer,
+                           loss_holders=1, report=report)
+            else:
+                for epoch in range(1, spec.epochs + 1):
+                    t0 = time.perf_counter()
+                    result = wl.train_epoch(epoch)
+                    record: EpochRecord = {"epoch": epoch, **result,
+                                           "seconds": time.perf_counter() - t0}
+                    record.update(wl.evaluate())
+                    record.update(strategy="none", workers=1, chunks=spec.config.chunks,
+                                  data=wl.data_source)
+                    report(record)
+        finally:
+            torch.set_num_threads(previous)
+        return records
