@@ -28,7 +28,8 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq influxdb linux-perf >/dev/null; }
 
 run: setup system-deps
-	$(VENV)/bin/pipetune doctor
+	$(VENV)/bin/pipetune doctor || true
+	$(VENV)/bin/pipetune tune lenet5-mnist --mode pipetune --samples 4 --epochs 5
 
 test: setup system-deps
 	$(PY) -m pytest -q
