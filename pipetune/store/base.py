@@ -37,6 +37,7 @@ MEASUREMENT_TAGS: dict[str, tuple[str, ...]] = {
     "groundtruth": ("workload", "config", "objective"),
     "power": ("node", "source"),
     "job": ("job", "mode", "workload"),
+    "trial": ("job", "trial", "mode"),
 }
 
 FieldValue = float | int | str | bool

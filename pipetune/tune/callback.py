@@ -71,6 +71,20 @@ class PipeTuneCallback(Callback):
         self.start_s = time.time()
         self.store.write(Point("job", self._tags(), {"event": "start"}, int(self.start_s * 1e9)))
 
+    def _trial_point(self, trial: Any, fields: dict[str, Any]) -> None:
+        tags = {"job": self.job, "trial": str(trial.trial_id), "mode": self.mode}
+        self.store.write(Point("trial", tags, fields))
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """The trial's hyperparameters, so reports can say what each trial was."""
+        config = getattr(trial, "config", {}) or {}
+        flat = config.get("trial", config) if isinstance(config.get("trial"), dict) else config
+        fields: dict[str, Any] = {"status": "running"}
+        for k, v in flat.items():
+            if isinstance(v, (bool, int, float, str)):
+                fields["hp." + k] = v
+        self._trial_point(trial, fields)
+
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
@@ -86,6 +100,7 @@ class PipeTuneCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.trials.setdefault(trial.trial_id, {"epochs": 0})["status"] = "done"
+        self._trial_point(trial, {"status": "done"})
         self._learn()
 
     def _learn(self) -> None:
@@ -112,6 +127,9 @@ class PipeTuneCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.trials.setdefault(trial.trial_id, {"epochs": 0})["status"] = "failed"
+        self._trial_point(
+            trial, {"status": "failed", "error": str(info.get("exception", ""))[:500]}
+        )
         log.warning("job %s: trial %s failed; the job goes on", self.job, trial.trial_id)
 
     def best_trial(self) -> tuple[str | None, float | None]:

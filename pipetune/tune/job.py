@@ -173,8 +173,9 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
 
     cls = get_workload(spec.workload)  # UsageError for an unknown workload, before Ray starts
     spec.space.validate()
-    # Fail early with a clear line if the store URL is unusable.
-    open_store(settings.store, spool_root=settings.spool_dir).close()
+    # Opening the store first fails early, with a clear line, on a bad URL.
+    store = open_store(settings.store, spool_root=settings.spool_dir)
+    power = _power_sampler(store, settings)
     metric, metric_mode = getattr(cls, "metric", "accuracy"), getattr(cls, "metric_mode", "max")
     address = spec.address or os.environ.get("RAY_ADDRESS")
     started_ray = False
@@ -239,6 +240,9 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
         )
         results = tuner.fit()
     finally:
+        if power is not None:
+            power.stop()
+        store.close()
         if started_ray:
             ray.shutdown()
     trials = []
@@ -279,3 +283,17 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
 
 def _trial_values(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return config["trial"]
+
+
+def _power_sampler(store: Any, settings: Settings) -> Any:
+    """Node watts at 1 Hz into the ``power`` measurement while the job runs
+    (this node; on a cluster each node's daemon host does the same)."""
+    try:
+        from pipetune.energy import PowerSampler, detect_meters
+
+        sampler = PowerSampler(store, detect_meters(), node=settings.node)
+        sampler.start()
+        return sampler
+    except Exception as e:  # noqa: BLE001 - power is a figure, not a requirement
+        log.info("no node power samples for this job: %s", e)
+        return None

@@ -69,8 +69,12 @@ def test_baseline_job_writes_epochs_and_job_facts(
     store = open_store(settings.store, spool_root=settings.spool_dir)
     epochs = store.epochs(f"t-{mode}")
     jobs = store.query("job", {"job": f"t-{mode}"})
+    power = store.power(settings.node)
     store.close()
     assert len(epochs) == 4
+    # node power at 1 Hz while the job ran, labelled with its method
+    assert len(power) >= 2 and set(power["source"]) == {"estimated"}
+    assert set(epochs["energy_method"]) == {"estimated"} and (epochs["energy_j"] >= 0).all()
     assert set(epochs["trial"]) == {t["trial"] for t in result.trials}
     assert (epochs["seconds"] > 0).all()
     assert "metric.accuracy" in epochs.columns
