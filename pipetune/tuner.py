@@ -22,6 +22,18 @@ DEGRADED restores the default config where it still can, stops profiling,
 and from then on does nothing: training continues untouched.  No public
 method of the tuner raises into the training thread.
 
+Taking the profile: the profiler needs a while to attach (perf's start-up,
+longer on a loaded host), during which the training runs on and its
+boundaries queue up.  So the profile window starts where the samples do (the
+later of the first epoch's start + ``warmup_s`` and the profiler's start),
+``profile_min_s`` counts sampled seconds, and a window no sample covers yet
+runs on to the present (the default is still in force) and waits for one.
+The profile is taken early when waiting for ``profile_min_s`` would leave the
+trial too few epochs to probe (:meth:`SystemTuner._profile_deadline`); the
+epochs counted are those the training finished, queued ones included.  How
+the profile was taken, when unusual, is said in the decision; an empty one is
+never matched and never becomes a ground-truth record.
+
 Measuring a probe (DESIGN §6): the tuner keeps the training loop's boundary
 marks (time, steps).  The interval between two consecutive marks of one
 epoch counts for a config only if it started at least ``warmup_s`` after the
@@ -103,7 +115,8 @@ class Profiler(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def profile(
-        self, start: float, end: float, *, epoch: int = 0, warmup_s: float = 0.0
+        self, start: float, end: float, *, epoch: int = 0, warmup_s: float = 0.0,
+        wait_s: float = 0.0,
     ) -> EpochProfile: ...
 
 
@@ -211,9 +224,12 @@ class SystemTuner:
         threshold: similarity in [0, 1] needed to skip probing.
         warmup_s: seconds after a config change not counted in a probe.
         profile_epochs: epochs aggregated into the profile (at least).
-        profile_min_s: seconds aggregated into the profile (at least), so very
+        profile_min_s: seconds *sampled* into the profile (at least), so very
             short epochs are aggregated until the profile has enough samples
             (default 3 s: three samples at perf's default 1 s interval).
+            Both are wishes the trial's length may cut short: the profile is
+            taken early (and the decision says so) when waiting longer would
+            leave too few epochs to probe (see :meth:`_profile_deadline`).
         total_epochs: the trial's epochs, so a plan never needs more than are left.
         memory_margin: memory candidates stay ≥ observed peak × (1 + margin).
         halving_min_windows / halving_eta: successive-halving parameters.
@@ -297,10 +313,15 @@ class SystemTuner:
         self._epoch_config: dict[int, SystemConfig] = {}
         self._epoch_t0: dict[int, float] = {}
         self._profile_t0: float | None = None
+        self._sampling_from: float | None = None  # clock() once the profiler counts
+        self._profile_notes: list[str] = []  # how the profile was taken, if unusual
         self._profiled_epochs = 0
         self._windows_in_epoch = 0
         self._windows_per_epoch = 0
-        self._epochs_done = 0
+        self._epochs_done = 0  # epochs whose end the worker has handled
+        # Epochs whose end the training thread has posted: ahead of
+        # _epochs_done while the worker lags (e.g. blocked in profiler.start()).
+        self._epochs_posted = 0
         self._closing = False  # close() was called: later posts are dropped
         self._closed = False
 
@@ -400,6 +421,8 @@ class SystemTuner:
             if self._closing:
                 return
             ev = _Event(kind, self.clock(), int(epoch), int(steps), dict(metrics or {}))
+            if kind is _Kind.EPOCH_END:
+                self._epochs_posted = max(self._epochs_posted, ev.epoch + 1)
             with self._idle:
                 self._busy += 1
             self._queue.put_nowait(ev)
@@ -469,6 +492,9 @@ class SystemTuner:
         self._write_epoch(ev, profile)
         if self.state is TunerState.PROFILING and profile is not None:
             self._after_profile(ev)
+            # Stopped after the decision: stopping perf takes a while, and the
+            # probe's config should be in force as soon as possible.
+            self._stop_profiler()
         elif self.state is TunerState.PROBING:
             self._probe_progress(ev, epoch_over=True)
 
@@ -493,18 +519,108 @@ class SystemTuner:
         self._apply(self.default)
         self._profiler = self.profiler_factory(self.pids)
         self._profiler.start()
+        # start() attaches perf, which takes a while (more on a loaded host, and
+        # the first time a process probes perf's events); the training runs on
+        # meanwhile, so the boundaries queued by then predate every sample.
+        self._sampling_from = self.clock()
 
     def _maybe_profile(self, ev: _Event) -> EpochProfile | None:
+        """The profile, once enough was sampled or the trial's length says
+        it must be taken now; None to keep profiling.
+
+        The window starts where the samples do: at the later of the first
+        epoch's start plus the warm-up and the moment the profiler began
+        counting.  ``profile_min_s`` is judged on that sampled time, not on
+        the epochs' wall time (which may include the profiler's start-up)."""
         t0 = self._profile_t0 if self._profile_t0 is not None else self._epoch_t0.get(ev.epoch)
-        if t0 is None:
+        if t0 is None or self._profiler is None:
             return None
-        if self._profiled_epochs < self.profile_epochs or ev.t - t0 < self.profile_min_s:
+        sampling_from = self._sampling_from if self._sampling_from is not None else t0
+        lo = max(t0 + self.warmup_s, sampling_from)
+        sampled_s = max(ev.t - lo, 0.0)
+        enough = (self._profiled_epochs >= self.profile_epochs
+                  and sampled_s >= self.profile_min_s)
+        deadline = self._profile_deadline()
+        if not enough and (deadline is None or self._trained_epochs() < deadline):
             return None
-        assert self._profiler is not None
-        self.profile = self._profiler.profile(t0, ev.t, epoch=ev.epoch, warmup_s=self.warmup_s)
-        # The profile is taken; sampling more would only cost the trial.
-        self._stop_profiler()
-        return self.profile
+        notes: list[str] = []
+        if not enough:
+            left = self._epochs_left()
+            purpose = (f"to leave {left} epoch(s) for probing" if left
+                       else "before the trial ends")
+            notes.append(
+                f"profile taken at epoch {ev.epoch} after {sampled_s:.2f} s sampled "
+                f"(wanted {self.profile_min_s:g} s over {self.profile_epochs} epoch(s)) "
+                f"{purpose}")
+        profile = None
+        if lo < ev.t:
+            # A sample arrives at the end of its interval, so the last partial
+            # interval is usually not in yet.  A full profile can do without
+            # it; one taken early is short, and that interval a large part of
+            # it: wait for it (at most two intervals; the probe waits too).
+            profile = self._profiler.profile(lo, ev.t, epoch=ev.epoch,
+                                              wait_s=0.0 if enough else self._profile_wait_s())
+        if profile is None or not profile.rates:
+            # No sample covers the profiled epochs: they ended before the
+            # profiler counted (its start-up delayed their handling), or the
+            # sample covering them is not in yet.  The default is still in
+            # force, so the window runs on to now, waiting for one sample.
+            end = max(self.clock(), lo)
+            profile = self._profiler.profile(lo, end, epoch=ev.epoch,
+                                              wait_s=self._profile_wait_s())
+            if profile.rates:
+                notes.append(
+                    f"no sample covered the profiled epochs yet (the profiler counted from "
+                    f"{sampling_from - t0:.2f} s into the trial): the window ran on "
+                    f"{end - ev.t:.2f} s past epoch {ev.epoch}'s end and waited for a sample")
+            else:
+                notes.append(
+                    f"profile empty: no profiler sample within {end - lo:.2f} s of sampling "
+                    f"(the profiler counted from {sampling_from - t0:.2f} s into the trial)")
+                log.warning("trial %s: %s", self.ref.trial, notes[-1])
+        self.profile = profile
+        self._profile_notes = notes
+        return profile
+
+    def _profile_wait_s(self) -> float:
+        """How long to wait for a sample: two of the profiler's intervals."""
+        interval_ms = getattr(self._profiler, "interval_ms", 1000)
+        try:
+            return min(max(2.0 * float(interval_ms) / 1000.0, 0.2), 5.0)
+        except (TypeError, ValueError):
+            return 2.0
+
+    def _profile_deadline(self) -> int | None:
+        """Epochs done by which the profile must be taken, whatever
+        ``profile_min_s`` wants (None: no limit, the trial's length is unknown).
+
+        The probe plan needs its slots plus the winner's epoch; one more epoch
+        is kept when the trial has it, because a probe applied a little late
+        (the tuner's worker lags the training loop) may miss the next epoch.
+        A trial too short for the whole plan profiles one epoch, so that a
+        shortened plan has the most epochs; a trial too short for any plan
+        profiles as long as it likes, but decides by its last epoch."""
+        if self.total_epochs is None:
+            return None
+        strategy, _order, _note = self._probe_plan(None)
+        if strategy is None:
+            return self.total_epochs
+        need = self._epochs_for(strategy.slots_needed(), strategy.unit)
+        spare = self.total_epochs - need
+        if spare >= 2:
+            return spare - 1
+        if spare >= 1:
+            return spare
+        least = self._epochs_for(2 * strategy.slot_windows(), strategy.unit)
+        return 1 if self.total_epochs - least >= 1 else self.total_epochs
+
+    def _epochs_for(self, slots: int, unit: ProbeUnit) -> int:
+        """Epochs a plan of ``slots`` needs, the winner's included (the
+        inverse of :meth:`_slot_budget`)."""
+        if unit is ProbeUnit.WINDOW:
+            wpe = max(self._windows_per_epoch, 1)
+            return math.ceil((slots + max(wpe // 2, 1)) / wpe)
+        return slots + 1
 
     # -- PROFILING → SETTLED (match) | PROBING | SETTLED (fallback) ----------------------------
 
@@ -518,12 +634,17 @@ class SystemTuner:
     def _after_profile(self, ev: _Event) -> None:
         assert self.profile is not None
         model, why = self._groundtruth()
-        try:
-            m = model.match(self.profile)
-        except Exception as e:  # a broken model must not cost the trial: probe instead
-            m = Match(cluster=None, score=0.0, config=None, reason=f"match failed: {e}")
+        if not self.profile.rates:
+            # Nothing to compare: an empty profile must not match anything.
+            m = Match(cluster=None, score=0.0, config=None, reason="no profile to match")
+        else:
+            try:
+                m = model.match(self.profile)
+            except Exception as e:  # a broken model must not cost the trial: probe instead
+                m = Match(cluster=None, score=0.0, config=None, reason=f"match failed: {e}")
         self.match = m
         why = why or m.reason
+        notes = "".join(f"; {n}" for n in self._profile_notes)
         if m.accepted(self.threshold):
             cfg = m.config
             assert cfg is not None
@@ -532,13 +653,13 @@ class SystemTuner:
                 self._apply(cfg)
                 self._transition(TunerState.SETTLED, f"matched ({m.reason})")
                 self._decide(DecisionKind.MATCHED, cfg, ev.epoch,
-                             f"matched cluster {m.cluster}: {m.reason}",
+                             f"matched cluster {m.cluster}: {m.reason}{notes}",
                              score=m.score, threshold=self.threshold)
                 return
             why = f"matched cluster {m.cluster} but its config {cfg} {problem}"
         elif m.cluster is not None:
             why = f"no match ({m.reason} < threshold {self.threshold:.2f})"
-        self._plan_probing(ev, why, hint=m.config)
+        self._plan_probing(ev, why + notes, hint=m.config)
 
     def _unusable(self, cfg: SystemConfig) -> str | None:
         if cfg not in self.space.configs():
@@ -547,7 +668,11 @@ class SystemTuner:
             return "is below this trial's memory peak"
         return None
 
-    def _plan_probing(self, ev: _Event, why: str, hint: SystemConfig | None) -> None:
+    def _probe_plan(
+        self, hint: SystemConfig | None
+    ) -> tuple[ProbeStrategy | None, list[SystemConfig], str]:
+        """(strategy, candidates in order, note) for probing now; no strategy
+        when fewer than two configs are safe to probe."""
         peak = self._peak_mb()
         configs = self.space.configs()
         safe, unsafe = safe_candidates(configs, peak, self.memory_margin)
@@ -555,15 +680,20 @@ class SystemTuner:
         # Hint first: what the nearest known workload won is the likeliest winner.
         order = ([hint] if hint in safe else []) + [c for c in safe if c != hint]
         if len(order) < 2:
-            self._settle_default(ev, f"{why}; nothing to probe ({len(order)} safe config(s)){note}")
-            return
+            return None, order, note
         name = self.strategy_name
         if name == "halving" and self._windows_per_epoch < 2:
             note += "; halving needs step windows (window_end), probing whole epochs (grid)"
             name = "grid"
         kwargs = ({"min_windows": self.halving_min_windows, "eta": self.halving_eta}
                   if name == "halving" else {})
-        strategy = make_strategy(name, self.space, order, start=self.default, **kwargs)
+        return make_strategy(name, self.space, order, start=self.default, **kwargs), order, note
+
+    def _plan_probing(self, ev: _Event, why: str, hint: SystemConfig | None) -> None:
+        strategy, order, note = self._probe_plan(hint)
+        if strategy is None:
+            self._settle_default(ev, f"{why}; nothing to probe ({len(order)} safe config(s)){note}")
+            return
         budget = self._slot_budget(strategy)
         if budget is not None and (budget < 2 or not strategy.shorten(budget)):
             self._settle_default(
@@ -574,10 +704,16 @@ class SystemTuner:
         self._transition(TunerState.PROBING, why + note)
         self._next_probe(ev, why + note)
 
+    def _trained_epochs(self) -> int:
+        """Epochs the training has finished: those the worker handled, or more
+        when boundaries are still queued (the worker lags the training); a
+        plan must fit the epochs the training really has left."""
+        return max(self._epochs_done, self._epochs_posted)
+
     def _epochs_left(self) -> int | None:
         if self.total_epochs is None:
             return None
-        return max(self.total_epochs - self._epochs_done, 0)
+        return max(self.total_epochs - self._trained_epochs(), 0)
 
     def _slot_budget(self, strategy: ProbeStrategy) -> int | None:
         """Slots the plan may still use, leaving the winner at least one epoch
@@ -697,13 +833,17 @@ class SystemTuner:
         self.best = best
         self._apply(cfg)
         measured = tuple(strategy.values)
+        # A record without rates would teach the model nothing but noise.
+        learnable = self.profile is not None and bool(self.profile.rates)
+        if self.profile is not None and not learnable:
+            note += "; no ground-truth record: the profile was empty"
         self._transition(TunerState.SETTLED, f"best of {len(measured)} probed")
         self._decide(
             DecisionKind.SETTLED, cfg, ev.epoch,
             f"best of {len(measured)} probed by {self.objective.value} ({value:.6g})" + note,
             objective=self.objective.value, candidates=measured,
         )
-        if self.profile is not None and self.store is not None:
+        if learnable and self.store is not None:
             # (profile, winner, value): the next similar trial skips probing.
             self._store_call(self.store.write_groundtruth, workload=self.workload,
                              profile=self.profile, config=cfg, objective=self.objective.value,

@@ -29,33 +29,47 @@ class FakeClock:
 
 
 class FakeProfiler:
+    """``rates`` for every window; ``start_gate``: start() waits for it (perf's
+    attach blocking the tuner's worker); ``on_stop``: called at stop();
+    ``waits``: the ``wait_s`` of each profile() call."""
+
     def __init__(self, rates: Mapping[str, float], *, fail_start: bool = False,
                  fail_profile: Exception | None = None,
-                 gate: threading.Event | None = None) -> None:
+                 gate: threading.Event | None = None,
+                 start_gate: threading.Event | None = None,
+                 on_stop: Callable[[], None] | None = None) -> None:
         self.rates = dict(rates)
         self.fail_start = fail_start
         self.fail_profile = fail_profile
         self.gate = gate
+        self.start_gate = start_gate
+        self.on_stop = on_stop
         self.gate_was_open_at_profile: bool | None = None
         self.calls: list[tuple[str, Any]] = []
+        self.waits: list[float] = []
 
     def start(self) -> None:
         self.calls.append(("start", None))
+        if self.start_gate is not None:
+            self.start_gate.wait(5.0)
         if self.fail_start:
             raise PerfUnavailableError("perf: not found (fake)")
 
     def stop(self) -> None:
         self.calls.append(("stop", None))
+        if self.on_stop is not None:
+            self.on_stop()
 
     def profile(self, start: float, end: float, *, epoch: int = 0,
-                warmup_s: float = 0.0) -> EpochProfile:
+                warmup_s: float = 0.0, wait_s: float = 0.0) -> EpochProfile:
         self.calls.append(("profile", (start, end, epoch, warmup_s)))
+        self.waits.append(wait_s)
         if self.gate is not None:
             self.gate_was_open_at_profile = self.gate.wait(5.0)
         if self.fail_profile is not None:
             raise self.fail_profile
-        return EpochProfile(rates=self.rates, start=start, end=end, n_samples=int(end - start),
-                            epoch=epoch)
+        return EpochProfile(rates=self.rates, start=start, end=end,
+                            n_samples=int(end - start) if self.rates else 0, epoch=epoch)
 
 
 @dataclass
