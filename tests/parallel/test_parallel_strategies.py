@@ -50,6 +50,7 @@ def test_reference_trains(lenet_reference: list[dict[str, Any]]) -> None:
     assert first["steps"] == 6 and len(first["step_losses"]) == 6
     assert second["loss"] < first["loss"]
     assert first["strategy"] == "none" and first["workers"] == 1
+    assert first["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # auto
     assert len(first["partitions"]) == 1
 
 
@@ -66,6 +67,10 @@ def test_lenet_strategy_matches_reference(config: ParallelConfig,
     assert got[0]["strategy"] == config.strategy and got[0]["workers"] == 2
     parts = got[0]["partitions"]
     assert len(parts) == 2
+    if got[0]["device"] == "cpu":  # every rank computes on the CPU, over gloo
+        assert [p["device"] for p in parts] == ["cpu", "cpu"]
+    else:  # one GPU per rank (not run on this project's hosts)
+        assert [p["device"] for p in parts] == ["cuda:0", "cuda:1"]
     ref_params = lenet_reference[0]["partitions"][0]["params_mb"]
     if config.strategy == "ddp":  # every rank holds the whole model, half the activations
         assert all(p["params_mb"] == pytest.approx(ref_params) for p in parts)
