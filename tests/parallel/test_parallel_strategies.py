@@ -2,11 +2,18 @@
 
 Every distributed run starts real worker processes (spawn, gloo on
 127.0.0.1), so the runs are few and tiny: 2 workers, 4-8 steps.
+
+The comparisons train on the CPU.  On a machine with 2+ GPUs,
+``PIPETUNE_TEST_DEVICE=cuda`` runs the same comparisons (reference included)
+over NCCL with one GPU per rank; that has never run on this project's hosts,
+and GPU kernels (TF32 convolutions) may need a looser ``RTOL``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +30,14 @@ LSTM = {"max_train_samples": 64, "batch_size": 16, "dropout": 0.0, "vocab_size":
         "seq_len": 12, "embed_dim": 16, "hidden_size": 16}
 RTOL = 1e-4  # float sums in another order; a wrong gradient is off by far more
 
+DEVICE = os.environ.get("PIPETUNE_TEST_DEVICE", "cpu")
+
 needs_two_cores = pytest.mark.skipif(cpu_count() < 2, reason="needs 2 cores for 2 workers")
 
 
 def run(workload: str, hparams: dict[str, Any], config: ParallelConfig,
         **kw: Any) -> list[dict[str, Any]]:
+    config = dataclasses.replace(config, device=DEVICE)
     return train(workload, hparams, parallel=config, epochs=2, record_step_losses=True, **kw)
 
 
@@ -50,7 +60,8 @@ def test_reference_trains(lenet_reference: list[dict[str, Any]]) -> None:
     assert first["steps"] == 6 and len(first["step_losses"]) == 6
     assert second["loss"] < first["loss"]
     assert first["strategy"] == "none" and first["workers"] == 1
-    assert first["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # auto
+    assert first["device"] == DEVICE and first["partitions"][0]["device"] == (
+        "cpu" if DEVICE == "cpu" else "cuda:0")
     assert len(first["partitions"]) == 1
 
 
