@@ -5,11 +5,19 @@ For LeNet-5 and a deeper sequential CNN on MNIST, trains with ``none``,
 strategy, the time per epoch (and its ratio to ``none``) and each
 partition's peak memory: parameters + gradients + optimizer state +
 activations saved for backward (counted by autograd's saved-tensor hooks),
-plus the worker process's peak RSS; on a GPU also
-``torch.cuda.max_memory_allocated``.  Writes ``parallel.json`` and
-``parallel.png`` into ``--out`` (default ``results/parallel/``).
+plus the worker process's peak RSS; on CUDA also each rank's
+``torch.cuda.max_memory_allocated`` on its own device (``cuda max`` column).
+Each row says where it ran (``--device``: cpu = gloo, cuda = NCCL with one
+GPU per rank, auto = cuda when there is one GPU per process).  Writes
+``parallel.json`` and ``parallel.png`` into ``--out`` (default
+``results/parallel/``).
 
     python benchmarks/parallel.py [--epochs 3] [--samples 2048] [--workers 2] [--chunks 4]
+                                  [--device auto|cpu|cuda]
+
+On a GPU machine (at least ``--workers`` GPUs; untested on this project's hosts)::
+
+    python benchmarks/parallel.py --device cuda --out results/parallel-cuda
 
 Machines here are shared and noisy: compare the ratios within one run, not
 absolute seconds across runs.
@@ -29,7 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipetune.parallel import ParallelConfig, train  # noqa: E402
+from pipetune.parallel import DEVICE_CHOICES, ParallelConfig, train  # noqa: E402
+from pipetune.parallel.device import cuda_device_count  # noqa: E402
 from workloads.base import cpu_count  # noqa: E402
 
 WORKLOADS = ("lenet5-mnist", "deepcnn-mnist")
@@ -49,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: cores / processes)")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                   help="cpu (gloo), cuda (NCCL, one GPU per rank) or auto (default)")
     return p.parse_args(argv)
 
 
@@ -61,7 +72,8 @@ def run_one(workload: str, strategy: str, args: argparse.Namespace) -> dict[str,
         strategy, threads = "none", 1
     workers = 1 if strategy == "none" else args.workers
     config = ParallelConfig(strategy, workers=workers,
-                            chunks=args.chunks if strategy == "gpipe" else 1)
+                            chunks=args.chunks if strategy == "gpipe" else 1,
+                            device=args.device)
     eff_threads = threads or max(1, cpu_count() // workers)
     hparams = {"max_train_samples": args.samples, "batch_size": args.batch_size, "dropout": 0.0}
     t0 = time.perf_counter()
@@ -78,6 +90,7 @@ def run_one(workload: str, strategy: str, args: argparse.Namespace) -> dict[str,
         "threads": eff_threads,
         "workers": workers,
         "chunks": config.chunks,
+        "device": records[0]["device"],
         "epoch_s": statistics.median(steady),
         "first_epoch_s": seconds[0],
         "epoch_seconds": seconds,
@@ -90,9 +103,11 @@ def run_one(workload: str, strategy: str, args: argparse.Namespace) -> dict[str,
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    cuda = any("cuda_max_allocated_mb" in p for r in rows for p in r["partitions"])
     head = (f"{'workload':14s} {'strategy':24s} {'epoch s':>8s} {'x none':>7s} {'loss':>7s} "
-            f"{'acc':>6s} | {'part':>4s} {'params':>7s} {'grads':>7s} {'optim':>7s} "
-            f"{'activ':>7s} {'total':>7s} {'rss':>7s}  (MB)")
+            f"{'acc':>6s} | {'part':>4s} {'device':>6s} {'params':>7s} {'grads':>7s} "
+            f"{'optim':>7s} {'activ':>7s} {'total':>7s} {'rss':>7s}"
+            + (f" {'cuda max':>8s}" if cuda else "") + "  (MB)")
     lines = [head, "-" * len(head)]
     base: dict[str, float] = {}
     for r in rows:  # the first "none" row of each workload (default threads)
@@ -103,10 +118,13 @@ def table(rows: list[dict[str, Any]]) -> str:
         for i, p in enumerate(r["partitions"]):
             left = (f"{r['workload']:14s} {r['config']:24s} {r['epoch_s']:8.2f} {ratio:7.2f} "
                     f"{r['loss']:7.4f} {r['accuracy']:6.3f}") if i == 0 else " " * 71
+            cuda_max = p.get("cuda_max_allocated_mb")
             lines.append(
-                f"{left} | {i:4d} {p['params_mb']:7.3f} {p['grads_mb']:7.3f} "
-                f"{p['optimizer_mb']:7.3f} {p['activations_mb']:7.3f} {p['total_mb']:7.3f} "
-                f"{p['rss_peak_mb']:7.1f}"
+                f"{left} | {i:4d} {p.get('device', r['device']):>6s} {p['params_mb']:7.3f} "
+                f"{p['grads_mb']:7.3f} {p['optimizer_mb']:7.3f} {p['activations_mb']:7.3f} "
+                f"{p['total_mb']:7.3f} {p['rss_peak_mb']:7.1f}"
+                + ((f" {cuda_max:8.2f}" if cuda_max is not None else f" {'-':>8s}")
+                   if cuda else "")
             )
     return "\n".join(lines)
 
@@ -139,6 +157,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             values = [p[key] for r in rs for p in r["partitions"]]
             ax.bar(labels, values, bottom=bottoms, color=colour, label=key.removesuffix("_mb"))
             bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+        cuda_max = [p.get("cuda_max_allocated_mb") for r in rs for p in r["partitions"]]
+        if any(v is not None for v in cuda_max):
+            ax.scatter([lb for lb, v in zip(labels, cuda_max, strict=True) if v is not None],
+                       [v for v in cuda_max if v is not None], color="black", marker="_",
+                       s=300, zorder=3, label="cuda max allocated")
         ax.set_ylabel("MB per partition")
         ax.set_title(f"{wl}: peak memory per partition (rank)")
         ax.legend(fontsize=8)
@@ -146,6 +169,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _cuda_names() -> list[str]:
+    """Names of the CUDA devices torch sees (empty on a CPU-only host)."""
+    import torch
+
+    return [torch.cuda.get_device_name(i) for i in range(cuda_device_count())]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     result = {
         "host": {"machine": platform.machine(), "cores": cpu_count(), "python": sys.version,
-                 "loadavg": load},
+                 "loadavg": load, "cuda_devices": _cuda_names()},
         "args": {k: str(v) for k, v in vars(args).items()},
         "rows": rows,
     }

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="worker processes for ddp/mp/gpipe (default 2; 1 for none)")
     parser.add_argument("--chunks", type=int, default=None,
                         help="GPipe micro-batches per batch (default 4 for gpipe)")
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="cpu (gloo), cuda (NCCL, one GPU per worker) or auto: cuda when "
+                             "there is one GPU per worker, else cpu (default auto)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs to train (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling")
     parser.add_argument("--data-dir", metavar="DIR",
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     workers = args.workers if args.workers is not None else (1 if args.parallel == "none" else 2)
     chunks = args.chunks if args.chunks is not None else (4 if args.parallel == "gpipe" else 1)
-    config = ParallelConfig(args.parallel, workers=workers, chunks=chunks)
+    config = ParallelConfig(args.parallel, workers=workers, chunks=chunks, device=args.device)
     data_dir = args.data_dir or str(settings.home / "data")
     cls = get_workload(args.workload)
     said_data = False
@@ -94,7 +97,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         metric = record.get(cls.metric, float("nan"))
         print(f"epoch {record['epoch']:3d}  loss {_fmt(record['loss'])}  "
               f"{cls.metric} {_fmt(metric)}  {record['seconds']:.2f} s  "
-              f"({record['steps']} steps, {record['samples']} samples, {config})", flush=True)
+              f"({record['steps']} steps, {record['samples']} samples, {config}, "
+              f"{record.get('device', 'cpu')})", flush=True)
 
     records = train(args.workload, parse_sets(args.hparams), parallel=config,
                     epochs=args.epochs, seed=args.seed, data_dir=data_dir, on_epoch=on_epoch)

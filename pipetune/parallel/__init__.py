@@ -6,7 +6,9 @@ Entry point::
     records = train("lenet5-mnist", {"batch_size": 64},
                     parallel=ParallelConfig("gpipe", workers=2, chunks=4), epochs=2)
 
-See :mod:`pipetune.parallel.base` for the strategies and the epoch record.
+See :mod:`pipetune.parallel.base` for the strategies and the epoch record, and
+:mod:`pipetune.parallel.device` for where the ranks compute (``device="auto"``:
+one GPU per rank with NCCL when there are enough, else the CPU with gloo).
 """
 
 from __future__ import annotations
@@ -24,14 +26,15 @@ from pipetune.parallel.base import (
     RunSpec,
 )
 from pipetune.parallel.ddp import DDPStrategy
+from pipetune.parallel.device import DEVICE_CHOICES, DevicePlan, resolve_device
 from pipetune.parallel.gpipe import GPipeStrategy
 from pipetune.parallel.local import SingleProcessStrategy
 from pipetune.parallel.mp import ModelParallelStrategy
 from workloads.base import cpu_count
 
 __all__ = [
-    "STRATEGY_NAMES", "EpochRecord", "ParallelConfig", "ParallelStrategy", "RunSpec",
-    "get_strategy", "train",
+    "DEVICE_CHOICES", "STRATEGY_NAMES", "DevicePlan", "EpochRecord", "ParallelConfig",
+    "ParallelStrategy", "RunSpec", "get_strategy", "resolve_device", "train",
 ]
 
 _STRATEGIES: dict[str, type[ParallelStrategy]] = {
@@ -69,15 +72,19 @@ def train(
 
     Everything is validated before a process starts: the workload name, its
     hyperparameters, the strategy against the workload, workers against the
-    cores.  ``threads_per_worker`` defaults to the cores shared out evenly.
+    cores, the device (``parallel.device``) against the GPUs there are.
+    ``threads_per_worker`` defaults to the cores shared out evenly.
 
     Raises:
-        UsageError / ConfigError: bad names or values (exit 2 in the CLI).
-        NotSupportedError: the strategy does not apply to the workload.
+        UsageError / ConfigError: bad names or values, ``device="cuda"`` without
+            one CUDA device per process (exit 2 in the CLI).
+        NotSupportedError: the strategy does not apply to the workload, or
+            ``device="cuda"`` for a workload that is not a torch model.
         WorkloadError: training failed in a worker.
     """
-    from pipetune.errors import ConfigError
+    from pipetune.errors import ConfigError, NotSupportedError
     from workloads import get_workload
+    from workloads.base import TorchWorkload
 
     parallel = parallel or ParallelConfig()
     if epochs < 1:
@@ -86,11 +93,20 @@ def train(
     resolved = cls.resolve_hparams(hparams)
     strategy = get_strategy(parallel.strategy)
     strategy.check(cls, resolved, parallel)
+    if issubclass(cls, TorchWorkload):
+        placement = resolve_device(parallel.device, parallel.workers)
+    elif parallel.device == "cuda":
+        raise NotSupportedError(
+            f"device 'cuda' does not apply to workload {workload!r} (kind {cls.kind}: "
+            "not a torch model, it runs on the CPU); use --device cpu or auto"
+        )
+    else:
+        placement = DevicePlan("cpu")
     threads = threads_per_worker or max(1, cpu_count() // parallel.workers)
     spec = RunSpec(
         workload=workload, hparams=resolved, seed=seed,
         data_dir=str(data_dir) if data_dir is not None else None, epochs=epochs,
         config=parallel, threads_per_worker=threads, measure_memory=measure_memory,
-        record_step_losses=record_step_losses,
+        record_step_losses=record_step_losses, placement=placement,
     )
     return strategy.run(spec, on_epoch)

@@ -1,7 +1,9 @@
 """Shared machinery of the strategies: worker processes, the epoch loop, memory accounting.
 
 :func:`spawn_workers` starts ``workers`` processes with ``torch.multiprocessing``'s
-spawn context, joined in one gloo group on a free port of 127.0.0.1, and
+spawn context, joined in one process group on a free port of 127.0.0.1 (gloo
+on CPU, NCCL on CUDA: the ``RunSpec``'s :class:`~pipetune.parallel.device.DevicePlan`
+decides, and :func:`start_on` / :func:`place` apply it in every process), and
 streams their epoch records back through a queue.  A worker that fails sends
 its error and the parent ends the others (only the processes it started, by
 their handles) and raises it as one clear error.
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pipetune import errors
 from pipetune.errors import WorkloadError
 from pipetune.parallel.base import EpochRecord, RunSpec
+from pipetune.parallel.device import DevicePlan
 
 if TYPE_CHECKING:
     import torch
@@ -55,6 +58,38 @@ def build_workload(spec: RunSpec) -> TorchWorkload:
     cls = get_workload(spec.workload)
     data_dir = Path(spec.data_dir) if spec.data_dir else None
     return cls(spec.hparams, seed=spec.seed, data_dir=data_dir)  # type: ignore[return-value]
+
+
+# -- placement ------------------------------------------------------------------------------
+# The CUDA branches below follow the DevicePlan; this project's hosts have no GPU, so
+# they have not run here (the CPU tests run the same functions with device "cpu").
+
+
+def start_on(placement: DevicePlan, rank: int) -> torch.device:
+    """Make ``rank``'s device current in this process and start its peak-memory count.
+
+    Call once per process, before the model moves and the process group starts
+    (NCCL and ``all_gather_object`` use the current CUDA device).
+    """
+    import torch
+
+    device = placement.device(rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    return device
+
+
+def place(wl: TorchWorkload, module: nn.Module, device: torch.device) -> None:
+    """Move ``module`` (the whole model, or this rank's partition of it) to ``device``.
+
+    ``module.to`` keeps the parameter objects, so the optimizers built on them
+    (their state is created lazily, on the parameters' device) stay valid.  When
+    ``module`` is the whole model, evaluation follows it (``wl.device``).
+    """
+    module.to(device)
+    if module is wl.model:
+        wl.device = device
 
 
 # -- memory accounting ---------------------------------------------------------------------
@@ -123,8 +158,13 @@ def peak_rss_mb() -> float:
 
 
 def partition_memory(module: nn.Module, optimizer: torch.optim.Optimizer,
-                     activations_bytes: int) -> dict[str, float]:
-    """Memory one partition holds at its peak: params + grads + optimizer state + activations."""
+                     activations_bytes: int, device: torch.device) -> dict[str, float]:
+    """Memory one partition holds at its peak: params + grads + optimizer state + activations.
+
+    On CUDA also ``cuda_max_allocated_mb``: ``torch.cuda.max_memory_allocated``
+    of the rank's own device since :func:`start_on` reset it (everything the
+    caching allocator handed out, workspace included; untested here).
+    """
     import torch
 
     params = list(module.parameters())
@@ -140,8 +180,9 @@ def partition_memory(module: nn.Module, optimizer: torch.optim.Optimizer,
     record["total_mb"] = sum(record.values())
     record["rss_peak_mb"] = peak_rss_mb()
     record["layers"] = ",".join(name for name, _ in module.named_children())  # type: ignore[assignment]
-    if torch.cuda.is_available() and any(p.is_cuda for p in params):
-        record["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / MB
+    record["device"] = str(device)  # type: ignore[assignment]
+    if device.type == "cuda":
+        record["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / MB
     return record
 
 
@@ -167,6 +208,7 @@ def epoch_loop(
     compute it (None elsewhere); ``loss_holders`` is how many ranks do, so the
     all-reduced sum divided by it is the loss of the whole batch.
     ``module``/``optimizer`` are this rank's partition, for memory accounting.
+    Batches move to this rank's device (``spec.placement``) before ``step``.
     """
     import torch
     import torch.distributed as dist
@@ -174,25 +216,29 @@ def epoch_loop(
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
+    device = spec.placement.device(rank)
     for epoch in range(1, spec.epochs + 1):
         t0 = time.perf_counter()
         losses: list[torch.Tensor] = []
         samples = 0
         meter_bytes = 0
         for i, (x, y) in enumerate(wl.train_batches(epoch)):
+            x, y = x.to(device), y.to(device)  # no copy on the CPU
             measure = spec.measure_memory and epoch == 1 and i == 0
             meter: Any = SavedActivations(module.parameters()) if measure else _NoMeter()
             with meter, wl.rng_scope():
                 loss = step(x, y)
             if measure:
                 meter_bytes = meter.bytes
-                memory = partition_memory(module, optimizer, meter_bytes)
-            losses.append(loss.detach().reshape(()) if loss is not None else torch.zeros(()))
+                memory = partition_memory(module, optimizer, meter_bytes, device)
+            losses.append(loss.detach().reshape(()) if loss is not None
+                          else torch.zeros((), device=device))
             samples += len(x)
-        step_losses = torch.stack(losses) if losses else torch.zeros(0)
+        step_losses = torch.stack(losses) if losses else torch.zeros(0, device=device)
         if distributed:
             dist.all_reduce(step_losses, op=dist.ReduceOp.SUM)
-        step_losses /= loss_holders
+        # .cpu() waits for the device, so the epoch's seconds include its queued work.
+        step_losses = step_losses.cpu() / loss_holders
         seconds = time.perf_counter() - t0
         partitions = None
         if spec.measure_memory and epoch == 1:
@@ -214,7 +260,8 @@ def epoch_loop(
             }
             record.update(wl.evaluate())
             record.update(strategy=spec.config.strategy, workers=world,
-                          chunks=spec.config.chunks, data=wl.data_source)
+                          chunks=spec.config.chunks, device=spec.placement.kind,
+                          data=wl.data_source)
             if partitions is not None:
                 record["partitions"] = partitions
             if spec.record_step_losses:
@@ -223,18 +270,25 @@ def epoch_loop(
         wl.epochs_trained = epoch
 
 
-def gather_partitions_to_rank0(wl: TorchWorkload, part: nn.Module) -> Callable[[], None]:
-    """A ``before_eval`` that merges every rank's partition weights into rank 0's full model."""
+def gather_partitions_to_rank0(wl: TorchWorkload, part: nn.Module,
+                               device: torch.device) -> Callable[[], None]:
+    """A ``before_eval`` that merges every rank's partition weights into rank 0's full model.
+
+    Weights travel as CPU tensors (a pickled CUDA tensor would name the sender's
+    device); rank 0 then evaluates the whole model on its own ``device``.
+    """
     import torch.distributed as dist
 
     def merge() -> None:
         states: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(states, {k: v.detach() for k, v in part.state_dict().items()})
+        dist.all_gather_object(states,
+                               {k: v.detach().cpu() for k, v in part.state_dict().items()})
         if dist.get_rank() == 0:
             merged: dict[str, Any] = {}
             for s in states:
                 merged.update(s)
             wl.model.load_state_dict(merged)
+            place(wl, wl.model, device)
 
     return merge
 
@@ -245,7 +299,10 @@ _DTYPES = ["float32", "float64", "int64", "float16", "bfloat16"]
 
 
 def send_tensor(t: torch.Tensor, dst: int) -> None:
-    """Send a tensor whose shape the receiver does not know: a header, then the data."""
+    """Send a tensor whose shape the receiver does not know: a header, then the data.
+
+    The header lives on ``t``'s device (NCCL sends only CUDA tensors).
+    """
     import torch
     import torch.distributed as dist
 
@@ -253,19 +310,21 @@ def send_tensor(t: torch.Tensor, dst: int) -> None:
     header[0] = _DTYPES.index(str(t.dtype).removeprefix("torch."))
     header[1] = t.dim()
     header[2:2 + t.dim()] = torch.tensor(t.shape, dtype=torch.int64)
-    dist.send(header, dst)
+    dist.send(header.to(t.device), dst)
     dist.send(t.contiguous(), dst)
 
 
-def recv_tensor(src: int) -> torch.Tensor:
+def recv_tensor(src: int, device: torch.device) -> torch.Tensor:
+    """Receive what :func:`send_tensor` sent, into a tensor on ``device``."""
     import torch
     import torch.distributed as dist
 
-    header = torch.zeros(10, dtype=torch.int64)
+    header = torch.zeros(10, dtype=torch.int64, device=device)
     dist.recv(header, src)
-    ndim = int(header[1])
-    shape = [int(v) for v in header[2:2 + ndim]]
-    t = torch.empty(shape, dtype=getattr(torch, _DTYPES[int(header[0])]))
+    values = header.tolist()
+    ndim = values[1]
+    t = torch.empty(values[2:2 + ndim], dtype=getattr(torch, _DTYPES[values[0]]),
+                    device=device)
     dist.recv(t, src)
     return t
 
@@ -302,8 +361,9 @@ def _worker_main(rank: int, world: int, port: int, target: str, spec: RunSpec,
     module_name, _, fn_name = target.partition(":")
     fn = getattr(importlib.import_module(module_name), fn_name)
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=world)
+        start_on(spec.placement, rank)
+        dist.init_process_group(spec.placement.backend, init_method=f"tcp://127.0.0.1:{port}",
+                                rank=rank, world_size=world)
         try:
             fn(rank, world, spec, lambda record: results.put(("epoch", rank, record, "")))
         finally:

@@ -17,11 +17,14 @@ workload and the host, then runs the epochs with the chosen
 
 Each epoch yields one record (a dict): ``epoch``, ``loss``, ``steps``,
 ``samples``, ``seconds``, the workload's evaluation figures, ``strategy``,
-``workers``, ``chunks``; with ``measure_memory`` also ``partitions`` (per
-partition: ``params_mb``, ``grads_mb``, ``optimizer_mb``, ``activations_mb``,
-``total_mb``, ``rss_peak_mb``) and with ``record_step_losses`` the per-step
-losses.  Workers are processes on 127.0.0.1 talking over gloo (NCCL where
-each worker has its own GPU); the caller owns them and they end with the call.
+``workers``, ``chunks``, ``device`` (``cpu`` or ``cuda``); with
+``measure_memory`` also ``partitions`` (per partition: ``device``,
+``params_mb``, ``grads_mb``, ``optimizer_mb``, ``activations_mb``,
+``total_mb``, ``rss_peak_mb``, and on CUDA ``cuda_max_allocated_mb``) and
+with ``record_step_losses`` the per-step losses.  Workers are processes on
+127.0.0.1 talking over gloo on CPU, or NCCL with one GPU per rank
+(:mod:`pipetune.parallel.device` decides); the caller owns them and they end
+with the call.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipetune.errors import ConfigError, NotSupportedError, UsageError
+from pipetune.parallel.device import DEVICE_CHOICES, DevicePlan
 from workloads.base import Workload, cpu_count
 
 STRATEGY_NAMES = ("none", "ddp", "mp", "gpipe")
@@ -41,11 +45,17 @@ EpochRecord = dict[str, Any]
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    """How one trial trains: strategy, worker processes, micro-batches (gpipe)."""
+    """How one trial trains: strategy, worker processes, micro-batches (gpipe), device.
+
+    ``device`` is what was asked for (``auto``, ``cpu`` or ``cuda``);
+    :func:`pipetune.parallel.device.resolve_device` turns it into the
+    :class:`~pipetune.parallel.device.DevicePlan` the processes follow.
+    """
 
     strategy: str = "none"
     workers: int = 1
     chunks: int = 1
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGY_NAMES:
@@ -56,6 +66,10 @@ class ParallelConfig:
             raise ConfigError(f"workers={self.workers!r}: must be an integer >= 1")
         if not isinstance(self.chunks, int) or self.chunks < 1:
             raise ConfigError(f"chunks={self.chunks!r}: must be an integer >= 1")
+        if self.device not in DEVICE_CHOICES:
+            raise UsageError(
+                f"unknown device {self.device!r} (known: {', '.join(DEVICE_CHOICES)})"
+            )
 
     def __str__(self) -> str:
         s = f"{self.strategy}"
@@ -79,6 +93,8 @@ class RunSpec:
     threads_per_worker: int
     measure_memory: bool = False
     record_step_losses: bool = False
+    #: Where the ranks compute (resolved from ``config.device`` before any process starts).
+    placement: DevicePlan = DevicePlan("cpu")
 
 
 class ParallelStrategy(abc.ABC):

@@ -4,6 +4,8 @@ Every rank builds the same model (same seed) and walks the same global
 batches; rank ``r`` trains on the ``r``-th equal shard of each batch.  DDP
 averages the gradients, so each step equals the single-process step on the
 whole batch, and the reported loss is the mean of the ranks' shard losses.
+On CUDA each rank's replica lives on ``cuda:{rank}`` and DDP is given that
+device (``device_ids``); on the CPU it gets none, as before.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipetune.errors import ConfigError
-from pipetune.parallel._runtime import build_workload, epoch_loop, spawn_workers
+from pipetune.parallel._runtime import build_workload, epoch_loop, place, spawn_workers
 from pipetune.parallel.base import EpochRecord, ParallelConfig, ParallelStrategy, RunSpec
 from workloads.base import Workload
 
@@ -40,7 +42,10 @@ def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord],
     from torch.nn.parallel import DistributedDataParallel
 
     wl = build_workload(spec)
-    model = DistributedDataParallel(wl.model)
+    device = spec.placement.device(rank)
+    place(wl, wl.model, device)
+    model = DistributedDataParallel(
+        wl.model, device_ids=[device.index] if device.type == "cuda" else None)
     shard = wl.batch_size // world
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ Rank ``r`` wraps partition ``r`` in a ``PipelineStage``; ``ScheduleGPipe``
 cuts each batch into ``chunks`` micro-batches, runs all forwards (fill) then
 all backwards (drain), and scales gradients by ``1/chunks`` so a step equals
 the single-process step on the whole batch.  The last stage computes the
-loss per micro-batch; their mean is the batch loss.
+loss per micro-batch; their mean is the batch loss.  Each stage runs on its
+rank's device (``cuda:{rank}`` on CUDA).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pipetune.parallel._runtime import (
     build_workload,
     epoch_loop,
     gather_partitions_to_rank0,
+    place,
     spawn_workers,
 )
 from pipetune.parallel.base import EpochRecord, ParallelConfig, RunSpec
@@ -83,9 +85,11 @@ def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord],
     from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
     wl = build_workload(spec)
+    device = spec.placement.device(rank)
     part = wl.partitions(world)[rank]
+    place(wl, part, device)
     optimizer = wl.build_optimizer(part.parameters())
-    stage = PipelineStage(contiguous_boundaries(part), rank, world, torch.device("cpu"))
+    stage = PipelineStage(contiguous_boundaries(part), rank, world, device)
     schedule = ScheduleGPipe(stage, n_microbatches=spec.config.chunks, loss_fn=wl.loss_fn)
     last = rank == world - 1
 
@@ -106,4 +110,4 @@ def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord],
         return loss
 
     epoch_loop(spec, wl, step, module=part, optimizer=optimizer, loss_holders=1,
-               report=report, before_eval=gather_partitions_to_rank0(wl, part))
+               report=report, before_eval=gather_partitions_to_rank0(wl, part, device))

@@ -1,4 +1,8 @@
-"""``none``: one process, no parallelism — the reference the other strategies must match."""
+"""``none``: one process, no parallelism — the reference the other strategies must match.
+
+A torch workload trains on ``spec.placement``'s device for rank 0 (``cpu`` or
+``cuda:0``); the others always run on the CPU.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipetune.errors import ConfigError
-from pipetune.parallel._runtime import build_workload, epoch_loop
+from pipetune.parallel._runtime import build_workload, epoch_loop, place, start_on
 from pipetune.parallel.base import EpochRecord, ParallelConfig, ParallelStrategy, RunSpec
 from workloads.base import TorchWorkload, Workload
 
@@ -42,6 +46,8 @@ class SingleProcessStrategy(ParallelStrategy):
         try:
             wl = build_workload(spec)
             if isinstance(wl, TorchWorkload):
+                place(wl, wl.model, start_on(spec.placement, 0))
+
                 def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                     wl.model.train()
                     wl.optimizer.zero_grad(set_to_none=True)
@@ -60,7 +66,7 @@ class SingleProcessStrategy(ParallelStrategy):
                                            "seconds": time.perf_counter() - t0}
                     record.update(wl.evaluate())
                     record.update(strategy="none", workers=1, chunks=spec.config.chunks,
-                                  data=wl.data_source)
+                                  device="cpu", data=wl.data_source)
                     report(record)
         finally:
             torch.set_num_threads(previous)

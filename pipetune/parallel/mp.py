@@ -5,7 +5,8 @@ batch at a time: activations travel forward rank to rank, the last rank
 computes the loss, gradients travel back; then every rank steps its own
 optimizer.  There is no overlap between ranks (that is what ``gpipe`` adds),
 but each process holds only its partition's parameters, gradients and
-optimizer state.
+optimizer state — on its own device (``cuda:{rank}``) when the trial runs on
+CUDA.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pipetune.parallel._runtime import (
     build_workload,
     epoch_loop,
     gather_partitions_to_rank0,
+    place,
     recv_tensor,
     send_tensor,
     spawn_workers,
@@ -47,14 +49,16 @@ def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord],
     import torch.distributed as dist
 
     wl = build_workload(spec)
+    device = spec.placement.device(rank)
     part = wl.partitions(world)[rank]
+    place(wl, part, device)
     optimizer = wl.build_optimizer(part.parameters())
     last = rank == world - 1
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         part.train()
         optimizer.zero_grad(set_to_none=True)
-        inp = x if rank == 0 else recv_tensor(rank - 1).requires_grad_()
+        inp = x if rank == 0 else recv_tensor(rank - 1, device).requires_grad_()
         out = part(inp)
         loss = None
         if last:
@@ -71,4 +75,4 @@ def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord],
         return loss
 
     epoch_loop(spec, wl, step, module=part, optimizer=optimizer, loss_holders=1,
-               report=report, before_eval=gather_partitions_to_rank0(wl, part))
+               report=report, before_eval=gather_partitions_to_rank0(wl, part, device))

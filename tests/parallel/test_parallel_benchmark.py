@@ -29,9 +29,27 @@ def test_table_json_and_png_from_a_real_run(bench, tmp_path: Path, capsys) -> No
     data = json.loads((out / "parallel.json").read_text())
     (row,) = data["rows"]
     assert row["threads"] == 1 and len(row["epoch_seconds"]) == 2
+    assert row["device"] == "cpu" and data["args"]["device"] == "auto"
+    assert data["host"]["cuda_devices"] == []  # this host: no GPU
+    assert "cuda max" not in printed  # the column appears only when a rank ran on CUDA
     (part,) = row["partitions"]
+    assert part["device"] == "cpu"
     assert part["total_mb"] == pytest.approx(part["params_mb"] + part["grads_mb"]
                                              + part["optimizer_mb"] + part["activations_mb"])
     assert part["activations_mb"] > part["params_mb"] > 0
     png = (out / "parallel.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_table_shows_each_ranks_cuda_peak_when_there_is_one(bench) -> None:
+    """Formatting only: the numbers of a CUDA run (which this host cannot make) go in a column."""
+    part = {"params_mb": 0.2, "grads_mb": 0.2, "optimizer_mb": 0.2, "activations_mb": 1.0,
+            "total_mb": 1.6, "rss_peak_mb": 900.0}
+    row = {"workload": "lenet5-mnist", "strategy": "mp", "config": "mp x2 8t", "epoch_s": 1.0,
+           "loss": 2.0, "accuracy": 0.5, "device": "cuda",
+           "partitions": [{**part, "device": "cuda:0", "cuda_max_allocated_mb": 12.5},
+                          {**part, "device": "cuda:1", "cuda_max_allocated_mb": 7.25}]}
+    lines = bench.table([row]).splitlines()
+    assert "cuda max" in lines[0]
+    assert lines[2].split()[-3:] == ["1.600", "900.0", "12.50"] and "cuda:0" in lines[2]
+    assert lines[3].split()[-3:] == ["1.600", "900.0", "7.25"] and "cuda:1" in lines[3]

@@ -2,11 +2,18 @@
 
 Every distributed run starts real worker processes (spawn, gloo on
 127.0.0.1), so the runs are few and tiny: 2 workers, 4-8 steps.
+
+The comparisons train on the CPU.  On a machine with 2+ GPUs,
+``PIPETUNE_TEST_DEVICE=cuda`` runs the same comparisons (reference included)
+over NCCL with one GPU per rank; that has never run on this project's hosts,
+and GPU kernels (TF32 convolutions) may need a looser ``RTOL``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +30,14 @@ LSTM = {"max_train_samples": 64, "batch_size": 16, "dropout": 0.0, "vocab_size":
         "seq_len": 12, "embed_dim": 16, "hidden_size": 16}
 RTOL = 1e-4  # float sums in another order; a wrong gradient is off by far more
 
+DEVICE = os.environ.get("PIPETUNE_TEST_DEVICE", "cpu")
+
 needs_two_cores = pytest.mark.skipif(cpu_count() < 2, reason="needs 2 cores for 2 workers")
 
 
 def run(workload: str, hparams: dict[str, Any], config: ParallelConfig,
         **kw: Any) -> list[dict[str, Any]]:
+    config = dataclasses.replace(config, device=DEVICE)
     return train(workload, hparams, parallel=config, epochs=2, record_step_losses=True, **kw)
 
 
@@ -50,6 +60,8 @@ def test_reference_trains(lenet_reference: list[dict[str, Any]]) -> None:
     assert first["steps"] == 6 and len(first["step_losses"]) == 6
     assert second["loss"] < first["loss"]
     assert first["strategy"] == "none" and first["workers"] == 1
+    assert first["device"] == DEVICE and first["partitions"][0]["device"] == (
+        "cpu" if DEVICE == "cpu" else "cuda:0")
     assert len(first["partitions"]) == 1
 
 
@@ -66,6 +78,10 @@ def test_lenet_strategy_matches_reference(config: ParallelConfig,
     assert got[0]["strategy"] == config.strategy and got[0]["workers"] == 2
     parts = got[0]["partitions"]
     assert len(parts) == 2
+    if got[0]["device"] == "cpu":  # every rank computes on the CPU, over gloo
+        assert [p["device"] for p in parts] == ["cpu", "cpu"]
+    else:  # one GPU per rank (not run on this project's hosts)
+        assert [p["device"] for p in parts] == ["cuda:0", "cuda:1"]
     ref_params = lenet_reference[0]["partitions"][0]["params_mb"]
     if config.strategy == "ddp":  # every rank holds the whole model, half the activations
         assert all(p["params_mb"] == pytest.approx(ref_params) for p in parts)
