@@ -24,20 +24,12 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from pipetune.profiler.events import GAUGES, PROC_FIGURES
+
 log = logging.getLogger(__name__)
 
-_CUMULATIVE = (
-    "proc.cpu_user_s",
-    "proc.cpu_system_s",
-    "proc.read_bytes",
-    "proc.write_bytes",
-    "proc.read_chars",
-    "proc.write_chars",
-    "proc.ctx_voluntary",
-    "proc.ctx_involuntary",
-    "proc.minor_faults",
-    "proc.major_faults",
-)
+# The cumulative figures of the catalogue (the gauges are averaged, not summed).
+_CUMULATIVE = tuple(f for f in PROC_FIGURES if f not in GAUGES)
 
 
 def _faults(pid: int) -> tuple[float, float] | None:

@@ -41,6 +41,19 @@ def to_line(p: Point) -> str:
     return lp.to_line_protocol()
 
 
+def split_url(url: str, expected: str) -> tuple[str, int, str, dict[str, str]]:
+    """``(host, port, path, query)`` of an InfluxDB store URL (port 8086 by
+    default); ConfigError naming ``expected`` when it has no host or a bad port."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or 8086
+    except ValueError as e:
+        raise ConfigError(f"store URL {url!r}: bad port") from e
+    if not parts.hostname:
+        raise ConfigError(f"store URL {url!r}: expected {expected}")
+    return parts.hostname, port, parts.path.strip("/"), dict(urllib.parse.parse_qsl(parts.query))
+
+
 def quote_ident(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -75,18 +88,11 @@ class InfluxV1Backend(Backend):
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 5.0) -> InfluxV1Backend:
-        parts = urllib.parse.urlsplit(url)
-        query = dict(urllib.parse.parse_qsl(parts.query))
-        try:
-            port = parts.port or 8086
-        except ValueError as e:
-            raise ConfigError(f"store URL {url!r}: bad port") from e
-        if not parts.hostname:
-            raise ConfigError(f"store URL {url!r}: expected influxdb://HOST:PORT/DB")
+        host, port, path, query = split_url(url, "influxdb://HOST:PORT/DB")
         return cls(
-            parts.hostname,
+            host,
             port,
-            parts.path.strip("/"),
+            path,
             user=query.get("user"),
             password=os.environ.get("PIPETUNE_INFLUX_PASSWORD"),
             retention_policy=query.get("rp"),

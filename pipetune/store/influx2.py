@@ -13,7 +13,6 @@ run this backend against a small local HTTP server speaking the documented
 from __future__ import annotations
 
 import os
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ import pandas as pd
 
 from pipetune.errors import ConfigError, StoreError, StoreUnavailableError
 from pipetune.store.base import Backend, Point, points_frame
-from pipetune.store.influx import to_line
+from pipetune.store.influx import split_url, to_line
 
 _META_COLUMNS = {"result", "table", "_start", "_stop", "_measurement"}
 
@@ -64,16 +63,9 @@ class InfluxV2Backend(Backend):
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 5.0) -> InfluxV2Backend:
-        parts = urllib.parse.urlsplit(url)
-        query = dict(urllib.parse.parse_qsl(parts.query))
-        if not parts.hostname:
-            raise ConfigError(f"store URL {url!r}: expected influxdb2://HOST:PORT?org=…&bucket=…")
-        try:
-            port = parts.port or 8086
-        except ValueError as e:
-            raise ConfigError(f"store URL {url!r}: bad port") from e
+        host, port, _, query = split_url(url, "influxdb2://HOST:PORT?org=…&bucket=…")
         return cls(
-            parts.hostname,
+            host,
             port,
             org=query.get("org", ""),
             bucket=query.get("bucket", ""),

@@ -173,8 +173,10 @@ def test_free_port_is_bindable() -> None:
     import socket
 
     port = free_port()
+    assert 1024 <= port < 65536
     with socket.socket() as s:
-        s.bind(("127.0.0.1", port))
+        s.bind(("127.0.0.1", port))  # raises if the port were taken
+        assert s.getsockname()[1] == port
 
 
 @pytest.mark.slow
