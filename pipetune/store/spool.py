@@ -61,6 +61,13 @@ class Spool:
             os.fsync(self._fh.fileno())
             self._count += len(points)
 
+    def reject(self, points: Sequence[Point]) -> Path:
+        """Keep points the backend refused in a file that is never replayed."""
+        path = self.directory / f"rejected-{os.getpid()}.jsonl"
+        with self._lock, open(path, "a", encoding="utf-8") as fh:
+            fh.write("".join(p.to_json() + "\n" for p in points))
+        return path
+
     def replay_own(self, write: Callable[[Sequence[Point]], None], batch_size: int) -> int:
         """Send this process's spooled points; truncate once all went through.
 

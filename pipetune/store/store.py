@@ -63,6 +63,7 @@ class Store:
         self._orphans_checked = False
         self.written = 0
         self.spooled = 0
+        self.rejected = 0
         self._thread = threading.Thread(target=self._run, name="pipetune-store-writer", daemon=True)
         self._thread.start()
 
@@ -156,18 +157,12 @@ class Store:
             self._spool.append(batch)
             self.spooled += len(batch)
         except StoreError as e:
-            # Refused (bad type, unknown database): retrying cannot help, but
-            # the points are kept in the spool for a person to look at.
-            log.error(
-                "store %s refused %d points: %s (kept in %s)",
-                self.url,
-                len(batch),
-                e,
-                self._spool.path,
-            )
-            self._spool.append(batch)
-            self.spooled += len(batch)
-            self._down_until = time.monotonic() + self._retry_interval_s
+            # Refused (bad field type, unknown database): retrying cannot help,
+            # and replaying them would block the points behind them.  They are
+            # kept aside, never replayed, for a person to look at.
+            path = self._spool.reject(batch)
+            log.error("store %s refused %d points: %s (kept in %s)", self.url, len(batch), e, path)
+            self.rejected += len(batch)
 
     def _replay(self) -> None:
         if time.monotonic() < self._down_until:

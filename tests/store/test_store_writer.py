@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from support.influxd import InfluxServer
 
-from pipetune.errors import StoreUnavailableError
+from pipetune.errors import StoreError, StoreUnavailableError
 from pipetune.store import Point, Store, open_store
 from pipetune.store.sqlite import SqliteBackend
 from pipetune.types import (
@@ -211,3 +211,28 @@ def test_replayed_twice_is_still_once(tmp_path: Path) -> None:
     backend.write_points(pts)
     backend.write_points(pts)
     assert len(backend.query("sample", {"job": "r"})) == 50
+
+
+class PickyBackend(SqliteBackend):
+    """Refuses any batch holding a point with a 'bad' field, as InfluxDB
+    refuses a field-type conflict."""
+
+    def write_points(self, points: Sequence[Point]) -> None:
+        if any("bad" in p.fields for p in points):
+            raise StoreError("field type conflict")
+        super().write_points(points)
+
+
+def test_refused_points_are_kept_aside_and_do_not_block_the_rest(tmp_path: Path) -> None:
+    backend = PickyBackend(tmp_path / "s.db")
+    store = Store(backend, tmp_path / "spool", batch_size=1)
+    store.write(Point("sample", {"job": "p"}, {"bad": "x"}, 1))
+    for i in range(20):
+        store.write(Point("sample", {"job": "p"}, {"i": float(i)}, 100 + i))
+    assert store.flush(30)
+    assert store.drain_spool(10)
+    store.close()
+    assert store.rejected == 1
+    rejected = list((tmp_path / "spool").rglob("rejected-*.jsonl"))
+    assert len(rejected) == 1 and len(rejected[0].read_text().splitlines()) == 1
+    assert len(SqliteBackend(tmp_path / "s.db").query("sample", {"job": "p"})) == 20
