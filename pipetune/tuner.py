@@ -557,9 +557,12 @@ class SystemTuner:
             # A sample arrives at the end of its interval, so the last partial
             # interval is usually not in yet.  A full profile can do without
             # it; one taken early is short, and that interval a large part of
-            # it: wait for it (at most two intervals; the probe waits too).
-            profile = self._profiler.profile(lo, ev.t, epoch=ev.epoch,
-                                              wait_s=0.0 if enough else self._profile_wait_s())
+            # it: wait for it, but the probe waits too, so for at most a
+            # quarter of an epoch (the probe must not miss the next one).
+            epoch_t0 = self._epoch_t0.get(ev.epoch)
+            epoch_s = ev.t - epoch_t0 if epoch_t0 is not None else math.inf
+            wait_s = 0.0 if enough else min(self._profile_wait_s(), 0.25 * epoch_s)
+            profile = self._profiler.profile(lo, ev.t, epoch=ev.epoch, wait_s=wait_s)
         if profile is None or not profile.rates:
             # No sample covers the profiled epochs: they ended before the
             # profiler counted (its start-up delayed their handling), or the
