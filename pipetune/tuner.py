@@ -536,6 +536,7 @@ class SystemTuner:
         if t0 is None or self._profiler is None:
             return None
         sampling_from = self._sampling_from if self._sampling_from is not None else t0
+        late_s = max(sampling_from - t0, 0.0)  # how late the profiler began counting
         lo = max(t0 + self.warmup_s, sampling_from)
         sampled_s = max(ev.t - lo, 0.0)
         enough = (self._profiled_epochs >= self.profile_epochs
@@ -574,12 +575,12 @@ class SystemTuner:
             if profile.rates:
                 notes.append(
                     f"no sample covered the profiled epochs yet (the profiler counted from "
-                    f"{sampling_from - t0:.2f} s into the trial): the window ran on "
+                    f"{late_s:.2f} s into the trial): the window ran on "
                     f"{end - ev.t:.2f} s past epoch {ev.epoch}'s end and waited for a sample")
             else:
                 notes.append(
                     f"profile empty: no profiler sample within {end - lo:.2f} s of sampling "
-                    f"(the profiler counted from {sampling_from - t0:.2f} s into the trial)")
+                    f"(the profiler counted from {late_s:.2f} s into the trial)")
                 log.warning("trial %s: %s", self.ref.trial, notes[-1])
         self.profile = profile
         self._profile_notes = notes
