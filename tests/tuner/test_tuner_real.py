@@ -22,7 +22,8 @@ has a single record, so the match is judged against the noise floor alone
 (no spread learned yet) on a contended 2-core host.
 
 Needs the profiler and control packages (issues 4 and 5); skipped until they
-are merged.  Takes under a minute (three trials of 3-8 epochs of about 1 s).
+are merged.  Takes about a minute on the loaded host (three trials of 3-8 epochs
+of about 1 s).
 """
 
 from __future__ import annotations
