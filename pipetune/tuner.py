@@ -1043,9 +1043,14 @@ class TunerPolicy(SystemPolicy):
     def epoch_end(self, result: EpochResult) -> None:
         if self.tuner is not None:
             self.tuner.epoch_end(result.epoch, result.steps, dict(result.metrics))
-            self.phase = self.tuner.state.value
             summary = self.tuner.summary()
             self.reason = str(summary.get("pipetune/reason") or "")
+            # For Tune's table: *how* the config was chosen once settled.
+            state, last = self.tuner.state, summary.get("pipetune/decision")
+            if state is TunerState.SETTLED:
+                self.phase = {"matched": "matched", "settled": "probed"}.get(str(last), str(last))
+            else:
+                self.phase = state.value
 
     def config(self) -> SystemConfig:
         return self.tuner.config if self.tuner is not None else self.space.default
