@@ -180,11 +180,13 @@ def plot_profile(report: JobReport, path: Path) -> Path | None:
     m = np.divide(m, peak, out=np.zeros_like(m), where=peak > 0)
     events = [c[len("rate.") :] for c in cols]
     epochs = [f"{str(t)[-5:]}/e{e}" for t, e in zip(df["trial"], df["epoch"], strict=True)]
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(epochs) + 3), max(3, 0.3 * len(events) + 1.5)))
+    fig, ax = plt.subplots(figsize=(max(7, 0.6 * len(epochs) + 4), max(3, 0.3 * len(events) + 1.5)))
     im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_yticks(range(len(events)), events, fontsize=7)
     ax.set_xticks(range(len(epochs)), epochs, fontsize=7, rotation=45, ha="right")
     ax.set_xlabel("trial/epoch")
-    ax.set_title(f"profile of {_label(report)} (rows normalised to their max)")
+    ax.set_title(
+        f"profile of {_label(report)}\n(event rates; each row divided by its max)", fontsize=10
+    )
     fig.colorbar(im, ax=ax, fraction=0.04)
     return _save(fig, path)
