@@ -53,7 +53,7 @@ class TrialReport:
     """One trial: its hyperparameters, system config, metric, time, energy."""
 
     trial: str
-    status: str  # done | failed | running
+    status: str  # done | failed | running | n/a (job ended, no status recorded)
     hparams: dict[str, Any]
     config: str | None  # the system config it ended on
     metric: float | None  # the best value of the job's metric over its epochs
@@ -149,7 +149,7 @@ def load_job(store: Any, job: str) -> JobReport:
 
     metric, metric_mode = _metric(end, epochs)
     trials = tuple(
-        _trial(tid, trials_df, epochs, decisions, metric, metric_mode)
+        _trial(tid, trials_df, epochs, decisions, metric, metric_mode, job_ended=not partial)
         for tid in _trial_ids(trials_df, epochs, decisions)
     )
     best_trial, best_value = None, None
@@ -240,13 +240,16 @@ def _trial(
     decisions: pd.DataFrame,
     metric: str,
     metric_mode: str,
+    *,
+    job_ended: bool,
 ) -> TrialReport:
     tp = _rows(trials_df, tid)
     ep = _rows(epochs, tid)
     dec = _rows(decisions, tid)
 
     hparams: dict[str, Any] = {}
-    status, error = "running", None
+    # No final status: still running, unless the job ended (then: not recorded).
+    status, error = ("n/a" if job_ended else "running"), None
     for _, row in tp.iterrows():
         for k, v in row.items():
             name = k[3:] if isinstance(k, str) and k.startswith("hp.") else None
