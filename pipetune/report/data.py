@@ -280,6 +280,10 @@ def _trial(
         config = str(ep["config"].iloc[-1])
     how, detail, probe_s, probes = _how(dec, ep)
     times = [int(df["time"].min()) for df in (tp, ep, dec) if not df.empty]
+    if not ep.empty and "seconds" in ep.columns:
+        # An epoch record is written at the epoch's end: the trial began by its start.
+        starts = ep["time"] - ep["seconds"].astype("float64").fillna(0.0) * 1e9
+        times.append(int(starts.min()))
     ends = [int(df["time"].max()) for df in (tp, ep, dec) if not df.empty]
     return TrialReport(
         trial=tid,
