@@ -65,7 +65,10 @@ class TrialReport:
     energy_method: str | None  # "estimated", "rapl", "rapl+nvml" … ; None when no energy
     how: str  # fixed | matched | probed | fallback | degraded | n/a
     how_detail: str  # the decision's own words: score, candidates, reason
-    probe_s: float  # time from the first probe decision to the settling one
+    # Time spent probing: the durations of the epochs the tuner recorded in
+    # its probing phase; when probing ended inside an epoch (none recorded
+    # so), the time from the first probe decision to the settling one.
+    probe_s: float
     probes: tuple[ProbeSlot, ...] = ()
     error: str | None = None
 
@@ -330,10 +333,13 @@ def _how(dec: pd.DataFrame, ep: pd.DataFrame) -> tuple[str, str, float, tuple[Pr
             if done is not None
             else int(max(dec["time"].max(), ep["time"].max() if not ep.empty else 0))
         )
-        probe_s = (t_end - int(rows[first_probe]["time"])) / 1e9
         probing = (
             ep[ep["phase"] == "probing"] if "phase" in ep.columns and not ep.empty else ep.iloc[0:0]
         )
+        epoch_s = [_num(v) for v in probing["seconds"]] if "seconds" in probing.columns else []
+        probe_s = sum(v for v in epoch_s if v is not None)
+        if probe_s <= 0:
+            probe_s = (t_end - int(rows[first_probe]["time"])) / 1e9
         for i, r in enumerate(rows):
             if kinds[i] != "probe":
                 continue
