@@ -169,6 +169,9 @@ def test_side_by_side_with_ratios_and_how_configs_were_chosen(
         line for line in text.splitlines() if line.startswith("| energy of the node |")
     )
     assert energy_row == f"| energy of the node | {pt.node_energy_j / v1.node_energy_j:.2f} |"
+    # pipetune's epoch records (written by its tuner) carry energy too
+    assert pt.energy_method == "estimated" and pt.energy_j > 0
+    assert f"{pt.energy_j:.1f} J (estimated)" in text
     # pipetune: each trial's config came from a tuner decision, in its own words
     decisions = store.decisions(PT)
     assert set(decisions["kind"]) - {"fixed"}, "pipetune trials are not fixed by a baseline"
@@ -319,3 +322,15 @@ def test_pandas_frames_are_not_leaked_into_the_text(store: Store, tmp_path: Path
     text = path.read_text()
     assert "nan" not in text.lower().split() and "None" not in text
     assert isinstance(load_job(store, PT).epochs, pd.DataFrame)
+
+
+def test_cli_writes_the_report_and_prints_one_line_per_job(
+    jobs_store: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "cli"
+    rc = main(["report", V1, PT, "--store", jobs_store, "--out", str(out), "--format", "html"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0
+    assert lines[0].startswith(f"{V1} (v1): tuning ") and lines[1].startswith(f"{PT} (pipetune)")
+    assert "(estimated)" in lines[0] and lines[-1] == f"report: {out / 'report.html'}"
+    assert (out / "report.html").stat().st_size > 10_000
