@@ -312,6 +312,10 @@ class SystemTuner:
         self._mark: tuple[int, float, int] | None = None  # (epoch, t, steps) of the last mark
         self._epoch_config: dict[int, SystemConfig] = {}
         self._epoch_t0: dict[int, float] = {}
+        # The trial's energy since the previous epoch ended (None once a read
+        # failed): the epoch record carries it, as the baselines' records do.
+        self._epoch_energy_j: float | None = 0.0
+        self._energy_methods: set[str] = set()
         self._profile_t0: float | None = None
         self._sampling_from: float | None = None  # clock() once the profiler counts
         self._profile_notes: list[str] = []  # how the profile was taken, if unusual
@@ -466,6 +470,10 @@ class SystemTuner:
         if self.state is TunerState.START:  # boundaries before start(): start now
             self._begin()
         energy = self._read_energy()
+        if energy is None or self._epoch_energy_j is None:
+            self._epoch_energy_j = None
+        else:
+            self._epoch_energy_j += energy
         if ev.kind is _Kind.EPOCH_START:
             self._mark = (ev.epoch, ev.t, 0)
             self._windows_in_epoch = 0
@@ -910,7 +918,8 @@ class SystemTuner:
         if self.energy is None:
             return None
         try:
-            joules, _method = self.energy.interval()
+            joules, method = self.energy.interval()
+            self._energy_methods.add(str(method))
             return float(joules)
         except Exception as e:
             log.debug("trial %s: energy unavailable: %s", self.ref.trial, e)
@@ -933,7 +942,10 @@ class SystemTuner:
             epoch=ev.epoch, config=self._epoch_config.pop(ev.epoch, self._config),
             seconds=ev.t - t0 if t0 is not None else math.nan, steps=ev.steps,
             metrics={k: v for k, v in ev.metrics.items() if isinstance(v, (int, float))},
+            energy_j=self._epoch_energy_j if self._energy_methods else None,
+            energy_method="+".join(sorted(self._energy_methods)) or None,
         )
+        self._epoch_energy_j, self._energy_methods = 0.0, set()
         self._store_call(self.store.write_epoch, self.ref, result, phase=self.state.value,
                          profile=profile, time_s=ev.t)
 

@@ -57,3 +57,29 @@ def test_records_in_the_store_and_the_second_trial_matches(store, tmp_path):
     assert again.decisions[0].config == C1
     assert list(store.decisions("job1", "a2")["kind"]) == ["matched"]
     assert len(store.groundtruth_records()) == 2  # a match learns nothing new
+
+
+class CountingEnergy:
+    """A trial energy source: 2 J per read, labelled like this host's meter."""
+
+    def __init__(self):
+        self.reads = 0
+
+    def interval(self):
+        self.reads += 1
+        return 2.0, "estimated"
+
+
+def test_epoch_records_carry_the_trials_energy_and_its_method(store):
+    energy = CountingEnergy()
+    tuner, clock, _, _, _ = make(rates=RATES_A, store=store, trial="e1", total_epochs=3,
+                                 energy=energy, clock=FakeClock(5e6))
+    tuner.start()
+    train(tuner, clock, range(3), seconds_per_step=speed({C1: 0.5, C2: 1.0}))
+    tuner.close()
+    assert store.flush()
+    ep = store.epochs("job1", "e1")
+    assert len(ep) == 3 and set(ep["energy_method"]) == {"estimated"}
+    # every joule read while the trial trained is in exactly one epoch record
+    assert ep["energy_j"].sum() == pytest.approx(2.0 * energy.reads)
+    assert (ep["energy_j"] > 0).all()

@@ -1,0 +1,192 @@
+"""The report's figures, as PNG files (matplotlib, Agg backend: no display).
+
+Each function takes :class:`~pipetune.report.data.JobReport` objects and a
+path, writes one PNG and returns its path, or returns ``None`` when the jobs
+hold nothing to plot (e.g. no probed configs in a V1 job): a missing figure
+is left out of the report, never drawn empty.
+
+- :func:`plot_accuracy` — the job metric over tuning time (paper Fig. 9);
+- :func:`plot_trial_durations` — trial duration over tuning time (Fig. 10);
+- :func:`plot_energy` — energy per job, labelled with its method;
+- :func:`plot_probe_times` — epoch time per probed config;
+- :func:`plot_profile` — a job's profile heatmap (events × epochs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: a report runs on headless nodes
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pipetune.report.data import JobReport  # noqa: E402
+
+_DPI = 100
+
+
+def _label(r: JobReport) -> str:
+    return f"{r.job} ({r.mode})"
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy(reports: Sequence[JobReport], path: Path) -> Path | None:
+    """Each epoch's metric (dots) and the job's best so far (step line) over
+    the time since the job started."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = False
+    metric = reports[0].metric if reports else "accuracy"
+    for r in reports:
+        col = "metric." + r.metric
+        if r.epochs.empty or col not in r.epochs.columns:
+            continue
+        df = r.epochs[["time", col]].dropna().sort_values("time")
+        if df.empty:
+            continue
+        t = (df["time"].to_numpy(dtype="float64") - r.start_ns) / 1e9
+        v = df[col].to_numpy(dtype="float64")
+        best = np.maximum.accumulate(v) if r.metric_mode == "max" else np.minimum.accumulate(v)
+        (line,) = ax.step(t, best, where="post", label=f"{_label(r)} best so far")
+        ax.plot(t, v, "o", color=line.get_color(), alpha=0.4, markersize=4)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("tuning time (s)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} over tuning time (dots: epochs)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_trial_durations(reports: Sequence[JobReport], path: Path) -> Path | None:
+    """Each trial's duration, placed at the time it ended."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = False
+    for r in reports:
+        pts = [
+            ((t.end_ns - r.start_ns) / 1e9, t.wall_s)
+            for t in r.trials
+            if t.end_ns is not None and t.wall_s is not None
+        ]
+        if not pts:
+            continue
+        x, y = zip(*pts, strict=True)
+        ax.plot(x, y, "o-", label=_label(r))
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("tuning time at trial end (s)")
+    ax.set_ylabel("trial duration (s)")
+    ax.set_title("trial duration over tuning time")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_energy(reports: Sequence[JobReport], path: Path) -> Path | None:
+    """Per job: the trials' energy and the node's energy over the job, each
+    bar labelled with its method; a figure the store lacks is marked n/a."""
+    if not reports:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(reports))
+    width = 0.38
+    series = [
+        ("trials", [r.energy_j for r in reports], [r.energy_method for r in reports]),
+        ("node", [r.node_energy_j for r in reports], [r.node_energy_method for r in reports]),
+    ]
+    if all(v is None for _, vals, _ in series for v in vals):
+        plt.close(fig)
+        return None
+    for i, (name, vals, methods) in enumerate(series):
+        pos = x + (i - 0.5) * width
+        heights = [v if v is not None else 0.0 for v in vals]
+        bars = ax.bar(pos, heights, width, label=f"{name} energy")
+        for bar, v, m in zip(bars, vals, methods, strict=True):
+            text = "n/a" if v is None else f"{v:.0f} J\n{m}"
+            ax.annotate(
+                text,
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+    ax.set_xticks(x, [_label(r) for r in reports], fontsize=8)
+    ax.set_ylabel("energy (J)")
+    ax.set_title("energy per job (trials: their share; node: all its processes)")
+    ax.margins(y=0.2)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_probe_times(reports: Sequence[JobReport], path: Path) -> Path | None:
+    """Mean epoch time per probed config (probing-phase epochs), per job; a
+    probe shorter than an epoch uses its slot time instead."""
+    rows: list[tuple[str, str, float, str]] = []
+    for r in reports:
+        acc: dict[str, list[tuple[float, str]]] = {}
+        for t in r.trials:
+            for p in t.probes:
+                if p.epoch_s is not None:
+                    acc.setdefault(p.config, []).append((p.epoch_s, "epoch"))
+                elif p.slot_s is not None:
+                    acc.setdefault(p.config, []).append((p.slot_s, "slot"))
+        for cfg, vals in sorted(acc.items()):
+            kinds = {k for _, k in vals}
+            rows.append(
+                (_label(r), cfg, float(np.mean([v for v, _ in vals])), "/".join(sorted(kinds)))
+            )
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.5 * len(rows) + 1.5)))
+    labels = [f"{job}: {cfg} ({kind})" for job, cfg, _, kind in rows]
+    ax.barh(range(len(rows)), [v for _, _, v, _ in rows])
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("mean time per probed config (s)")
+    ax.set_title("epoch time per probed config")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_profile(report: JobReport, path: Path) -> Path | None:
+    """The job's profiles: event rates per profiled epoch, each row divided by
+    its maximum so that events of different magnitude share one scale."""
+    ep = report.epochs
+    cols = sorted(c for c in ep.columns if c.startswith("rate."))
+    if not cols:
+        return None
+    df = ep.dropna(subset=cols, how="all").sort_values("time")
+    if df.empty:
+        return None
+    m = df[cols].to_numpy(dtype="float64").T  # events × epochs
+    m = np.nan_to_num(m, nan=0.0)
+    peak = np.abs(m).max(axis=1, keepdims=True)
+    m = np.divide(m, peak, out=np.zeros_like(m), where=peak > 0)
+    events = [c[len("rate.") :] for c in cols]
+    epochs = [f"{str(t)[-5:]}/e{e}" for t, e in zip(df["trial"], df["epoch"], strict=True)]
+    fig, ax = plt.subplots(figsize=(max(7, 0.6 * len(epochs) + 4), max(3, 0.3 * len(events) + 1.5)))
+    im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_yticks(range(len(events)), events, fontsize=7)
+    ax.set_xticks(range(len(epochs)), epochs, fontsize=7, rotation=45, ha="right")
+    ax.set_xlabel("trial/epoch")
+    ax.set_title(
+        f"profile of {_label(report)}\n(event rates; each row divided by its max)", fontsize=10
+    )
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    return _save(fig, path)
