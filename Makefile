@@ -20,12 +20,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# perf and a real InfluxDB 1.x server (the tests start their own influxd on
-# a free loopback port; the Debian service itself is never started).
+# perf, a real InfluxDB 1.x server (the tests start their own influxd on a
+# free loopback port; the Debian service itself is never started) and
+# Chromium (the HTML report is looked at in a headless browser).
 system-deps:
-	@command -v perf >/dev/null && command -v influxd >/dev/null || { \
+	@command -v perf >/dev/null && command -v influxd >/dev/null && command -v chromium >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq influxdb linux-perf >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq influxdb linux-perf chromium >/dev/null; }
 
 run: setup system-deps
 	$(VENV)/bin/pipetune doctor || true

@@ -13,8 +13,14 @@ import pytest
 # Tests run with --import-mode=importlib (test files of the same name may
 # live in several folders); helper modules beside the tests are importable
 # by their plain names.
-for _folder in [Path(__file__).parent, *sorted(p for p in Path(__file__).parent.iterdir()
-                                               if p.is_dir() and not p.name.startswith(("_", ".")))]:
+for _folder in [
+    Path(__file__).parent,
+    *sorted(
+        p
+        for p in Path(__file__).parent.iterdir()
+        if p.is_dir() and not p.name.startswith(("_", "."))
+    ),
+]:
     sys.path.insert(0, str(_folder))
 
 from support.influxd import InfluxServer  # noqa: E402

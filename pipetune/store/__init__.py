@@ -39,9 +39,10 @@ def open_backend(url: str, *, timeout_s: float = 5.0) -> Backend:
         path = url[len("sqlite://") :]
         if path.startswith("/:memory:"):
             return SqliteBackend(":memory:")
-        if not path.startswith("/") or path == "/":
+        if not path.startswith("/") or path.strip("/") == "":
             raise ConfigError(f"store URL {url!r}: expected sqlite:///ABSOLUTE/PATH.db")
-        return SqliteBackend(path)
+        # sqlite:///abs and sqlite:////abs (SQLAlchemy's spelling) are one file.
+        return SqliteBackend("/" + path.lstrip("/"))
     if parts.scheme == "influxdb":
         from pipetune.store.influx import InfluxV1Backend
 

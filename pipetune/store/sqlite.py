@@ -40,6 +40,7 @@ class SqliteBackend(Backend):
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
+        # Canonical spelling, as Settings writes it: "sqlite:///" + the absolute path.
         self.url = f"sqlite:///{self.path}" if self.path != ":memory:" else "sqlite:///:memory:"
         self._lock = threading.Lock()
         try:
