@@ -131,6 +131,10 @@ class TrialSession:
     ) -> dict[str, Any]:
         """End the current epoch with ``metrics``; returns what went to Tune."""
         now = time.time()
+        if isinstance(metrics.get("epoch"), int) and not isinstance(metrics["epoch"], bool):
+            # The loop's own epoch index wins: after a resume from a
+            # checkpoint (pause/resume under HyperBand) it does not start at 0.
+            self.epoch = metrics["epoch"]
         config = self.policy.config()
         energy_j, method = (None, None)
         if self._energy is not None:

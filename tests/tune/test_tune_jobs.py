@@ -155,3 +155,29 @@ def test_pipetune_job_probes_first_then_matches(tmp_path: Path, ray_session: Non
     # the tuner's own epoch points carry the profile's event rates
     assert any(c.startswith("rate.") for c in epochs.columns)
     assert {t["how"] for t in result.trials if t["trial"] in later} == {"matched"}
+
+
+def test_hyperband_pauses_and_resumes_trials_from_checkpoints(
+    tmp_path: Path, ray_session: None
+) -> None:
+    settings = _settings(tmp_path)
+    spec = JobSpec(
+        "lenet5-mnist",
+        "v1",
+        samples=3,
+        epochs=4,
+        scheduler="hyperband",
+        job="t-hb",
+        space=SystemSpace.parse("cores=1,2"),
+        fixed_hparams={"max_train_samples": 256},
+    )
+    result = run_job(spec, settings, verbose=0)
+    assert [t["error"] for t in result.trials] == [None] * 3
+    store = open_store(settings.store, spool_root=settings.spool_dir)
+    epochs = store.epochs("t-hb")
+    store.close()
+    # Every recorded epoch index is unique per trial: a resumed trial goes on
+    # from its checkpoint's epoch instead of starting again at 0.
+    for _, e in epochs.groupby("trial"):
+        assert e["epoch"].is_unique, sorted(e["epoch"])
+        assert sorted(int(x) for x in e["epoch"]) == list(range(len(e)))
