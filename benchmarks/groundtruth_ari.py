@@ -195,7 +195,8 @@ def baseline_labels(records: list[GroundTruthRecord], k: int) -> list[int]:
 def load_profiles(args: argparse.Namespace) -> list[dict]:
     """``[{"workload", "kind", "rates"}, ...]``: loaded, or profiled now (and saved if asked)."""
     if args.load:
-        runs = load_runs(args.load, kinds={**WORKLOADS, **bundled_kinds()})
+        kinds = {**WORKLOADS, **bundled_kinds()}
+        runs = [r for path in args.load for r in load_runs(path, kinds=kinds)]
         return [{"workload": r.workload, "kind": r.kind, "rates": r.rates} for r in runs]
     raw: list[dict] = []
     if args.standins:
@@ -237,7 +238,8 @@ def main() -> None:
                     help="profile the synthetic stand-ins instead of the bundled workloads")
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--save", metavar="JSON", help="write the profiles here")
-    ap.add_argument("--load", metavar="JSON", help="reuse profiles saved before")
+    ap.add_argument("--load", metavar="JSON", action="append",
+                    help="reuse profiles saved before (repeat to pool several sets)")
     ap.add_argument("--results", metavar="JSON", help="write the figures here")
     args = ap.parse_args()
     from sklearn.metrics import adjusted_rand_score as ari

@@ -25,6 +25,7 @@ Usage::
 
     python benchmarks/profile_separation.py --save results/profiles.json
     python benchmarks/profile_separation.py --load results/profiles.json   # re-analyse
+    python benchmarks/profile_separation.py --load a.json --load b.json    # pool two sets
     python benchmarks/profile_separation.py --only jacobi,bfs --runs 2 --seconds 2
     python benchmarks/profile_separation.py --standins     # the old built-in scripts
     python benchmarks/profile_separation.py --workload a="python3 x.py" \\
@@ -213,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ready-timeout-s", type=float, default=120.0,
                     help="longest wait for a bundled workload's READY line")
     ap.add_argument("--save", metavar="JSON", help="write the profiles here")
-    ap.add_argument("--load", metavar="JSON", help="re-analyse profiles saved before")
+    ap.add_argument("--load", metavar="JSON", action="append",
+                    help="re-analyse profiles saved before (repeat to pool several runs)")
     ap.add_argument("--results", metavar="JSON", help="write the separation figures here")
     ap.add_argument("--plot", metavar="PNG", help="2-D PCA projection of all features")
     args = ap.parse_args(argv)
@@ -224,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"perf unusable ({support.reason}): procfs figures only")
     t_start = time.time()
     if args.load:
-        runs = load_runs(args.load, kinds={**{n: "?" for n in BUILTIN}, **bundled_kinds()})
-        print(f"loaded {len(runs)} runs from {args.load}")
+        kinds = {**{n: "?" for n in BUILTIN}, **bundled_kinds()}
+        runs = [r for path in args.load for r in load_runs(path, kinds=kinds)]
+        print(f"loaded {len(runs)} runs from {', '.join(args.load)}")
     else:
         jobs: dict[str, tuple[str, list[str], float]] = {}
         for item in args.workload:
@@ -304,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.results:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results).write_text(json.dumps(results, indent=1))
-    print(f"\n{len(runs)} runs in {time.time() - t_start:.0f} s; load average "
+    print(f"\n{len(runs)} runs {'analysed' if args.load else 'profiled and analysed'} in "
+          f"{time.time() - t_start:.0f} s; load average "
           f"{os.getloadavg()[0]:.2f}")
     return 0
 
