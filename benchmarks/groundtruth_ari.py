@@ -1,11 +1,12 @@
 """How well does ground truth tell workloads apart on this host's events?
 
-Runs small stand-ins of the three workload types of the paper in child
-processes — Type I image CNNs (LeNet-5 on MNIST-shaped data, a small CNN on
-CIFAR-shaped data), Type II text models (an LSTM and a 1-D CNN on token
-sequences), Type III classic HPC kernels (Jacobi, BFS, k-means) — profiles
-each with real ``perf stat -I`` (software events and tracepoints only: this VM
-has no PMU) plus procfs figures, then clusters the profiles:
+Profiles the bundled workloads of the three types of the paper
+(``workloads/``: Type I lenet5-mnist, lenet5-fashion, deepcnn-mnist; Type II
+cnn-news20, lstm-news20; Type III jacobi, bfs, kmeans), each run a child
+process through ``benchmarks/bundled_runner.py`` watched by the real
+:class:`pipetune.profiler.TrialProfiler` (perf software events and
+tracepoints, this VM has no PMU, plus procfs figures) for ``--seconds``
+after its start-up, then clusters the profiles:
 
 - baseline: plain k-means, fixed k, on log-scaled standardised raw rates;
 - pipetune: :func:`pipetune.groundtruth.fit_groundtruth` (per CPU-second,
@@ -13,12 +14,16 @@ has no PMU) plus procfs figures, then clusters the profiles:
 
 and prints the adjusted Rand index against the workload and against its
 type (the paper's Figure 8), plus leave-one-out matching: fit on all other
-runs, does the held-out run match (score ≥ threshold) its own workload?
+runs, does the held-out run match (score >= threshold) its own workload? and
+leave-one-workload-out: does a never-seen workload match anyway?
 
     PYTHONPATH=$PWD python benchmarks/groundtruth_ari.py [--runs 3] [--seconds 4]
+    PYTHONPATH=$PWD python benchmarks/groundtruth_ari.py --load results/profiles.json
 
-Synthetic data, not the bundled workloads (those live in workloads/ and are
-being written beside this); same event set the profiler uses.
+``--load`` also reads what ``benchmarks/profile_separation.py --save`` wrote
+(one profiled set for both benchmarks).  ``--standins`` profiles the older
+synthetic stand-ins (built-in scripts, raw ``perf stat`` of a fixed event
+list) instead of the bundled workloads.
 """
 
 from __future__ import annotations
@@ -35,13 +40,18 @@ from pathlib import Path
 
 import numpy as np
 
-from pipetune.groundtruth import (
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bundled_profiles import bundled_kinds, collect, load_runs, runner_command, save_runs  # noqa: E402
+
+from pipetune.groundtruth import (  # noqa: E402
     FeatureScaler,
     GroundTruthRecord,
     cluster_labels,
     fit_groundtruth,
 )
-from pipetune.types import SystemConfig
+from pipetune.profiler import available_events  # noqa: E402
+from pipetune.types import SystemConfig  # noqa: E402
 
 EVENTS = [
     "task-clock", "context-switches", "cpu-migrations", "page-faults", "major-faults",
@@ -182,51 +192,91 @@ def baseline_labels(records: list[GroundTruthRecord], k: int) -> list[int]:
     return KMeans(k, n_init=10, random_state=0).fit_predict(X).tolist()
 
 
+def load_profiles(args: argparse.Namespace) -> list[dict]:
+    """``[{"workload", "kind", "rates"}, ...]``: loaded, or profiled now (and saved if asked)."""
+    if args.load:
+        kinds = {**WORKLOADS, **bundled_kinds()}
+        runs = [r for path in args.load for r in load_runs(path, kinds=kinds)]
+        return [{"workload": r.workload, "kind": r.kind, "rates": r.rates} for r in runs]
+    raw: list[dict] = []
+    if args.standins:
+        for r in range(args.runs):
+            for kind in WORKLOADS:
+                t = time.time()
+                raw.append({"workload": kind, "kind": WORKLOADS[kind],
+                            "rates": profile_once(kind, args.seconds, args.warmup)})
+                print(f"run {r} {kind}: {time.time() - t:.1f} s", file=sys.stderr)
+        if args.save:
+            Path(args.save).write_text(json.dumps(raw, indent=1))
+        return raw
+    kinds = bundled_kinds()
+    names = args.only.split(",") if args.only else list(kinds)
+    for n in names:
+        if n not in kinds:
+            raise SystemExit(f"--only: unknown workload {n!r} (known: {', '.join(kinds)})")
+    events = available_events().default_events()
+    jobs = {n: (kinds[n], runner_command(n), 120.0) for n in names}
+    runs = collect(jobs, args.runs, args.seconds, args.interval_ms, events, args.warmup,
+                   lambda rep, r: print(f"run {rep} {r.workload}: start-up {r.startup_s:.1f} s",
+                                        file=sys.stderr))
+    if args.save:
+        save_runs(args.save, runs, {"runs": args.runs, "seconds": args.seconds,
+                                    "interval_ms": args.interval_ms, "events": list(events),
+                                    "loadavg_end": list(os.getloadavg())})
+    return [{"workload": r.workload, "kind": r.kind, "rates": r.rates} for r in runs]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=4.0)
-    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--warmup", type=float, default=1.0,
+                    help="stand-ins: seconds after ready; bundled: skip without a READY line")
+    ap.add_argument("--interval-ms", type=int, default=500, help="bundled: profiler interval")
+    ap.add_argument("--only", help="comma-separated subset of the bundled workloads")
+    ap.add_argument("--standins", action="store_true",
+                    help="profile the synthetic stand-ins instead of the bundled workloads")
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--save", metavar="JSON", help="write the profiles here")
-    ap.add_argument("--load", metavar="JSON", help="reuse profiles saved before")
+    ap.add_argument("--load", metavar="JSON", action="append",
+                    help="reuse profiles saved before (repeat to pool several sets)")
+    ap.add_argument("--results", metavar="JSON", help="write the figures here")
     args = ap.parse_args()
     from sklearn.metrics import adjusted_rand_score as ari
     from sklearn.metrics import completeness_score
 
-    if args.load:
-        raw = json.loads(Path(args.load).read_text())
-    else:
-        raw = []
-        for r in range(args.runs):
-            for kind in WORKLOADS:
-                t = time.time()
-                raw.append({"workload": kind, "rates": profile_once(kind, args.seconds,
-                                                                      args.warmup)})
-                print(f"run {r} {kind}: {time.time() - t:.1f} s", file=sys.stderr)
-        if args.save:
-            Path(args.save).write_text(json.dumps(raw, indent=1))
+    raw = load_profiles(args)
+    out: dict[str, object] = {"loadavg": list(os.getloadavg())}
     recs = [GroundTruthRecord(p["rates"], SystemConfig(1), "runtime", 1.0, p["workload"])
             for p in raw]
+    kind_of = {p["workload"]: p.get("kind") or WORKLOADS.get(p["workload"], "?") for p in raw}
     wl = [r.workload for r in recs]
-    ty = [WORKLOADS[w] for w in wl]
+    ty = [kind_of[w] for w in wl]
     n_w, n_t = len(set(wl)), len(set(ty))
     print(f"{len(recs)} profiles of {n_w} workloads ({n_t} types), "
           f"{len(set.intersection(*(set(r.rates) for r in recs)))} figures each")
     base_w = baseline_labels(recs, n_w)
     base_t = baseline_labels(recs, n_t)
+    out["kmeans_ari_workload"] = ari(wl, base_w)
+    out["kmeans_ari_type"] = ari(ty, base_t)
     print(f"plain k-means k={n_w}, raw rates:            ARI vs workload {ari(wl, base_w):.2f}")
     print(f"plain k-means k={n_t}, raw rates:            ARI vs type     {ari(ty, base_t):.2f}")
+    fits: list[dict] = []
     for names in (False, True):
         tag = "noise units (names)" if names else "overall spread"
-        for k in ("auto", n_w, n_t):
+        for k in dict.fromkeys(("auto", n_w, n_t)):  # k=n_w once if n_w == n_t
             model = fit_groundtruth(recs, k=k, use_workloads=names)
             lab = cluster_labels(model, recs)
             # completeness 1.0: no workload's runs are split over clusters
             comp = completeness_score(wl, lab)
+            fits.append({"scaling": tag, "k": k, "clusters": model.n_clusters,
+                         "ari_workload": ari(wl, lab), "ari_type": ari(ty, lab),
+                         "workload_completeness": comp})
             print(f"pipetune {tag:20s} k={str(k):4s} -> {model.n_clusters} clusters: "
                   f"ARI vs workload {ari(wl, lab):.2f}, vs type {ari(ty, lab):.2f}, "
                   f"workload completeness {comp:.2f}")
+    out["fit_groundtruth"] = fits
+    loo: list[dict] = []
     for names in (False, True):
         within = matched = same_type = 0
         for i, r in enumerate(recs):
@@ -236,20 +286,33 @@ def main() -> None:
             within += own
             matched += own and m.score >= args.threshold
             top = Counter(m.workloads).most_common(1)
-            same_type += bool(top) and WORKLOADS[top[0][0]] == WORKLOADS[r.workload]
+            same_type += bool(top) and kind_of[top[0][0]] == kind_of[r.workload]
         print(f"leave-one-out ({'noise units' if names else 'overall spread'}): the nearest "
               f"cluster holds its own workload {within}/{len(recs)}, matched with score >= "
               f"{args.threshold} {matched}/{len(recs)}; cluster's main type is its type "
               f"{same_type}/{len(recs)}")
         unseen = 0
-        for w in WORKLOADS:
+        unseen_by: dict[str, list[str]] = {}
+        for w in sorted(set(wl)):
             rest = [r for r in recs if r.workload != w]
             model = fit_groundtruth(rest, k="auto", use_workloads=names)
-            unseen += sum(model.match(r.rates).score >= args.threshold
-                          for r in recs if r.workload == w)
+            for r in recs:
+                if r.workload != w:
+                    continue
+                mm = model.match(r.rates)
+                if mm.score >= args.threshold:
+                    unseen += 1
+                    unseen_by.setdefault(w, []).append(
+                        f"{mm.score:.2f}:{'+'.join(sorted(set(mm.workloads)))}")
         print(f"  leave-one-workload-out: runs of a never-seen workload matched anyway "
-              f"{unseen}/{len(recs)} (they would skip probing with a neighbour's config)")
-        # supervised reference (the DESIGN's first measurement): per-workload centroids
+              f"{unseen}/{len(recs)} (they would skip probing with a neighbour's config)"
+              + (f": {unseen_by}" if unseen_by else ""))
+        loo.append({"scaling": "noise units" if names else "overall spread",
+                    "own_cluster": within, "matched": matched, "same_type": same_type,
+                    "unseen_matched": unseen, "unseen_matched_by": unseen_by,
+                    "n": len(recs), "threshold": args.threshold})
+    out["leave_one_out"] = loo
+    # supervised reference (the DESIGN's first measurement): per-workload centroids
     ok = 0
     for i, r in enumerate(recs):
         rest = recs[:i] + recs[i + 1:]
@@ -259,7 +322,12 @@ def main() -> None:
         labs = np.array([x.workload for x in rest])
         cents = {w: X[labs == w].mean(axis=0) for w in set(labs)}
         ok += min(cents, key=lambda w: float(np.linalg.norm(cents[w] - z))) == r.workload
+    out["reference_nearest_centroid"] = ok / len(recs)
     print(f"reference, nearest per-workload centroid (labels known): {ok}/{len(recs)}")
+    if args.results:
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.results).write_text(json.dumps(out, indent=1, default=str))
+
 
 if __name__ == "__main__":
     main()
