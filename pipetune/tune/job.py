@@ -176,6 +176,7 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
     # Opening the store first fails early, with a clear line, on a bad URL.
     store = open_store(settings.store, spool_root=settings.spool_dir)
     power = _power_sampler(store, settings)
+    _clean_stale_groups(settings)
     metric, metric_mode = getattr(cls, "metric", "accuracy"), getattr(cls, "metric_mode", "max")
     address = spec.address or os.environ.get("RAY_ADDRESS")
     started_ray = False
@@ -297,3 +298,17 @@ def _power_sampler(store: Any, settings: Settings) -> Any:
     except Exception as e:  # noqa: BLE001 - power is a figure, not a requirement
         log.info("no node power samples for this job: %s", e)
         return None
+
+
+def _clean_stale_groups(settings: Settings) -> None:
+    """Remove cgroups that trials of a crashed or killed job left behind (a
+    SIGKILLed trial cannot clean up after itself); the daemon does the same
+    at its start."""
+    try:
+        from pipetune.control import detect_controller
+
+        removed = detect_controller(settings.controller).cleanup_stale()
+        if removed:
+            log.info("removed %d stale trial cgroup(s) of dead processes", removed)
+    except Exception as e:  # noqa: BLE001 - cleanup is best effort
+        log.debug("no stale-cgroup cleanup: %s", e)

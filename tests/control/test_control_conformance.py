@@ -291,7 +291,9 @@ def test_cleanup_stale_removes_groups_of_dead_owners(h, spawn):
             h.fs.write(g / "cgroup.procs", f"{survivor.pid}\n")
         # A live owner's group (ours) must stay.
         live = h.ctl.open_trial("live-trial", [spawn(SLEEPER).pid])
-        assert h.ctl.cleanup_stale() == 1
+        # >= 1: on a shared host another dead pipetune owner's group may be
+        # stale too; what matters is that ours went and the live one stayed.
+        assert h.ctl.cleanup_stale() >= 1
         for g in made:
             assert not g.exists()
         assert all(Path(p).exists() for p in live.paths)
@@ -301,7 +303,7 @@ def test_cleanup_stale_removes_groups_of_dead_owners(h, spawn):
         for g in made:
             if g.exists():
                 h.ctl._empty_and_remove(g, g.parent.parent)
-    assert h.ctl.cleanup_stale() == 0
+    assert not any(g.exists() for g in made)
 
 
 def test_usage_counts(h, spawn):
