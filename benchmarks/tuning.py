@@ -166,7 +166,9 @@ def _cores(n: int) -> Iterator[None]:
 def oracle_sweep(workload: str, trials: Sequence[Mapping[str, Any]], space: Any, *,
                  epochs: int, seed: int) -> list[dict[str, Any]]:
     """Each trial's hyperparameters at each config, ``epochs`` epochs in this
-    process; the best per-epoch time per config, the fastest config per trial."""
+    process; the best per-epoch time per config, the fastest config per trial.
+    A config already twice as slow as a measured one after an epoch gets no
+    more epochs (it cannot win; its time is still recorded)."""
     from workloads import get_workload
 
     cls = get_workload(workload)
@@ -182,6 +184,8 @@ def oracle_sweep(workload: str, trials: Sequence[Mapping[str, Any]], space: Any,
                     t0 = time.perf_counter()
                     w.train_epoch(e)
                     times.append(time.perf_counter() - t0)
+                    if per_config and min(times) > 2 * min(per_config.values()):
+                        break  # clearly slower than a config already measured: no more epochs
             per_config[str(cfg)] = min(times)
         best = min(per_config, key=per_config.__getitem__)
         out.append({"trial": i, "hparams": hp, "epoch_s": per_config, "best": best})

@@ -103,3 +103,25 @@ def test_synthetic_records_cycle_workloads_and_keep_real_events(costs: ModuleTyp
     assert all(v > 0 for r in recs for v in r.rates.values())
     # same workload, same winner; records differ by noise
     assert recs[0].config == recs[3].config and recs[0].rates != recs[3].rates
+
+
+@pytest.fixture(scope="module")
+def multitenant() -> ModuleType:
+    return _load("multitenant")
+
+
+def test_fifo_queue_waits_for_the_previous_job(multitenant: ModuleType) -> None:
+    # job 0 at 0 runs 10 s; job 1 arrives at 5, waits 5, runs 10: responds after 15;
+    # job 2 arrives at 30 to an idle server.
+    assert multitenant.fifo_response_s([0.0, 5.0, 30.0], [10.0, 10.0, 2.0]) == [10.0, 15.0, 2.0]
+    assert multitenant.p95([float(x) for x in range(1, 21)]) == 19.0
+
+
+def test_arrivals_and_plan_are_seeded(multitenant: ModuleType) -> None:
+    a = multitenant.arrivals(5, 30.0, seed=1)
+    assert a[0] == 0.0 and all(b > c for b, c in zip(a[1:], a, strict=False))
+    assert a == multitenant.arrivals(5, 30.0, seed=1)
+    plan = multitenant.job_plan(10, ["s1", "s2"], ["u"], 0.2, seed=0)
+    assert sum(u for _, u in plan) == 2 and not plan[0][1]
+    assert [w for w, u in plan if not u][:3] == ["s1", "s2", "s1"]
+    assert all(w == "u" for w, u in plan if u)
