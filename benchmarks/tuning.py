@@ -17,9 +17,11 @@ trial *i* runs at its oracle config from the start.  pipetune's distance to
 the oracle is what profiling + probing cost it.
 
 Per job: best accuracy, tuning wall time, training time of the best trial
-(Tune's ``time_total_s``), energy (epoch ``energy_j`` where the trial had a
-meter, else the node power samples of the job's store integrated over the
-job: the method is printed), epochs spent profiling/probing (from the
+(Tune's ``time_total_s``), energy twice, each the same method in every mode:
+the trials' own (sum of the epochs' ``energy_j``; with no RAPL here that is
+the trial's CPU time x watts per CPU, "estimated") and the node's (the job
+store's power samples integrated: every process on the node, other tenants
+included), epochs spent profiling/probing (from the
 decisions: a trial's epochs up to its first settled/matched/fallback
 decision).  Ratios pipetune/V1 and pipetune/V2 are of the per-mode means.
 
@@ -50,7 +52,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 MODES = ("v1", "v2", "pipetune", "oracle")
 #: Decision kinds after which a trial runs at its final config.
 FINAL_KINDS = ("settled", "matched", "fallback", "fixed", "degraded")
-FIGURES = ("accuracy", "tuning_s", "best_train_s", "energy_j", "search_epochs")
+FIGURES = ("accuracy", "tuning_s", "best_train_s", "energy_j", "node_energy_j", "search_epochs")
 
 
 # -- pure helpers (tested in tests/benchmarks/test_benchmarks_smoke.py) -----------------
@@ -104,6 +106,7 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         row: dict[str, Any] = {f: _mean([r.get(f) for r in mine]) for f in FIGURES}
         row["runs"] = len(mine)
         row["energy_method"] = ",".join(sorted({str(r.get("energy_method")) for r in mine}))
+        row["energy_missing_epochs"] = sum(int(r.get("energy_missing_epochs") or 0) for r in mine)
         out[mode] = row
     return out
 
@@ -122,7 +125,7 @@ def format_table(summary: Mapping[str, Mapping[str, Any]],
                  ratio_rows: Mapping[str, Mapping[str, float | None]]) -> str:
     """The table the benchmark prints (and PERFORMANCE.md quotes)."""
     head = (f"{'mode':<16} {'runs':>4} {'best acc':>9} {'tuning s':>9} {'best-trial s':>12} "
-            f"{'energy J':>9} {'search ep':>9}  energy method")
+            f"{'trial J':>9} {'node J':>9} {'search ep':>9}  energy method")
     lines = [head, "-" * len(head)]
 
     def fmt(v: Any, spec: str) -> str:
@@ -132,14 +135,17 @@ def format_table(summary: Mapping[str, Mapping[str, Any]],
         lines.append(
             f"{mode:<16} {r.get('runs', ''):>4} {fmt(r.get('accuracy'), '.4f'):>9} "
             f"{fmt(r.get('tuning_s'), '.1f'):>9} {fmt(r.get('best_train_s'), '.1f'):>12} "
-            f"{fmt(r.get('energy_j'), '.0f'):>9} {fmt(r.get('search_epochs'), '.1f'):>9}  "
-            f"{r.get('energy_method', '')}"
+            f"{fmt(r.get('energy_j'), '.0f'):>9} {fmt(r.get('node_energy_j'), '.0f'):>9} "
+            f"{fmt(r.get('search_epochs'), '.1f'):>9}  {r.get('energy_method', '')}"
+            + (f" ({r['energy_missing_epochs']} epochs without a figure)"
+               if r.get("energy_missing_epochs") else "")
         )
     for name, r in ratio_rows.items():
         lines.append(
             f"{name:<16} {'':>4} {fmt(r.get('accuracy'), '.3f'):>9} "
             f"{fmt(r.get('tuning_s'), '.3f'):>9} {fmt(r.get('best_train_s'), '.3f'):>12} "
-            f"{fmt(r.get('energy_j'), '.3f'):>9} {fmt(r.get('search_epochs'), '.2f'):>9}"
+            f"{fmt(r.get('energy_j'), '.3f'):>9} {fmt(r.get('node_energy_j'), '.3f'):>9} "
+            f"{fmt(r.get('search_epochs'), '.2f'):>9}"
         )
     return "\n".join(lines)
 
@@ -232,13 +238,22 @@ def _figures(result: Any, settings: Any, metric: str) -> dict[str, Any]:
         store.close()
     trial_epochs = ({str(t): int(n) for t, n in epochs.groupby("trial").size().items()}
                     if len(epochs) else {})
-    energy_j, method = None, None
-    if len(epochs) and "energy_j" in epochs and epochs["energy_j"].notna().all():
-        energy_j = float(epochs["energy_j"].sum())
-        method = "epoch energy_j (" + ",".join(sorted(set(epochs["energy_method"]))) + ")"
-    elif len(power) >= 2:
-        energy_j = integrate_power_j((power["time"] / 1e9).tolist(), power["watts"].tolist())
-        method = "node power x job time (" + ",".join(sorted(set(power["source"]))) + ")"
+    # Two energies, the same method for every mode: the trials' own (sum of
+    # the epochs' energy_j: the trial's CPU time x watts per CPU where no RAPL
+    # exists) and the node's (power samples integrated: every process on the
+    # node, other tenants included).
+    energy_j, method, missing = None, None, 0
+    if len(epochs) and "energy_j" in epochs:
+        have = epochs["energy_j"].notna()
+        missing = int((~have).sum())
+        if have.any():
+            energy_j = float(epochs.loc[have, "energy_j"].sum())
+            method = "trial epochs (" + ",".join(
+                sorted(set(epochs.loc[have, "energy_method"].astype(str)))) + ")"
+    node_j = (integrate_power_j((power["time"] / 1e9).tolist(), power["watts"].tolist())
+              if len(power) >= 2 else None)
+    node_method = ("node power (" + ",".join(sorted(set(power["source"].astype(str)))) + ")"
+                   if len(power) else None)
     best = result.best or {}
     return {
         "job": result.job,
@@ -248,6 +263,9 @@ def _figures(result: Any, settings: Any, metric: str) -> dict[str, Any]:
         "best_config": best.get("config"),
         "energy_j": energy_j,
         "energy_method": method,
+        "energy_missing_epochs": missing,
+        "node_energy_j": node_j,
+        "node_energy_method": node_method,
         "search_epochs": search_epochs(decisions.to_dict("records") if len(decisions) else [],
                                        trial_epochs),
         "trials": result.trials,
@@ -309,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--samples", type=int, help="trials per job (quick 3, else 4)")
     p.add_argument("--epochs", type=int, help="epochs per trial (quick 4, else 6)")
     p.add_argument("--max-train-samples", type=int,
-                   help="training samples per epoch (quick 8192, else 16384; 0 = all)")
+                   help="training samples per epoch (quick 2048, else 0 = all)")
     p.add_argument("--repeats", type=int, help="rounds of all modes (quick 1, else 2)")
     p.add_argument("--scheduler", default="fifo", help="hyperband | asha | fifo")
     p.add_argument("--space", nargs="+", default=None, metavar="KEY=V1,V2",
@@ -320,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warm", action="store_true",
                    help="pipetune starts from the ground truth of one earlier pipetune job")
     p.add_argument("--out", default="results/tuning", help="folder for JSON + PNG")
+    p.add_argument("--keep-homes", action="store_true", help="keep each job's PIPETUNE_HOME")
     p.add_argument("--json", metavar="OUT", help="also write the JSON here")
     args = p.parse_args(argv)
 
@@ -332,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     samples = args.samples or (3 if args.quick else 4)
     epochs = args.epochs or (4 if args.quick else 6)
     mts = args.max_train_samples if args.max_train_samples is not None else (
-        8192 if args.quick else 16384)
+        2048 if args.quick else 0)
     repeats = args.repeats or (1 if args.quick else 2)
     modes = [m for m in args.modes.split(",") if m]
     unknown = set(modes) - set(MODES)
@@ -380,8 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runs.append(row)
                 print(f"    tuning {row['tuning_s']:.1f} s, best acc {row['accuracy']}, "
                       f"best trial {row['best_train_s']} s at {row['best_config']}, energy "
-                      f"{row['energy_j']} J, search epochs {row['search_epochs']}, failed "
-                      f"{row['failed']}", flush=True)
+                      f"trial {row['energy_j']} J ({row['energy_missing_epochs']} epochs "
+                      f"without) node {row['node_energy_j']} J, search epochs "
+                      f"{row['search_epochs']}, failed {row['failed']}", flush=True)
     finally:
         ray.shutdown()
 
@@ -416,7 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no PNG: {e}", file=sys.stderr)
     print(f"\nJSON {out_dir / 'tuning.json'}, PNG {out_dir / 'tuning.png'}; "
           f"total {time.monotonic() - started:.0f} s")
-    shutil.rmtree(root, ignore_errors=True)
+    if not args.keep_homes:
+        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
