@@ -2,9 +2,9 @@
 
 1. **Ground truth** as the history grows (10², 10³, 10⁴, 10⁵ records):
    retrain time (:func:`pipetune.groundtruth.fit_groundtruth`, ``k`` fixed to
-   the number of workloads and ``k="auto"``, the default, whose silhouette
-   scan is O(n²): it is skipped once a smaller size took longer than
-   ``--auto-budget-s``, and that is printed) and match latency
+   the number of workloads, and ``k="auto"``, the default, whose silhouette
+   scan is O(n²): skipped where the time of the last size scaled by n² is over
+   ``--auto-budget-s``, and the guess printed) and match latency
    (``model.match`` of a fresh profile: median and p99 of many calls).
    Records are synthetic but built from real profile shapes: the profiling
    epochs of a real ``pipetune tune lenet5-mnist`` job on this VM
@@ -94,7 +94,7 @@ def bench_groundtruth(sizes: Sequence[int], *, workloads: int, match_calls: int,
     shapes = json.loads(SHAPES.read_text())["profiles"]
     probes = synthetic_records(shapes, match_calls, workloads=workloads, seed=99)
     rows = []
-    auto_skip = False
+    last_auto: tuple[int, float] | None = None
     fit_groundtruth(synthetic_records(shapes, 50, workloads=workloads, seed=1), k="auto")  # imports
     for n in sizes:
         records = synthetic_records(shapes, n, workloads=workloads, seed=n)
@@ -103,13 +103,17 @@ def bench_groundtruth(sizes: Sequence[int], *, workloads: int, match_calls: int,
         model = fit_groundtruth(records, k=workloads)
         row["fit_fixed_k_s"] = time.perf_counter() - t0
         row["clusters"] = model.n_clusters
-        if auto_skip:
+        # k="auto" scores every k with a silhouette, O(n^2): extrapolate from the
+        # last size measured and skip when the guess is over the budget.
+        guess = last_auto[1] * (n / last_auto[0]) ** 2 if last_auto else 0.0
+        row["fit_auto_predicted_s"] = guess if last_auto else None
+        if guess > auto_budget_s:
             row["fit_auto_s"] = None
         else:
             t0 = time.perf_counter()
             fit_groundtruth(records, k="auto")
             row["fit_auto_s"] = time.perf_counter() - t0
-            auto_skip = row["fit_auto_s"] > auto_budget_s
+            last_auto = (n, row["fit_auto_s"])
         lat, hits = [], 0
         for rec in probes:
             t0 = time.perf_counter()
@@ -121,13 +125,13 @@ def bench_groundtruth(sizes: Sequence[int], *, workloads: int, match_calls: int,
         row["match_right_config"] = hits / len(probes)
         rows.append(row)
         print(f"  {n:>7} records: fit k={workloads} {row['fit_fixed_k_s']:.2f} s, fit auto "
-              f"{_s(row['fit_auto_s'])}, match median {row['match_median_ms']:.3f} ms, p99 "
-              f"{row['match_p99_ms']:.3f} ms", flush=True)
+              f"{_s(row['fit_auto_s'], row['fit_auto_predicted_s'])}, match median "
+              f"{row['match_median_ms']:.3f} ms, p99 {row['match_p99_ms']:.3f} ms", flush=True)
     return rows
 
 
-def _s(v: float | None) -> str:
-    return "skipped" if v is None else f"{v:.2f} s"
+def _s(v: float | None, guess: float | None) -> str:
+    return f"skipped (~{guess:.0f} s by n^2)" if v is None else f"{v:.2f} s"
 
 
 # -- 2. store writes ----------------------------------------------------------------------
@@ -295,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sizes", default=None, help="history sizes (default 100,1000,10000,100000)")
     p.add_argument("--workloads", type=int, default=8, help="synthetic workloads (= k)")
     p.add_argument("--auto-budget-s", type=float, default=60.0,
-                   help="skip k=auto for larger sizes once one took longer")
+                   help="skip k=auto where its n^2 extrapolation is longer")
     p.add_argument("--points", type=int, default=None, help="points per store run (20000)")
     p.add_argument("--no-influx", action="store_true", help="SQLite only")
     p.add_argument("--daemon-calls", type=int, default=200)
