@@ -6,6 +6,8 @@
    scan is O(n²): skipped where the time of the last size scaled by n² is over
    ``--auto-budget-s``, and the guess printed) and match latency
    (``model.match`` of a fresh profile: median and p99 of many calls).
+   A fixed-k fit whose n² extrapolation is over 3x ``--auto-budget-s`` is
+   skipped too (the guess is printed).
    Records are synthetic but built from real profile shapes: the profiling
    epochs of a real ``pipetune tune lenet5-mnist`` job on this VM
    (``benchmarks/data/profile_shapes.json``, perf software events + procfs),
@@ -95,13 +97,25 @@ def bench_groundtruth(sizes: Sequence[int], *, workloads: int, match_calls: int,
     probes = synthetic_records(shapes, match_calls, workloads=workloads, seed=99)
     rows = []
     last_auto: tuple[int, float] | None = None
+    last_k: tuple[int, float] | None = None
     fit_groundtruth(synthetic_records(shapes, 50, workloads=workloads, seed=1), k="auto")  # imports
     for n in sizes:
         records = synthetic_records(shapes, n, workloads=workloads, seed=n)
         row: dict[str, Any] = {"records": n}
+        guess_k = last_k[1] * (n / last_k[0]) ** 2 if last_k else 0.0
+        row["fit_fixed_k_predicted_s"] = guess_k if last_k else None
+        if guess_k > auto_budget_s * 3:
+            # what a fit this size would cost, from the last one scaled by n^2;
+            # match latency needs a model, so the last size's model is timed
+            row["fit_fixed_k_s"] = None
+            print(f"  {n:>7} records: fit k={workloads} skipped (~{guess_k:.0f} s by n^2)",
+                  flush=True)
+            rows.append(row)
+            continue
         t0 = time.perf_counter()
         model = fit_groundtruth(records, k=workloads)
         row["fit_fixed_k_s"] = time.perf_counter() - t0
+        last_k = (n, row["fit_fixed_k_s"])
         row["clusters"] = model.n_clusters
         # k="auto" scores every k with a silhouette, O(n^2): extrapolate from the
         # last size measured and skip when the guess is over the budget.
@@ -303,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--points", type=int, default=None, help="points per store run (20000)")
     p.add_argument("--no-influx", action="store_true", help="SQLite only")
     p.add_argument("--daemon-calls", type=int, default=200)
+    p.add_argument("--only", default="groundtruth,store,daemon", help="sections to run")
     p.add_argument("--out", default="results/costs")
     p.add_argument("--json", metavar="OUT")
     args = p.parse_args(argv)
@@ -314,13 +329,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     data: dict[str, Any] = {"benchmark": "costs", "argv": sys.argv[1:],
                             "machine": {"cpus": os.cpu_count()}}
     try:
-        print("ground truth (synthetic records from real profile shapes):", flush=True)
-        data["groundtruth"] = bench_groundtruth(sizes, workloads=args.workloads,
-                                                match_calls=200, auto_budget_s=args.auto_budget_s)
-        print(f"store writes ({points} sample points per run):", flush=True)
-        data["store"] = bench_stores(points, (1, 4, 16), tmp, not args.no_influx)
-        print("daemon requests:", flush=True)
-        data["daemon"] = bench_daemon(tmp, args.daemon_calls)
+        only = set(args.only.split(","))
+        if "groundtruth" in only:
+            print("ground truth (synthetic records from real profile shapes):", flush=True)
+            data["groundtruth"] = bench_groundtruth(sizes, workloads=args.workloads,
+                                                    match_calls=200,
+                                                    auto_budget_s=args.auto_budget_s)
+        if "store" in only:
+            print(f"store writes ({points} sample points per run):", flush=True)
+            data["store"] = bench_stores(points, (1, 4, 16), tmp, not args.no_influx)
+        if "daemon" in only:
+            print("daemon requests:", flush=True)
+            data["daemon"] = bench_daemon(tmp, args.daemon_calls)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     data["total_s"] = time.monotonic() - started
