@@ -308,7 +308,7 @@ def _plot(summary: Mapping[str, Mapping[str, Any]], path: Path) -> None:
 
     modes = list(summary)
     panels = [("tuning_s", "tuning wall time (s)"), ("best_train_s", "best trial's time (s)"),
-              ("energy_j", "energy (J)"), ("accuracy", "best accuracy")]
+              ("node_energy_j", "node energy (J, estimated)"), ("accuracy", "best accuracy")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5))
     for ax, (f, label) in zip(axes, panels, strict=True):
         ax.bar(modes, [summary[m].get(f) or 0 for m in modes],
