@@ -57,6 +57,7 @@ class Store:
         self._retry_interval_s = retry_interval_s
         self._spool = Spool(spool_dir_for(spool_root, self.url), self.url)
         self._pending = 0  # queued or in flight, not yet written or spooled
+        self._overflow: list[Point] = []  # arrived while the queue was full
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._down_until = 0.0  # monotonic time before which we do not retry
@@ -76,12 +77,10 @@ class Store:
         try:
             self._queue.put_nowait(point)
         except queue.Full:
-            # Never block training: the spool is a local append.
-            self._spool.append([point])
+            # Never block training, not even on disk I/O: the writer thread
+            # moves the overflow to the spool (with fsync) itself.
             with self._cond:
-                self.spooled += 1
-                self._pending -= 1
-                self._cond.notify_all()
+                self._overflow.append(point)
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until all points written so far are in the backend or the
@@ -140,9 +139,20 @@ class Store:
                 with self._cond:
                     self._pending -= len(batch)
                     self._cond.notify_all()
+            self._spool_overflow()
             self._replay()
-            if self._stop.is_set() and self._queue.empty():
+            if self._stop.is_set() and self._queue.empty() and not self._overflow:
                 return
+
+    def _spool_overflow(self) -> None:
+        with self._cond:
+            overflow, self._overflow = self._overflow, []
+        if overflow:
+            self._spool.append(overflow)  # replayed at once when the backend is up
+            with self._cond:
+                self.spooled += len(overflow)
+                self._pending -= len(overflow)
+                self._cond.notify_all()
 
     def _send(self, batch: Sequence[Point]) -> None:
         if time.monotonic() < self._down_until:

@@ -50,9 +50,19 @@ class GatedBackend(SqliteBackend):
 def test_write_returns_while_the_backend_is_stuck(tmp_path: Path) -> None:
     backend = GatedBackend(tmp_path / "s.db")
     store = Store(backend, tmp_path / "spool", queue_size=100)
+    spool_threads: list[str] = []
+    append = store._spool.append
+
+    def recording_append(points: Sequence[Point]) -> None:
+        spool_threads.append(threading.current_thread().name)
+        append(points)
+
+    store._spool.append = recording_append  # type: ignore[method-assign]
     for i in range(300):  # more than the queue holds: the rest must spool, not block
         store.write(Point("sample", {"job": "j"}, {"x": float(i)}, 1_000 + i))
     assert not store.flush(timeout_s=0.2)  # backend still stuck
+    # The caller never did the spool's disk I/O (fsync) itself.
+    assert threading.current_thread().name not in spool_threads
     backend.gate.set()
     assert store.drain_spool(30)
     store.close()
