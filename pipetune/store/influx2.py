@@ -20,13 +20,11 @@ import pandas as pd
 
 from pipetune.errors import ConfigError, StoreError, StoreUnavailableError
 from pipetune.store.base import Backend, Point, points_frame
-from pipetune.store.influx import split_url, to_line
+
+# A Flux string literal is quoted like an InfluxQL identifier.
+from pipetune.store.influx import quote_ident, split_url, to_line
 
 _META_COLUMNS = {"result", "table", "_start", "_stop", "_measurement"}
-
-
-def _flux_string(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class InfluxV2Backend(Backend):
@@ -117,12 +115,12 @@ class InfluxV2Backend(Backend):
     ) -> pd.DataFrame:
         start = f"time(v: {int(start_ns)})" if start_ns is not None else "0"
         stop = f", stop: time(v: {int(end_ns) + 1})" if end_ns is not None else ""
-        conds = [f"r._measurement == {_flux_string(measurement)}"]
+        conds = [f"r._measurement == {quote_ident(measurement)}"]
         conds += [
-            f"r[{_flux_string(k)}] == {_flux_string(str(v))}" for k, v in (tags or {}).items()
+            f"r[{quote_ident(k)}] == {quote_ident(str(v))}" for k, v in (tags or {}).items()
         ]
         flux = (
-            f"from(bucket: {_flux_string(self.bucket)})"
+            f"from(bucket: {quote_ident(self.bucket)})"
             f" |> range(start: {start}{stop})"
             f" |> filter(fn: (r) => {' and '.join(conds)})"
             ' |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")'
