@@ -30,7 +30,7 @@ system-deps:
 
 run: setup system-deps
 	$(VENV)/bin/pipetune doctor || true
-	$(VENV)/bin/pipetune tune lenet5-mnist --mode pipetune --samples 4 --epochs 5
+	$(VENV)/bin/pipetune tune deepcnn-mnist --mode pipetune --samples 4 --epochs 5
 
 test: setup system-deps
 	$(PY) -m pytest -q
