@@ -47,6 +47,7 @@ class _Trial:
     warned: bool = False
     peak_mb: float = 0.0
     cpu_s_done: dict[int, float] = field(default_factory=dict)  # pid -> last cpu_s seen
+    parent_of: dict[int, int] = field(default_factory=dict)  # pid -> its parent, when seen
 
 
 class AffinityController(Controller):
@@ -164,18 +165,27 @@ class AffinityController(Controller):
         with self._lock:
             t = self._get(handle)
             rss = 0.0
-            for pid in self._live_pids(t):
+            live = set(self._live_pids(t))
+            for pid in live:
                 try:
                     p = psutil.Process(pid)
                     ct = p.cpu_times()
                     # Own time plus reaped children's; kept after the process ends.
                     t.cpu_s_done[pid] = ct.user + ct.system + ct.children_user + ct.children_system
+                    t.parent_of.setdefault(pid, p.ppid())
                     rss += p.memory_info().rss / MB
                 except psutil.Error:
                     continue
             t.peak_mb = max(t.peak_mb, rss)
-            return Usage(cpu_s=sum(t.cpu_s_done.values()), memory_current_mb=rss,
-                         memory_peak_mb=t.peak_mb)
+            # A process that is gone and whose parent we track was reaped by
+            # that parent: its time (and its own reaped children's) is in the
+            # parent's children times now; counting its last sample as well
+            # would count it twice.
+            cpu_s = sum(
+                v for pid, v in t.cpu_s_done.items()
+                if pid in live or t.parent_of.get(pid) not in t.cpu_s_done
+            )
+            return Usage(cpu_s=cpu_s, memory_current_mb=rss, memory_peak_mb=t.peak_mb)
 
     def members(self, handle: TrialHandle) -> set[int]:
         with self._lock:
