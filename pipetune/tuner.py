@@ -1020,15 +1020,11 @@ class TunerPolicy(SystemPolicy):
             log.warning("trial %s: no controller (%s); configs are only logged",
                         self.ref.trial, e)
             controller = detect_controller("dry-run")
-        energy = None
-        try:
-            from pipetune.energy import TrialEnergy, detect_meters
+        from pipetune.energy import trial_energy
 
-            # Its own TrialEnergy: intervals are per consumer, and the
-            # session measures the same trial for Tune's report.
-            energy = TrialEnergy(detect_meters(), list(pids))
-        except Exception as e:  # noqa: BLE001 - energy is a figure, not a requirement
-            log.info("trial %s: no energy figures for the tuner: %s", self.ref.trial, e)
+        # Its own TrialEnergy: intervals are per consumer, and the session
+        # measures the same trial for Tune's report.
+        energy = trial_energy(list(pids))
         self.tuner = SystemTuner.from_settings(
             self.ref,
             self.space,

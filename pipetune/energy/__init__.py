@@ -38,6 +38,7 @@ from pipetune.energy.sampler import PowerSampler
 from pipetune.energy.trial import TrialEnergy
 
 __all__ = [
+    "trial_energy",
     "DEFAULT_WATTS_PER_CPU",
     "METHODS",
     "TDP_TABLE",
@@ -122,3 +123,15 @@ def detect_meters(*, sysfs_root: Path = Path("/"), nvml: Any = None) -> list[Ene
     if reason is not True:
         _log_once(f"GPU energy unavailable ({reason})")
     return meters
+
+
+def trial_energy(pids: Any) -> TrialEnergy | None:
+    """A :class:`TrialEnergy` on this host's meters for ``pids`` (a list or
+    a callable), or None, logged, when no meter can be opened: energy is a
+    figure, never a reason to stop a trial.  Each consumer gets its own, since
+    intervals are per object."""
+    try:
+        return TrialEnergy(detect_meters(), pids)
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        log.info("no energy figures for pids %s: %s", pids, e)
+        return None

@@ -239,7 +239,7 @@ class Store:
             fields.update({RATE_PREFIX + k: float(v) for k, v in profile.rates.items()})
             fields["n_samples"] = profile.n_samples
         tags = _trial_tags(ref, phase=phase, config=result.config, epoch=str(result.epoch))
-        self.write(Point("epoch", tags, fields, _ns(time_s if time_s is not None else time.time())))
+        self.write(Point("epoch", tags, fields, _ns(time_s)))
 
     def write_decision(
         self, ref: TrialRef, decision: Decision, *, time_s: float | None = None
@@ -258,9 +258,7 @@ class Store:
         if decision.candidates:
             fields["candidates"] = ",".join(str(c) for c in decision.candidates)
         tags = {"node": ref.node, "job": ref.job, "trial": ref.trial, "kind": decision.kind.value}
-        self.write(
-            Point("decision", tags, fields, _ns(time_s if time_s is not None else time.time()))
-        )
+        self.write(Point("decision", tags, fields, _ns(time_s)))
 
     def write_groundtruth(
         self,
@@ -279,9 +277,7 @@ class Store:
         if ref is not None:
             fields.update({"job": ref.job, "trial": ref.trial, "node": ref.node})
         tags = {"workload": workload, "config": str(config), "objective": objective}
-        self.write(
-            Point("groundtruth", tags, fields, _ns(time_s if time_s is not None else time.time()))
-        )
+        self.write(Point("groundtruth", tags, fields, _ns(time_s)))
 
     def write_power(
         self, node: str, watts: float, *, source: str, time_s: float | None = None
@@ -291,7 +287,7 @@ class Store:
                 "power",
                 {"node": node, "source": source},
                 {"watts": float(watts)},
-                _ns(time_s if time_s is not None else time.time()),
+                _ns(time_s),
             )
         )
 
@@ -337,8 +333,9 @@ def _job_tags(job: str, trial: str | None) -> dict[str, str]:
     return {"job": job} if trial is None else {"job": job, "trial": trial}
 
 
-def _ns(seconds: float) -> int:
-    return int(round(seconds * 1e9))
+def _ns(seconds: float | None) -> int:
+    """Seconds since the epoch (now when None) as the point's ns time."""
+    return int(round((time.time() if seconds is None else seconds) * 1e9))
 
 
 def _field(v: Any) -> Any:

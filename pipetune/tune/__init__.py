@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipetune.config import Settings
+from pipetune.energy import trial_energy
 from pipetune.errors import ConfigError
 from pipetune.policy import MODES, FixedPolicy, SystemPolicy, make_policy
 from pipetune.tune.session import TrialSession, current_session
@@ -80,18 +82,6 @@ def _open_store(settings: Settings) -> Any:
         return None
 
 
-def _open_energy() -> Any:
-    try:
-        import os
-
-        from pipetune.energy import TrialEnergy, detect_meters
-
-        return TrialEnergy(detect_meters(), [os.getpid()])
-    except Exception as e:  # noqa: BLE001 - energy is a figure, not a requirement
-        log.info("no energy figures for this trial: %s", e)
-        return None
-
-
 def wrap(
     fn: Callable[[dict[str, Any]], Any],
     system: SystemSpace | None = None,
@@ -124,8 +114,6 @@ def wrap(
         raise ConfigError(f"mode {mode!r}: must be one of {', '.join(MODES)}")
     settings = settings or Settings.load()
     if system is None:
-        import os
-
         system = SystemSpace(cores=(os.cpu_count() or 1,))
     system.validate()
 
@@ -166,7 +154,12 @@ def wrap(
 
         where = {"pt_node": settings.node, "pt_ray_node": ray.get_runtime_context().get_node_id()}
         session = TrialSession(
-            ref, policy, report_fn=tune.report, store=store, energy=_open_energy(), extra=where
+            ref,
+            policy,
+            report_fn=tune.report,
+            store=store,
+            energy=trial_energy([os.getpid()]),
+            extra=where,
         )
         session_module.set_current(session)
         try:
