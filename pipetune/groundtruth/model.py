@@ -2,7 +2,7 @@
 
 - :func:`fit_groundtruth` — records → :class:`ClusterGroundTruth`: features
   (:mod:`.features`), any scikit-learn clusterer by name (k-means by
-  default), ``k`` from the data (``"auto"``: best silhouette), and per
+  default), ``k`` from the data (``"auto"``, see below), and per
   cluster a calibrated radius and its best known config.
 - :class:`ClusterGroundTruth` — nearest-centroid matching with a similarity
   score calibrated per cluster (:func:`similarity`).
@@ -14,14 +14,28 @@ as much between two runs of one workload as between workloads.  So:
 
 - features per CPU-second, log-scaled, in units of each feature's
   run-to-run (within-workload) noise where the records name their workload
-  (:meth:`FeatureScaler.fit`), floored so no feature counts finer than ~28 %;
-- distances leave out each comparison's worst ~10 % of features
-  (:func:`robust_sq_distance`): one flaky counter cannot decide a match;
-- ``k`` chosen by silhouette (one cluster when there is no real structure),
-  then clusters that overlap (centroids closer than the sum of their radii)
+  (:meth:`FeatureScaler.fit`), floored so no feature counts finer than ~28 %,
+  and weighted by how well each separates the named workloads (ANOVA F):
+  the load-driven rates then count for nothing instead of drowning the few
+  figures that tell workloads apart;
+- without names, distances leave out each comparison's worst ~10 % of
+  features (:func:`robust_sq_distance`): one flaky counter cannot decide a
+  match (with learned weights the flaky counters already weigh ~0, and
+  trimming would drop the heavily weighted ones);
+- ``k="auto"``: with named, repeated workloads the smallest k whose clusters
+  are no wider than the least repeatable workload's own runs; otherwise the
+  best silhouette (one cluster when there is no real structure); then
+  clusters that overlap (centroids closer than the sum of their radii)
   merged: the score could not tell them apart anyway;
 - the match judged in units of the matched cluster's own spread, corrected
-  for its size and shrunk toward the pooled spread (:func:`similarity`).
+  for its size and shrunk toward the pooled spread (:func:`similarity`),
+  never tighter than runs of one workload scatter.
+
+Measured on this VM's recorded profiles of the bundled workloads
+(``benchmarks/groundtruth_ari.py``): without the weights, ``k="auto"`` found
+one cluster and every unseen workload matched a neighbour; with them, 7
+type-pure clusters (LeNet-5 on MNIST and on its offline stand-in together),
+every held-out run's nearest cluster its own workload.
 
 Whatever clusterer found the groups, the model keeps only centroids, radii
 and configs, so it is saved as JSON and matched the same way.  Measured on
@@ -74,6 +88,9 @@ SCORE_AT_TWO_RADII = 0.8
 PRIOR_RECORDS = 2.0
 #: Below this silhouette, the history has no real cluster structure: k = 1.
 MIN_SILHOUETTE = 0.25
+#: ``k=auto`` with named workloads: a cluster may be this many run-to-run
+#: noise radii wide (RMS) before it is split further.
+TIGHT = 1.0
 
 
 def trimmed_count(dim: int) -> int:
@@ -81,7 +98,7 @@ def trimmed_count(dim: int) -> int:
     return dim // 10 if dim >= 10 else (1 if dim >= 5 else 0)
 
 
-def robust_sq_distance(diff: np.ndarray) -> np.ndarray:
+def robust_sq_distance(diff: np.ndarray, trim: bool = True) -> np.ndarray:
     """Squared distances of the rows of ``diff`` with each row's worst
     :func:`trimmed_count` features left out, scaled back to the full dimension.
 
@@ -90,10 +107,14 @@ def robust_sq_distance(diff: np.ndarray) -> np.ndarray:
     runs of the same workload and would alone decide the distance.  Different
     workloads differ in many features, so leaving out the worst one or two does
     not make them similar.
+
+    ``trim=False`` (plain squared distance) for learned feature weights: they
+    already silence the flaky counters, and the features trimming would drop
+    are then the heavily weighted ones that separate workloads.
     """
     diff = np.atleast_2d(diff)
     dim = diff.shape[1]
-    t = trimmed_count(dim)
+    t = trimmed_count(dim) if trim else 0
     sq = diff**2
     if t:
         sq = np.sort(sq, axis=1)[:, : dim - t]
@@ -246,6 +267,7 @@ class ClusterGroundTruth(GroundTruth):
         silhouette: float | None = None,
         n_records: int = 0,
         min_shared: float = 0.5,
+        trim: bool = True,
     ) -> None:
         if not clusters:
             raise GroundTruthError("a ground-truth model needs at least one cluster")
@@ -262,6 +284,7 @@ class ClusterGroundTruth(GroundTruth):
         self.silhouette = silhouette
         self.n_records = n_records
         self.min_shared = min_shared
+        self.trim = trim
         self._centroids = np.array([c.centroid for c in clusters], dtype=float)
 
     @property
@@ -282,7 +305,7 @@ class ClusterGroundTruth(GroundTruth):
         diff = (self._centroids - z)[:, mask]
         # Compare on the shared features, scaled up to the full dimension so
         # the radii (fitted on all features) still apply.
-        dist = np.sqrt(robust_sq_distance(diff) * (dim / used))
+        dist = np.sqrt(robust_sq_distance(diff, self.trim) * (dim / used))
         i = int(np.argmin(dist))
         c = self.clusters[i]
         score = similarity(float(dist[i]), c.radius)
@@ -322,6 +345,7 @@ class ClusterGroundTruth(GroundTruth):
             "silhouette": self.silhouette,
             "n_records": self.n_records,
             "min_shared": self.min_shared,
+            "trim": self.trim,
             "features": self.scaler.to_dict(),
             "clusters": [c.to_dict() for c in self.clusters],
         }
@@ -337,19 +361,44 @@ class ClusterGroundTruth(GroundTruth):
             silhouette=None if sil is None else float(sil),
             n_records=int(d.get("n_records", 0)),
             min_shared=float(d.get("min_shared", 0.5)),
+            trim=bool(d.get("trim", True)),  # older files: trimmed
         )
 
 
 def _choose_k(
-    X: np.ndarray, clusterer: str, seed: int, max_k: int
+    X: np.ndarray, clusterer: str, seed: int, max_k: int, noise2: float | None = None,
+    trim: bool = True,
 ) -> tuple[np.ndarray, float | None]:
-    """Labels for the k in 2..max_k with the best silhouette; one cluster when
-    even the best silhouette shows no real structure."""
+    """Labels for k chosen from the data; the silhouette of the choice.
+
+    With the run-to-run noise known (``noise2``: the expected squared distance
+    of a run from its own workload's centroid for the *least* repeatable
+    named workload), k is the smallest whose every cluster is as tight as
+    that noise allows (RMS radius at most :data:`TIGHT` noise radii): the
+    history is split until no cluster is wider than runs of one workload
+    may scatter.  Silhouette cannot do this: it prefers
+    the coarsest split whose halves are far apart (single-threaded jobs
+    against multi-threaded ones) over one that separates the workloads.
+
+    Without it, the k in 2..max_k with the best silhouette; one cluster when
+    even that shows no real structure.
+    """
     n = len(X)
     if n <= 2:
         # Too few to judge structure: each record is its own cluster; the
         # radius floor decides what still counts as the same workload.
         return np.arange(n), None
+    if noise2 is not None and noise2 > 0:
+        limit = TIGHT**2 * noise2
+        labels = np.zeros(n, dtype=int)
+        for k in range(1, min(max_k, n) + 1):
+            labels = labels if k == 1 else _labels(clusterer, k, X, seed)
+            spread = max(_own_spread(X, np.where(labels == lab)[0], trim)[1]
+                         for lab in set(labels.tolist()))
+            log.debug("k=%d widest cluster %.3g (limit %.3g)", k, spread, limit)
+            if spread <= limit:
+                break
+        return labels, _silhouette(X, labels)
     best: tuple[float, np.ndarray] | None = None
     for k in range(2, min(max_k, n - 1) + 1):
         labels = _labels(clusterer, k, X, seed)
@@ -362,20 +411,39 @@ def _choose_k(
     return best[1], best[0]
 
 
-def _own_spread(X: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, float, int]:
+def _run_noise2(
+    X: np.ndarray, workloads: Sequence[str], trim: bool = True
+) -> tuple[float, float] | None:
+    """How far a new run lands from its own workload's centroid, from the
+    named workloads with repeated runs: (pooled, widest) expected squared
+    distance.  None with fewer than two such workloads (no honest estimate)."""
+    groups: dict[str, list[int]] = {}
+    for i, w in enumerate(workloads):
+        if w:
+            groups.setdefault(w, []).append(i)
+    spreads = [_own_spread(X, np.asarray(idx), trim) for idx in groups.values() if len(idx) > 1]
+    if len(spreads) < 2:
+        return None
+    pooled = sum(s2 * n for _, s2, n in spreads) / sum(n for _, _, n in spreads)
+    return pooled, max(s2 for _, s2, _ in spreads)
+
+
+def _own_spread(
+    X: np.ndarray, idx: np.ndarray, trim: bool = True
+) -> tuple[np.ndarray, float, int]:
     """(centroid, expected squared distance of a *new* member, size)."""
     centroid = X[idx].mean(axis=0)
     n = len(idx)
     if n < 2:
         return centroid, 0.0, n
-    ss = float(robust_sq_distance(X[idx] - centroid).mean())
+    ss = float(robust_sq_distance(X[idx] - centroid, trim).mean())
     # A member's distance to a centroid fitted on it underestimates a new
     # member's: E|new-mean|^2 / E|member-mean|^2 = (n+1)/(n-1).
     return centroid, ss * (n + 1) / (n - 1), n
 
 
 def _merge_overlapping(
-    X: np.ndarray, groups: list[np.ndarray], floor: float
+    X: np.ndarray, groups: list[np.ndarray], floor: float, trim: bool = True
 ) -> list[np.ndarray]:
     """Merge clusters whose centroids are closer than the sum of their radii.
 
@@ -386,12 +454,12 @@ def _merge_overlapping(
     """
     groups = list(groups)
     while len(groups) > 1:
-        stats = [_own_spread(X, idx) for idx in groups]
+        stats = [_own_spread(X, idx, trim) for idx in groups]
         radii = [max(math.sqrt(s2), floor) for _, s2, _ in stats]
         best: tuple[float, int, int] | None = None
         for i in range(len(groups)):
             for j in range(i + 1, len(groups)):
-                d = float(np.sqrt(robust_sq_distance(stats[i][0] - stats[j][0])[0]))
+                d = float(np.sqrt(robust_sq_distance(stats[i][0] - stats[j][0], trim)[0]))
                 overlap = d / (radii[i] + radii[j])
                 if overlap < 1.0 and (best is None or overlap < best[0]):
                     best = (overlap, i, j)
@@ -429,7 +497,10 @@ def fit_groundtruth(
             clustering itself never sees the names.
         noise_log: run-to-run noise of a rate (log units, 0.25 ≈ 28 %, what
             contention on a shared node does to context switches); floors each
-            cluster's radius so a cluster of one record can still match.
+            cluster's radius so a cluster of one record can still match.  Used
+            only when the history cannot show the noise itself: with two or
+            more named workloads run more than once, their measured scatter
+            is the floor and sets ``k="auto"`` (:func:`_choose_k`).
 
     Raises:
         GroundTruthError: empty history, no common events, clustering failed.
@@ -463,12 +534,17 @@ def fit_groundtruth(
     if not isinstance(k, str) and k > len(recs):
         raise ConfigError(f"k={k}: larger than the {len(recs)} records")
 
-    labels = [r.workload for r in recs] if use_workloads else None
+    names = [r.workload for r in recs]
+    labels = names if use_workloads else None
     scaler = FeatureScaler.fit([r.rates for r in recs], min_std=min_std, labels=labels)
     X = scaler.transform_many([r.rates for r in recs])
+    # How far runs of one workload scatter, where the history shows it: it
+    # sets k (auto) and the smallest radius a cluster may have.
+    trim = not scaler.weight  # learned weights replace trimming (robust_sq_distance)
+    noise = _run_noise2(X, names, trim) if use_workloads else None
     if isinstance(k, str):
         if takes_k(clusterer):
-            labels, sil = _choose_k(X, clusterer, seed, max_k)
+            labels, sil = _choose_k(X, clusterer, seed, max_k, noise and noise[1], trim)
         else:
             labels = _labels(clusterer, None, X, seed)
             sil = _silhouette(X, labels)
@@ -485,15 +561,18 @@ def fit_groundtruth(
         next_label += 1
     groups = [np.where(labels == lab)[0] for lab in sorted(set(labels.tolist()))]
 
-    floor = float(np.sqrt(((noise_log / np.asarray(scaler.std)) ** 2).sum()))
+    if noise is not None:
+        floor = math.sqrt(noise[0])
+    else:
+        floor = float(np.sqrt(((noise_log * scaler.weights / np.asarray(scaler.std)) ** 2).sum()))
     if isinstance(k, str):
-        groups = _merge_overlapping(X, groups, floor)
+        groups = _merge_overlapping(X, groups, floor, trim)
         if sil is not None:
             merged = np.empty(len(X), dtype=int)
             for lab, idx in enumerate(groups):
                 merged[idx] = lab
             sil = _silhouette(X, merged)
-    own = [_own_spread(X, idx) for idx in groups]
+    own = [_own_spread(X, idx, trim) for idx in groups]
     multi = [(s2, n) for _, s2, n in own if n > 1]
     pooled = sum(s2 * n for s2, n in multi) / sum(n for _, n in multi) if multi else 0.0
 
@@ -528,7 +607,7 @@ def fit_groundtruth(
         )
     model = ClusterGroundTruth(
         scaler, clusters, objective=objective, clusterer=clusterer, silhouette=sil,
-        n_records=len(recs),
+        n_records=len(recs), trim=trim,
     )
     log.info("fitted %s", model.describe().splitlines()[0])
     return model

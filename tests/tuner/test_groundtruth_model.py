@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,3 +287,81 @@ def test_scaler_uses_within_workload_spread_when_names_are_known():
     assert overall.std[i_noisy] < 2 * overall.std[i_clean]
     with pytest.raises(GroundTruthError, match="labels for"):
         FeatureScaler.fit(rates, labels=["x"])
+
+
+def test_weights_follow_how_well_a_feature_separates_the_workloads():
+    # "signal" differs between workloads far beyond its run-to-run noise,
+    # "load" (a context-switch-like rate) varies as much within as between.
+    rng = np.random.default_rng(1)
+    rates, labels = [], []
+    for w, base in enumerate((10.0, 300.0, 9000.0)):
+        for _ in range(4):
+            rates.append({"signal": base * math.exp(rng.normal(0, 0.05)),
+                          "load": 100.0 * math.exp(rng.normal(0, 1.0))})
+            labels.append(f"w{w}")
+    s = FeatureScaler.fit(rates, labels=labels)
+    w = dict(zip(s.events, s.weights, strict=True))
+    assert w["signal"] > 1.0 > w["load"]
+    assert np.mean(s.weights**2) == pytest.approx(1.0)
+    # Without names there is nothing to learn from: all features count alike.
+    assert (FeatureScaler.fit(rates).weights == 1).all()
+    assert (FeatureScaler.fit(rates, labels=labels, weighted=False).weights == 1).all()
+
+
+def test_weights_survive_the_model_file_and_old_files_stay_trimmed(tmp_path):
+    model = fit_groundtruth(workloads())
+    assert model.scaler.weight and not model.trim
+    path = save_model(model, tmp_path / "m.json")
+    back = load_model(path)
+    assert back.scaler.weight == model.scaler.weight and back.trim is False
+    probe = workloads(seed=0)[5].rates
+    assert back.match(probe).score == pytest.approx(model.match(probe).score)
+    doc = json.loads(path.read_text())
+    doc["model"]["features"]["weight"] = [-1.0] * len(back.scaler.events)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(GroundTruthError, match="weight"):
+        load_model(path)
+
+
+# Real profiles of the bundled workloads recorded on this VM (perf software
+# events + tracepoints, no PMU; benchmarks/profile_separation.py --save):
+# 8 workloads of the paper's three types x 3 runs.
+RECORDED = Path(__file__).parents[1] / "data" / "groundtruth" / "bundled-profiles-vm.json"
+
+
+def recorded_records() -> tuple[list[GroundTruthRecord], dict[str, str]]:
+    doc = json.loads(RECORDED.read_text())
+    recs = [GroundTruthRecord(r["rates"], SystemConfig(1), "runtime", 1.0, r["workload"])
+            for r in doc["runs"]]
+    return recs, {r["workload"]: r["kind"] for r in doc["runs"]}
+
+
+def test_recorded_profiles_cluster_by_workload_and_never_mix_types():
+    from sklearn.metrics import completeness_score, homogeneity_score
+
+    recs, kind = recorded_records()
+    model = fit_groundtruth(recs)  # k=auto
+    labels = cluster_labels(model, recs)
+    wl = [r.workload for r in recs]
+    assert model.n_clusters >= 3
+    assert homogeneity_score([kind[w] for w in wl], labels) == pytest.approx(1.0)
+    assert completeness_score(wl, labels) == pytest.approx(1.0)  # no workload split
+    assert adjusted_rand_score(wl, labels) > 0.6
+
+
+def test_recorded_profiles_a_held_out_run_matches_and_an_unseen_type_does_not():
+    recs, kind = recorded_records()
+    matched = 0
+    for i, r in enumerate(recs):
+        m = fit_groundtruth(recs[:i] + recs[i + 1:]).match(r.rates)
+        assert r.workload in m.workloads
+        matched += m.score >= 0.8
+    assert matched >= 0.8 * len(recs)
+    for w in sorted(set(kind)):
+        model = fit_groundtruth([r for r in recs if r.workload != w])
+        for r in recs:
+            if r.workload == w:
+                m = model.match(r.rates)
+                # Matching a workload of the same type (LeNet-5 on MNIST vs its
+                # stand-in digits) may reuse a fitting config; another type's never.
+                assert m.score < 0.8 or {kind[x] for x in m.workloads} == {kind[w]}, (w, m)
