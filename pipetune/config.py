@@ -103,6 +103,10 @@ class Settings:
     warmup_s: float = _setting(
         1.0, check=_non_negative, help="seconds after a config change not counted in a probe"
     )
+    probe_min_s: float = _setting(
+        2.0, check=_non_negative,
+        help="seconds a probe measures at least: short epochs are aggregated, budget allowing",
+    )
     threshold: float = _setting(
         0.8, check=_in_range(0.0, 1.0), help="ground-truth similarity needed to skip probing"
     )

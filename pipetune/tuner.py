@@ -223,6 +223,10 @@ class SystemTuner:
         strategy: grid | one_at_a_time | halving.
         threshold: similarity in [0, 1] needed to skip probing.
         warmup_s: seconds after a config change not counted in a probe.
+        probe_min_s: seconds a whole-epoch probe measures at least: when
+            epochs are shorter, a probe spans several of them, as long as
+            the epochs left still fit the rest of the plan (one short epoch
+            is mostly warm-up and scheduler noise; see :meth:`_slot_done`).
         profile_epochs: epochs aggregated into the profile (at least).
         profile_min_s: seconds *sampled* into the profile (at least), so very
             short epochs are aggregated until the profile has enough samples
@@ -255,6 +259,7 @@ class SystemTuner:
         strategy: str = "grid",
         threshold: float = 0.8,
         warmup_s: float = 1.0,
+        probe_min_s: float = 2.0,
         profile_epochs: int = 1,
         profile_min_s: float = 3.0,
         total_epochs: int | None = None,
@@ -274,6 +279,8 @@ class SystemTuner:
             raise ConfigError(f"profile_epochs={profile_epochs}: must be >= 1")
         if warmup_s < 0:
             raise ConfigError(f"warmup_s={warmup_s}: must be >= 0")
+        if probe_min_s < 0:
+            raise ConfigError(f"probe_min_s={probe_min_s}: must be >= 0")
         self.ref = ref
         self.space = space
         self.default: SystemConfig = space.default  # type: ignore[assignment]
@@ -286,6 +293,7 @@ class SystemTuner:
         self.workload = workload
         self.strategy_name = strategy
         self.warmup_s = float(warmup_s)
+        self.probe_min_s = float(probe_min_s)
         self.profile_epochs = int(profile_epochs)
         self.profile_min_s = float(profile_min_s)
         self.total_epochs = total_epochs
@@ -346,6 +354,7 @@ class SystemTuner:
             "threshold": settings.threshold,
             "objective": settings.objective,
             "warmup_s": settings.warmup_s,
+            "probe_min_s": settings.probe_min_s,
             "groundtruth": settings.model,
         }
         defaults.update(kwargs)
@@ -783,7 +792,7 @@ class SystemTuner:
         assert slot is not None and strategy is not None
         if strategy.unit is ProbeUnit.EPOCH:
             counted = self._counted(slot, allow_loose=epoch_over)
-            done = epoch_over and bool(counted)
+            done = epoch_over and self._slot_done(counted, strategy)
         else:  # sub-epoch windows exist to exclude the warm-up: never loose
             counted = self._counted(slot, allow_loose=False)
             done = len(counted) >= slot.windows
@@ -801,6 +810,23 @@ class SystemTuner:
             self._settle_best(ev, note=f"; plan cut short: {left} epoch(s) left")
             return
         self._next_probe(ev)
+
+    def _slot_done(self, counted: list[_Interval], strategy: ProbeStrategy) -> bool:
+        """Whether a whole-epoch slot has measured enough at an epoch's end.
+
+        One counted epoch is enough when it lasted ``probe_min_s``.  Shorter
+        epochs are aggregated (the slot runs on into the next epoch) while the
+        epochs left still hold the rest of the plan: this slot's extra epoch,
+        one epoch per slot still to come and one for the winner.  Why: an
+        epoch of 0.3 s measured once is mostly the config change's warm-up
+        and scheduler noise, and the winner picked from it is a coin toss.
+        """
+        if not counted:
+            return False
+        if sum(iv.t1 - iv.t0 for iv in counted) >= self.probe_min_s:
+            return True
+        left = self._epochs_left()
+        return left is not None and left < strategy.slots_needed() + 1
 
     def _finish_slot(self, ev: _Event, counted: list[_Interval]) -> None:
         slot, strategy = self._slot, self._strategy

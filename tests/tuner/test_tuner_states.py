@@ -164,6 +164,26 @@ def test_short_trial_shortens_the_plan():
     assert tuner.decisions[-1].epoch == 2
 
 
+def test_short_epochs_are_aggregated_into_one_probe_while_the_budget_allows():
+    # 0.5 s epochs at 1c, 1 s at 2c: a probe measures >= probe_min_s (2 s),
+    # so 1c spans 4 epochs and 2c 2, and the winner still has epochs left.
+    tuner, clock, _, _, store = make(total_epochs=20, probe_min_s=2.0)
+    tuner.start()
+    train(tuner, clock, range(20), steps=10, seconds_per_step=speed({C1: 0.05, C2: 0.1}))
+    assert kinds(tuner) == [DecisionKind.PROBE, DecisionKind.PROBE, DecisionKind.SETTLED]
+    assert [(d.config, d.epoch) for d in tuner.decisions] == [(C1, 0), (C2, 4), (C1, 6)]
+    assert tuner.best == (C1, pytest.approx(0.05))
+    assert len(store.groundtruth) == 1
+
+
+def test_short_epochs_in_a_short_trial_probe_one_epoch_each():
+    # 4 epochs: profile + 2 probes + the winner's epoch; no room to aggregate.
+    tuner, clock, _, _, _ = make(total_epochs=4, probe_min_s=2.0)
+    tuner.start()
+    train(tuner, clock, range(4), steps=10, seconds_per_step=speed({C1: 0.05, C2: 0.1}))
+    assert [(d.config, d.epoch) for d in tuner.decisions] == [(C1, 0), (C2, 1), (C1, 2)]
+
+
 def test_warmup_is_excluded_from_a_probe():
     # 1c is slow for the first window after a change (warm-up) but then the
     # fastest; 2c is steady.  Counting the warm-up would pick 2c.
@@ -389,6 +409,8 @@ def test_close_releases_and_later_calls_are_ignored():
 
 
 def test_bad_arguments_fail_at_construction():
+    with pytest.raises(ConfigError, match="probe_min_s"):
+        make(probe_min_s=-1.0)
     with pytest.raises(ConfigError, match="threshold"):
         make(threshold=1.5)
     with pytest.raises(ConfigError, match="objective"):
@@ -423,7 +445,8 @@ def test_from_settings_takes_threshold_objective_warmup_and_model(tmp_path):
     from pipetune.config import Settings
 
     settings = Settings.load({}, env={"PIPETUNE_HOME": str(tmp_path), "PIPETUNE_THRESHOLD": "0.3",
-                                      "PIPETUNE_OBJECTIVE": "edp", "PIPETUNE_WARMUP_S": "2.5"})
+                                      "PIPETUNE_OBJECTIVE": "edp", "PIPETUNE_WARMUP_S": "2.5",
+                                      "PIPETUNE_PROBE_MIN_S": "4"})
     clock = FakeClock()
     tuner = SystemTuner.from_settings(
         TrialRef("j", "t"), SystemSpace(cores=(1, 2)), settings, pids=[1],
@@ -432,7 +455,7 @@ def test_from_settings_takes_threshold_objective_warmup_and_model(tmp_path):
     )
     try:
         assert tuner.threshold == 0.3 and tuner.objective.value == "edp"
-        assert tuner.warmup_s == 2.5
+        assert tuner.warmup_s == 2.5 and tuner.probe_min_s == 4.0
         assert tuner._groundtruth_src == str(tmp_path / "groundtruth.json")
     finally:
         tuner.close()
