@@ -19,9 +19,14 @@ leave-one-workload-out: does a never-seen workload match anyway?
 
     PYTHONPATH=$PWD python benchmarks/groundtruth_ari.py [--runs 3] [--seconds 4]
     PYTHONPATH=$PWD python benchmarks/groundtruth_ari.py --load results/profiles.json
+    PYTHONPATH=$PWD python benchmarks/groundtruth_ari.py --load a.json --test b.json
 
 ``--load`` also reads what ``benchmarks/profile_separation.py --save`` wrote
-(one profiled set for both benchmarks).  ``--standins`` profiles the older
+(one profiled set for both benchmarks).  Sets recorded on the 2-vCPU VM are in
+``benchmarks/data/profiles/``: two on a quiet host, one with two busy
+loops beside the workloads (``bundled-contended.json``); ``--test`` fits on
+one and matches another, which is how a model trained in the past meets
+today's trials.  ``--standins`` profiles the older
 synthetic stand-ins (built-in scripts, raw ``perf stat`` of a fixed event
 list) instead of the bundled workloads.
 """
@@ -226,6 +231,36 @@ def load_profiles(args: argparse.Namespace) -> list[dict]:
     return [{"workload": r.workload, "kind": r.kind, "rates": r.rates} for r in runs]
 
 
+def cross_session(recs: list[GroundTruthRecord], kind_of: dict[str, str],
+                  paths: list[str], threshold: float) -> dict[str, object]:
+    """Fit on ``recs`` (one session), match the runs in ``paths`` (another)."""
+    kinds = {**WORKLOADS, **bundled_kinds()}
+    test = [r for p in paths for r in load_runs(p, kinds=kinds)]
+    model = fit_groundtruth(recs, k="auto")
+    own = matched = 0
+    for r in test:
+        m = model.match(r.rates)
+        own += r.workload in m.workloads
+        matched += r.workload in m.workloads and m.score >= threshold
+    unseen = cross_type = 0
+    for w in sorted({r.workload for r in test}):
+        rest = [r for r in recs if r.workload != w]
+        if not rest:
+            continue
+        held = fit_groundtruth(rest, k="auto")
+        for r in test:
+            if r.workload == w and (m := held.match(r.rates)).score >= threshold:
+                unseen += 1
+                cross_type += any(kind_of.get(x, "?") != r.kind for x in m.workloads)
+    print(f"cross-session ({len(recs)} fitted, {len(test)} new runs, {model.n_clusters} "
+          f"clusters): nearest cluster holds its workload {own}/{len(test)}, matched with "
+          f"score >= {threshold} {matched}/{len(test)}; its workload left out of the fit, "
+          f"matched anyway {unseen}/{len(test)} (a cluster of another type {cross_type})")
+    return {"n_fit": len(recs), "n_test": len(test), "clusters": model.n_clusters,
+            "own_cluster": own, "matched": matched, "unseen_matched": unseen,
+            "unseen_matched_other_type": cross_type, "threshold": threshold}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -240,10 +275,13 @@ def main() -> None:
     ap.add_argument("--save", metavar="JSON", help="write the profiles here")
     ap.add_argument("--load", metavar="JSON", action="append",
                     help="reuse profiles saved before (repeat to pool several sets)")
+    ap.add_argument("--test", metavar="JSON", action="append",
+                    help="profiles of another session: fit on --load, match these "
+                         "(a model trained earlier meets today's trials)")
     ap.add_argument("--results", metavar="JSON", help="write the figures here")
     args = ap.parse_args()
     from sklearn.metrics import adjusted_rand_score as ari
-    from sklearn.metrics import completeness_score
+    from sklearn.metrics import completeness_score, homogeneity_score
 
     raw = load_profiles(args)
     out: dict[str, object] = {"loadavg": list(os.getloadavg())}
@@ -269,12 +307,15 @@ def main() -> None:
             lab = cluster_labels(model, recs)
             # completeness 1.0: no workload's runs are split over clusters
             comp = completeness_score(wl, lab)
+            # homogeneity 1.0: no cluster mixes types (a type split over
+            # several clusters lowers the ARI vs type, not the homogeneity)
+            homog = homogeneity_score(ty, lab)
             fits.append({"scaling": tag, "k": k, "clusters": model.n_clusters,
                          "ari_workload": ari(wl, lab), "ari_type": ari(ty, lab),
-                         "workload_completeness": comp})
+                         "workload_completeness": comp, "type_homogeneity": homog})
             print(f"pipetune {tag:20s} k={str(k):4s} -> {model.n_clusters} clusters: "
                   f"ARI vs workload {ari(wl, lab):.2f}, vs type {ari(ty, lab):.2f}, "
-                  f"workload completeness {comp:.2f}")
+                  f"workload completeness {comp:.2f}, type homogeneity {homog:.2f}")
     out["fit_groundtruth"] = fits
     loo: list[dict] = []
     for names in (False, True):
@@ -324,6 +365,8 @@ def main() -> None:
         ok += min(cents, key=lambda w: float(np.linalg.norm(cents[w] - z))) == r.workload
     out["reference_nearest_centroid"] = ok / len(recs)
     print(f"reference, nearest per-workload centroid (labels known): {ok}/{len(recs)}")
+    if args.test:
+        out["cross_session"] = cross_session(recs, kind_of, args.test, args.threshold)
     if args.results:
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         Path(args.results).write_text(json.dumps(out, indent=1, default=str))

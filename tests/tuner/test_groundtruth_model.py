@@ -325,8 +325,9 @@ def test_weights_survive_the_model_file_and_old_files_stay_trimmed(tmp_path):
 
 # Real profiles of the bundled workloads recorded on this VM (perf software
 # events + tracepoints, no PMU; benchmarks/profile_separation.py --save):
-# 8 workloads of the paper's three types x 3 runs.
-RECORDED = Path(__file__).parents[1] / "data" / "groundtruth" / "bundled-profiles-vm.json"
+# 8 workloads of the paper's three types x 3 runs, on a quiet host.
+RECORDED = (Path(__file__).parents[2] / "benchmarks" / "data" / "profiles"
+            / "bundled-quiet-1.json")
 
 
 def recorded_records() -> tuple[list[GroundTruthRecord], dict[str, str]]:
