@@ -676,8 +676,11 @@ class SystemTuner:
                 self._decide(DecisionKind.MATCHED, cfg, ev.epoch,
                              f"matched cluster {m.cluster}: {m.reason}{notes}",
                              score=m.score, threshold=self.threshold)
+                self._observe(cfg)
                 return
             why = f"matched cluster {m.cluster} but its config {cfg} {problem}"
+        elif m.cluster is not None and m.config is None and m.score >= self.threshold:
+            why = f"matched cluster {m.cluster} ({m.reason}), where no trial has probed yet"
         elif m.cluster is not None:
             why = f"no match ({m.reason} < threshold {self.threshold:.2f})"
         self._plan_probing(ev, why + notes, hint=m.config)
@@ -891,6 +894,20 @@ class SystemTuner:
         self._apply(self.default)
         self._transition(TunerState.SETTLED, reason)
         self._decide(DecisionKind.FALLBACK, self.default, ev.epoch, reason)
+        self._observe(self.default)
+
+    def _observe(self, cfg: SystemConfig) -> None:
+        """Keep this trial's profile as an observation (a record that casts no
+        vote, see :class:`pipetune.groundtruth.GroundTruthRecord`).  Why: once
+        a workload is matched its later trials no longer probe, so without
+        these the history would hold one profile per workload and could
+        never learn how runs of one workload scatter — what the model's
+        feature weights, ``k`` and radii are measured against."""
+        if self.store is None or self.profile is None or not self.profile.rates:
+            return
+        self._store_call(self.store.write_groundtruth, workload=self.workload,
+                         profile=self.profile, config=cfg, objective=self.objective.value,
+                         value=math.nan, ref=self.ref, time_s=self.clock(), probed=False)
 
     # -- → DEGRADED -------------------------------------------------------------------------------
 

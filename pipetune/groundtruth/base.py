@@ -29,13 +29,21 @@ RATE_PREFIX = "rate."
 
 @dataclass(frozen=True)
 class GroundTruthRecord:
-    """One (profile, winner, objective value) record of a past trial."""
+    """One (profile, winner, objective value) record of a past trial.
+
+    ``probed`` False: an *observation* — a trial that was matched (or could
+    not probe) and ran ``config`` without comparing it to others.  It teaches
+    the model how the workload's profile looks and scatters (features,
+    weights, clusters) but casts no vote for a cluster's config: a matched
+    trial voting for the config it was given would only echo the match.
+    """
 
     rates: Mapping[str, float]
     config: SystemConfig
     objective: str = "runtime"
     value: float = math.nan
     workload: str = ""
+    probed: bool = True
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,7 @@ def records_from_frame(df: pd.DataFrame, objective: str | None = None) -> list[G
                 rates[c[len(RATE_PREFIX):]] = float(v)
         value = row.get("value")
         workload = row.get("workload")
+        probed = row.get("probed")  # absent before observations were kept: probed
         out.append(
             GroundTruthRecord(
                 rates=rates,
@@ -147,6 +156,7 @@ def records_from_frame(df: pd.DataFrame, objective: str | None = None) -> list[G
                 objective=obj,
                 value=float(value) if value is not None else math.nan,
                 workload="" if workload is None or workload != workload else str(workload),
+                probed=probed is None or probed != probed or bool(probed),
             )
         )
     return out

@@ -581,9 +581,12 @@ def fit_groundtruth(
         r2 = (n * s2 + PRIOR_RECORDS * pooled) / (n + PRIOR_RECORDS) if n > 1 else pooled
         radius = max(math.sqrt(r2), floor)
         members = [recs[i] for i in idx]
-        votes = Counter(str(r.config) for r in members)
+        # Only probe winners vote; a cluster of observations alone has no
+        # known config (a trial matched to it probes, with no hint).
+        voters = [r for r in members if r.probed]
+        votes = Counter(str(r.config) for r in voters)
         values: dict[str, list[float]] = {}
-        for r in members:
+        for r in voters:
             if math.isfinite(r.value):
                 values.setdefault(str(r.config), []).append(r.value)
 
@@ -592,14 +595,14 @@ def fit_groundtruth(
             vals = values.get(cfg)
             return (votes[cfg], -(sum(vals) / len(vals)) if vals else -math.inf)
 
-        best = max(votes, key=rank)
-        best_vals = values.get(best, [])
+        best = max(votes, key=rank) if votes else None
+        best_vals = values.get(best, []) if best else []
         clusters.append(
             Cluster(
                 centroid=tuple(float(x) for x in centroid),
                 radius=radius,
                 size=n,
-                config=SystemConfig.parse(best),
+                config=SystemConfig.parse(best) if best else None,
                 value=sum(best_vals) / len(best_vals) if best_vals else math.nan,
                 votes=dict(votes),
                 workloads=dict(Counter(r.workload for r in members if r.workload)),

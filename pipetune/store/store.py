@@ -270,10 +270,14 @@ class Store:
         value: float,
         ref: TrialRef | None = None,
         time_s: float | None = None,
+        probed: bool = True,
     ) -> None:
-        """One ground-truth record: this profile's best config by ``objective``."""
+        """One ground-truth record: this profile's best config by ``objective``
+        (``probed``), or the config a matched trial ran (an observation, see
+        :class:`pipetune.groundtruth.GroundTruthRecord`)."""
         fields: dict[str, Any] = {RATE_PREFIX + k: float(v) for k, v in profile.rates.items()}
         fields["value"] = float(value)
+        fields["probed"] = 1.0 if probed else 0.0
         if ref is not None:
             fields.update({"job": ref.job, "trial": ref.trial, "node": ref.node})
         tags = {"workload": workload, "config": str(config), "objective": objective}

@@ -366,3 +366,20 @@ def test_recorded_profiles_a_held_out_run_matches_and_an_unseen_type_does_not():
                 # Matching a workload of the same type (LeNet-5 on MNIST vs its
                 # stand-in digits) may reuse a fitting config; another type's never.
                 assert m.score < 0.8 or {kind[x] for x in m.workloads} == {kind[w]}, (w, m)
+
+
+def test_observations_shape_the_clusters_but_only_probe_winners_vote():
+    recs = workloads(n_workloads=2, runs=4)
+    # w0: one probed winner (1c) and three matched trials that ran 2c;
+    # w1: observations only — nobody has compared configs there yet.
+    mixed = [r if (r.workload == "w0" and i == 0) else
+             GroundTruthRecord(r.rates, SystemConfig(2), r.objective, math.nan, r.workload,
+                               probed=False)
+             for i, r in enumerate(recs)]
+    model = fit_groundtruth(mixed)
+    assert model.n_clusters == 2
+    by_wl = {next(iter(c.workloads)): c for c in model.clusters}
+    assert by_wl["w0"].config == SystemConfig(1) and by_wl["w0"].votes == {"1c/-m/0g": 1}
+    assert by_wl["w1"].config is None and by_wl["w1"].votes == {}
+    m = model.match(recs[5].rates)  # a w1 run: close, but no config to reuse
+    assert m.score >= 0.8 and m.config is None and not m.accepted(0.8)

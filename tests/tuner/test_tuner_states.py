@@ -71,7 +71,23 @@ def test_matched_workload_settles_after_profiling_without_probing(tmp_path):
     d = tuner.decisions[0]
     assert d.config == C1 and d.score >= 0.8 and d.threshold == 0.8 and d.epoch == 0
     assert tuner.state is TunerState.SETTLED and ctl.applied == [C2, C1]
-    assert store.groundtruth == []  # nothing new learned
+    # no new winner, but the profile is kept as an observation: it casts no vote
+    (obs,) = store.groundtruth
+    assert obs["probed"] is False and obs["config"] == C1 and math.isnan(obs["value"])
+
+
+def test_a_cluster_nobody_probed_in_is_probed_not_matched(tmp_path):
+    recs = [GroundTruthRecord({k: v * (1 + 0.02 * i) for k, v in RATES_A.items()}, C2,
+                              "runtime", math.nan, "a", probed=False) for i in range(3)]
+    recs += [GroundTruthRecord({k: v * (1 + 0.02 * i) for k, v in RATES_B.items()}, C2,
+                               "runtime", 0.7, "b") for i in range(3)]
+    path = save_model(fit_groundtruth(recs), tmp_path / "gt.json")
+    tuner, clock, _, _, store = make(groundtruth=str(path), total_epochs=6)
+    tuner.start()
+    train(tuner, clock, range(6), seconds_per_step=speed({C1: 0.5, C2: 1.0}))
+    assert kinds(tuner) == [DecisionKind.PROBE, DecisionKind.PROBE, DecisionKind.SETTLED]
+    assert "no trial has probed yet" in tuner.decisions[0].reason
+    assert [g.get("probed", True) for g in store.groundtruth] == [True]  # its winner
 
 
 def test_clearly_different_workload_does_not_match(tmp_path):
@@ -148,7 +164,8 @@ def test_short_trial_skips_probing():
     train(tuner, clock, range(2))
     assert kinds(tuner) == [DecisionKind.FALLBACK]
     assert "too few to probe" in tuner.decisions[0].reason
-    assert tuner.config == C2 and store.groundtruth == []
+    assert tuner.config == C2
+    assert [(g["probed"], g["config"]) for g in store.groundtruth] == [(False, C2)]
 
 
 def test_short_trial_shortens_the_plan():
@@ -241,7 +258,8 @@ def test_a_probe_that_spills_over_cuts_the_plan_and_keeps_the_default():
         assert tuner.wait_idle()
     last = tuner.decisions[-1]
     assert last.kind is DecisionKind.FALLBACK and "only 1 probe" in last.reason
-    assert tuner.config == C2 and store.groundtruth == []
+    assert tuner.config == C2
+    assert [(g["probed"], g["config"]) for g in store.groundtruth] == [(False, C2)]
     assert len([d for d in tuner.decisions if d.kind is DecisionKind.PROBE]) == 1
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from tuner_fakes import C1, C2, RATES_A, RATES_B, FakeClock, kinds, make, speed, train
 
-from pipetune.groundtruth import load_model, retrain
+from pipetune.groundtruth import load_model, records_from_frame, retrain
 from pipetune.store import RATE_PREFIX, open_store
 from pipetune.types import DecisionKind
 
@@ -56,7 +56,16 @@ def test_records_in_the_store_and_the_second_trial_matches(store, tmp_path):
     assert kinds(again) == [DecisionKind.MATCHED]
     assert again.decisions[0].config == C1
     assert list(store.decisions("job1", "a2")["kind"]) == ["matched"]
-    assert len(store.groundtruth_records()) == 2  # a match learns nothing new
+    # a match casts no vote, but its profile is kept as an observation
+    gt = store.groundtruth_records()
+    assert len(gt) == 3
+    obs = gt[gt["trial"] == "a2"].iloc[0]
+    assert obs["probed"] == 0.0 and obs["config"] == str(C1)
+    recs = records_from_frame(gt)
+    assert [r.probed for r in recs] == [True, True, False]
+    refit = retrain(store, model_path)
+    (cl,) = [c for c in refit.clusters if "wl" in c.workloads and c.size == 2]
+    assert cl.votes == {str(C1): 1}  # only the probe winner voted
 
 
 class CountingEnergy:
