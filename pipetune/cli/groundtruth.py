@@ -2,7 +2,8 @@
 
 ``pipetune groundtruth retrain [--store URL] [--out PATH] [--k K|auto]
 [--clusterer NAME] [--objective OBJ]`` reads every ground-truth record from
-the store (each trial that probed wrote one), refits the clustering model,
+the store (a trial that probed wrote its winner; a matched one, its profile
+as an observation), refits the clustering model,
 prints cluster sizes, silhouette and each cluster's best config, and writes
 the model atomically (default: the ``model`` setting).
 

@@ -88,8 +88,8 @@ SCORE_AT_TWO_RADII = 0.8
 PRIOR_RECORDS = 2.0
 #: Below this silhouette, the history has no real cluster structure: k = 1.
 MIN_SILHOUETTE = 0.25
-#: ``k=auto`` with named workloads: a cluster may be this many run-to-run
-#: noise radii wide (RMS) before it is split further.
+#: ``k=auto`` with named workloads: a cluster may be this many times as wide
+#: (RMS) as its least repeatable member's runs before it is split further.
 TIGHT = 1.0
 
 
@@ -366,19 +366,20 @@ class ClusterGroundTruth(GroundTruth):
 
 
 def _choose_k(
-    X: np.ndarray, clusterer: str, seed: int, max_k: int, noise2: float | None = None,
-    trim: bool = True,
+    X: np.ndarray, clusterer: str, seed: int, max_k: int,
+    noise2: np.ndarray | None = None, trim: bool = True,
 ) -> tuple[np.ndarray, float | None]:
     """Labels for k chosen from the data; the silhouette of the choice.
 
-    With the run-to-run noise known (``noise2``: the expected squared distance
-    of a run from its own workload's centroid for the *least* repeatable
-    named workload), k is the smallest whose every cluster is as tight as
-    that noise allows (RMS radius at most :data:`TIGHT` noise radii): the
-    history is split until no cluster is wider than runs of one workload
-    may scatter.  Silhouette cannot do this: it prefers
-    the coarsest split whose halves are far apart (single-threaded jobs
-    against multi-threaded ones) over one that separates the workloads.
+    With the run-to-run noise known (``noise2``: per record, the expected
+    squared distance of a new run of its workload from that workload's
+    centroid), k is the smallest whose every cluster is as tight as its own
+    members allow: RMS radius at most :data:`TIGHT` times the noise radius
+    of its least repeatable workload.  So the history is split until no
+    cluster holds workloads further apart than their own runs scatter.
+    Silhouette cannot do this: it prefers the coarsest split whose halves are
+    far apart (single-threaded jobs against multi-threaded ones) over one
+    that separates the workloads.
 
     Without it, the k in 2..max_k with the best silhouette; one cluster when
     even that shows no real structure.
@@ -388,15 +389,16 @@ def _choose_k(
         # Too few to judge structure: each record is its own cluster; the
         # radius floor decides what still counts as the same workload.
         return np.arange(n), None
-    if noise2 is not None and noise2 > 0:
-        limit = TIGHT**2 * noise2
+    if noise2 is not None:
         labels = np.zeros(n, dtype=int)
         for k in range(1, min(max_k, n) + 1):
             labels = labels if k == 1 else _labels(clusterer, k, X, seed)
-            spread = max(_own_spread(X, np.where(labels == lab)[0], trim)[1]
-                         for lab in set(labels.tolist()))
-            log.debug("k=%d widest cluster %.3g (limit %.3g)", k, spread, limit)
-            if spread <= limit:
+            excess = max(
+                _own_spread(X, idx, trim)[1] / (TIGHT**2 * max(float(noise2[idx].max()), 1e-12))
+                for idx in (np.where(labels == lab)[0] for lab in set(labels.tolist()))
+            )
+            log.debug("k=%d widest cluster at %.3g of its limit", k, math.sqrt(excess))
+            if excess <= 1.0:
                 break
         return labels, _silhouette(X, labels)
     best: tuple[float, np.ndarray] | None = None
@@ -413,19 +415,22 @@ def _choose_k(
 
 def _run_noise2(
     X: np.ndarray, workloads: Sequence[str], trim: bool = True
-) -> tuple[float, float] | None:
+) -> tuple[float, np.ndarray] | None:
     """How far a new run lands from its own workload's centroid, from the
-    named workloads with repeated runs: (pooled, widest) expected squared
-    distance.  None with fewer than two such workloads (no honest estimate)."""
+    named workloads with repeated runs: (pooled expected squared distance,
+    per record its workload's own — the pooled one where the workload has a
+    single run or no name).  None with fewer than two repeated workloads (no
+    honest estimate)."""
     groups: dict[str, list[int]] = {}
     for i, w in enumerate(workloads):
         if w:
             groups.setdefault(w, []).append(i)
-    spreads = [_own_spread(X, np.asarray(idx), trim) for idx in groups.values() if len(idx) > 1]
-    if len(spreads) < 2:
+    own = {w: _own_spread(X, np.asarray(idx), trim) for w, idx in groups.items() if len(idx) > 1}
+    if len(own) < 2:
         return None
-    pooled = sum(s2 * n for _, s2, n in spreads) / sum(n for _, _, n in spreads)
-    return pooled, max(s2 for _, s2, _ in spreads)
+    pooled = sum(s2 * n for _, s2, n in own.values()) / sum(n for _, _, n in own.values())
+    per_record = np.array([own[w][1] if w in own else pooled for w in workloads])
+    return pooled, per_record
 
 
 def _own_spread(
@@ -544,7 +549,8 @@ def fit_groundtruth(
     noise = _run_noise2(X, names, trim) if use_workloads else None
     if isinstance(k, str):
         if takes_k(clusterer):
-            labels, sil = _choose_k(X, clusterer, seed, max_k, noise and noise[1], trim)
+            labels, sil = _choose_k(X, clusterer, seed, max_k,
+                                    None if noise is None else noise[1], trim)
         else:
             labels = _labels(clusterer, None, X, seed)
             sil = _silhouette(X, labels)
