@@ -16,6 +16,7 @@ iterative HPC-style kernels):
 
     PYTHONPATH=$PWD python benchmarks/groundtruth_jobs.py [--samples 3] [--epochs 5]
         [--only lenet5-mnist,jacobi,...] [--home DIR] [--json OUT]
+    PYTHONPATH=$PWD python benchmarks/groundtruth_jobs.py --home DIR --analyse-only
 """
 
 from __future__ import annotations
@@ -53,18 +54,24 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=3, help="trials per job")
     ap.add_argument("--epochs", type=int, default=5, help="epochs per trial")
     ap.add_argument("--home", help="PIPETUNE_HOME to fill (default: a fresh temp dir)")
+    ap.add_argument("--analyse-only", action="store_true",
+                    help="run no job: retrain and report on what --home's store holds")
     ap.add_argument("--json", metavar="OUT", help="write the figures here")
     args = ap.parse_args()
+    if args.analyse_only and not args.home:
+        ap.error("--analyse-only needs --home")
 
     from sklearn.metrics import adjusted_rand_score, completeness_score, homogeneity_score
 
     from pipetune.config import Settings
     from pipetune.groundtruth import cluster_labels, records_from_frame, retrain
     from pipetune.store import open_store
-    from workloads import get_workload
+    from workloads import REGISTRY, get_workload
 
-    names = [n for n in args.only.split(",") if n]
-    kind = {n: get_workload(n).kind for n in names}  # unknown names fail here
+    names = [] if args.analyse_only else [n for n in args.only.split(",") if n]
+    for n in names:
+        get_workload(n)  # unknown names fail here, before any job
+    kind = {n: get_workload(n).kind for n in REGISTRY}
     home = Path(args.home or tempfile.mkdtemp(prefix="pipetune-gt-jobs-"))
     env = {**os.environ, "PIPETUNE_HOME": str(home),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
