@@ -150,6 +150,28 @@ def format_table(summary: Mapping[str, Mapping[str, Any]],
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def noisy_neighbours(n: int) -> Iterator[list[int]]:
+    """``n`` single-threaded busy loops beside the jobs for as long as the
+    block runs: a co-located tenant, as on a shared node.  Our own children,
+    ended by PID."""
+    import subprocess
+
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+             for _ in range(max(n, 0))]
+    try:
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
 # -- the oracle sweep ---------------------------------------------------------------------
 
 
@@ -320,60 +342,11 @@ def _plot(summary: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small job (< 10 min on 2 cores)")
-    # deepcnn-mnist: its epochs (1-5 s here) are long enough against the 1 Hz
-    # profile for a tuner to do anything; LeNet-5's 0.2-0.3 s epochs make a
-    # 4-epoch trial ~1 s of training, which no system tuning can improve.
-    p.add_argument("--workload", default="deepcnn-mnist")
-    p.add_argument("--samples", type=int, help="trials per job (quick 3, else 4)")
-    p.add_argument("--epochs", type=int, help="epochs per trial (quick 4, else 6)")
-    p.add_argument("--max-train-samples", type=int,
-                   help="training samples per epoch (quick 1024, else 2048; 0 = all)")
-    p.add_argument("--repeats", type=int, help="rounds of all modes (quick 1, else 2)")
-    p.add_argument("--scheduler", default="fifo", help="hyperband | asha | fifo")
-    p.add_argument("--space", nargs="+", default=None, metavar="KEY=V1,V2",
-                   help="system space (default cores=1..N of this host)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sweep-epochs", type=int, default=2, help="epochs per config in the sweep")
-    p.add_argument("--modes", default=",".join(MODES), help="comma list of " + ",".join(MODES))
-    p.add_argument("--warm", action="store_true",
-                   help="pipetune starts from the ground truth of one earlier pipetune job")
-    p.add_argument("--out", default="results/tuning", help="folder for JSON + PNG")
-    p.add_argument("--keep-homes", action="store_true", help="keep each job's PIPETUNE_HOME")
-    p.add_argument("--json", metavar="OUT", help="also write the JSON here")
-    args = p.parse_args(argv)
-
+def _run_modes(args: argparse.Namespace, base: Any, trials: Sequence[Mapping[str, Any]],
+               space: Any, modes: Sequence[str], repeats: int, root: Path,
+               started: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The oracle sweep, then every mode's job per repeat: (sweep, runs)."""
     import ray
-
-    from pipetune.tune.job import JobSpec, sample_trials
-    from pipetune.types import SystemSpace
-    from workloads import get_workload
-
-    samples = args.samples or (3 if args.quick else 4)
-    epochs = args.epochs or (4 if args.quick else 6)
-    mts = args.max_train_samples if args.max_train_samples is not None else (
-        1024 if args.quick else 2048)
-    repeats = args.repeats or (1 if args.quick else 2)
-    modes = [m for m in args.modes.split(",") if m]
-    unknown = set(modes) - set(MODES)
-    if unknown:
-        p.error(f"unknown mode(s) {sorted(unknown)}")
-    space = SystemSpace.parse(args.space) if args.space else SystemSpace(
-        cores=tuple(range(1, (os.cpu_count() or 1) + 1)))
-    base = JobSpec(workload=args.workload, samples=samples, epochs=epochs,
-                   scheduler=args.scheduler, space=space, seed=args.seed,
-                   fixed_hparams={"max_train_samples": mts} if mts else {})
-    cls = get_workload(args.workload)
-    trials = sample_trials(cls, base)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="pipetune-bench-"))
-    started = time.monotonic()
-    print(f"workload {args.workload}, {samples} trials x {epochs} epochs, max_train_samples="
-          f"{mts}, scheduler {args.scheduler}, space {[str(c) for c in space.configs()]}, "
-          f"{repeats} repeat(s), modes {modes}; homes under {root}", flush=True)
 
     sweep: list[dict[str, Any]] = []
     oracle_cores: list[int] = []
@@ -407,6 +380,69 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{row['search_epochs']}, failed {row['failed']}", flush=True)
     finally:
         ray.shutdown()
+    return sweep, runs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small job (< 10 min on 2 cores)")
+    # deepcnn-mnist: its epochs (1-5 s here) are long enough against the 1 Hz
+    # profile for a tuner to do anything; LeNet-5's 0.2-0.3 s epochs make a
+    # 4-epoch trial ~1 s of training, which no system tuning can improve.
+    p.add_argument("--workload", default="deepcnn-mnist")
+    p.add_argument("--samples", type=int, help="trials per job (quick 3, else 4)")
+    p.add_argument("--epochs", type=int, help="epochs per trial (quick 4, else 6)")
+    p.add_argument("--max-train-samples", type=int,
+                   help="training samples per epoch (quick 1024, else 2048; 0 = all)")
+    p.add_argument("--repeats", type=int, help="rounds of all modes (quick 1, else 2)")
+    p.add_argument("--scheduler", default="fifo", help="hyperband | asha | fifo")
+    p.add_argument("--space", nargs="+", default=None, metavar="KEY=V1,V2",
+                   help="system space (default cores=1..N of this host)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sweep-epochs", type=int, default=2, help="epochs per config in the sweep")
+    p.add_argument("--modes", default=",".join(MODES), help="comma list of " + ",".join(MODES))
+    p.add_argument("--warm", action="store_true",
+                   help="pipetune starts from the ground truth of one earlier pipetune job")
+    p.add_argument("--out", default="results/tuning", help="folder for JSON + PNG")
+    p.add_argument("--keep-homes", action="store_true", help="keep each job's PIPETUNE_HOME")
+    p.add_argument("--json", metavar="OUT", help="also write the JSON here")
+    p.add_argument("--neighbours", type=int, default=0, metavar="N",
+                   help="N busy-loop processes run beside every mode (and the oracle "
+                        "sweep): a co-located tenant on a shared node")
+    args = p.parse_args(argv)
+
+
+    from pipetune.tune.job import JobSpec, sample_trials
+    from pipetune.types import SystemSpace
+    from workloads import get_workload
+
+    samples = args.samples or (3 if args.quick else 4)
+    epochs = args.epochs or (4 if args.quick else 6)
+    mts = args.max_train_samples if args.max_train_samples is not None else (
+        1024 if args.quick else 2048)
+    repeats = args.repeats or (1 if args.quick else 2)
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        p.error(f"unknown mode(s) {sorted(unknown)}")
+    space = SystemSpace.parse(args.space) if args.space else SystemSpace(
+        cores=tuple(range(1, (os.cpu_count() or 1) + 1)))
+    base = JobSpec(workload=args.workload, samples=samples, epochs=epochs,
+                   scheduler=args.scheduler, space=space, seed=args.seed,
+                   fixed_hparams={"max_train_samples": mts} if mts else {})
+    cls = get_workload(args.workload)
+    trials = sample_trials(cls, base)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="pipetune-bench-"))
+    started = time.monotonic()
+    print(f"workload {args.workload}, {samples} trials x {epochs} epochs, max_train_samples="
+          f"{mts}, scheduler {args.scheduler}, space {[str(c) for c in space.configs()]}, "
+          f"{repeats} repeat(s), modes {modes}, {args.neighbours} busy neighbour(s); homes "
+          f"under {root}", flush=True)
+
+    with noisy_neighbours(args.neighbours):
+        sweep, runs = _run_modes(args, base, trials, space, modes, repeats, root, started)
 
     summary = summarize(runs)
     ratio_rows = {}
@@ -426,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workload": args.workload, "samples": samples, "epochs": epochs,
         "max_train_samples": mts, "repeats": repeats, "scheduler": args.scheduler,
         "space": [str(c) for c in space.configs()], "seed": args.seed, "warm": args.warm,
+        "neighbours": args.neighbours,
         "trials": trials, "oracle_sweep": sweep, "runs": runs, "summary": summary,
         "ratios": ratio_rows, "total_s": time.monotonic() - started,
     }

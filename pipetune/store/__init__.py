@@ -57,7 +57,7 @@ def open_backend(url: str, *, timeout_s: float = 5.0) -> Backend:
     )
 
 
-def open_store(url: str, *, spool_root: Path | None = None, **kwargs: object) -> Store:
+def open_store(url: str, *, spool_root: str | Path | None = None, **kwargs: object) -> Store:
     """A :class:`Store` on ``url``; spooled points go under ``spool_root``
     (default ``$PIPETUNE_HOME/spool``)."""
     if spool_root is None:

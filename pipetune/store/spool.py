@@ -25,10 +25,10 @@ from pipetune.store.base import Point
 log = logging.getLogger(__name__)
 
 
-def spool_dir_for(root: Path, url: str) -> Path:
+def spool_dir_for(root: str | Path, url: str) -> Path:
     """One spool folder per store URL, so points only replay where they belong."""
     digest = hashlib.sha1(url.encode()).hexdigest()[:12]
-    return root / digest
+    return Path(root) / digest
 
 
 class Spool:
