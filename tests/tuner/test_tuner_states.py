@@ -90,6 +90,46 @@ def test_a_cluster_nobody_probed_in_is_probed_not_matched(tmp_path):
     assert [g.get("probed", True) for g in store.groundtruth] == [True]  # its winner
 
 
+def test_a_long_epoch_is_profiled_and_matched_at_a_step_window(tmp_path):
+    # 4 windows of 3 s per epoch: profile_min_s (4 s) is sampled by the end
+    # of the second window, so the match is applied there, mid-epoch 0.
+    recs = [GroundTruthRecord({k: v * (1 + 0.02 * i) for k, v in RATES_A.items()}, C1,
+                              "runtime", 0.5, "a") for i in range(3)]
+    recs += [GroundTruthRecord({k: v * (1 + 0.02 * i) for k, v in RATES_B.items()}, C2,
+                               "runtime", 0.7, "b") for i in range(3)]
+    path = save_model(fit_groundtruth(recs), tmp_path / "gt.json")
+    tuner, clock, ctl, prof, store = make(groundtruth=str(path), total_epochs=3,
+                                          profile_min_s=4.0)
+    tuner.start()
+    assert tuner.wait_idle()  # sampling starts before the epoch does
+    applied_during = []
+    tuner.epoch_start(0)
+    for w in range(1, 4):
+        clock.advance(3.0)
+        tuner.window_end(0, 10 * w)
+        assert tuner.wait_idle()
+        applied_during.append(tuner.config)
+    assert applied_during == [C2, C1, C1]  # switched at the second window
+    d = tuner.decisions[0]
+    assert d.kind is DecisionKind.MATCHED and d.epoch == 0 and "step 20" in d.reason
+    start, end, _, _ = prof.calls[1][1]
+    assert end - start == pytest.approx(6.0)  # the profile covers the two windows
+    clock.advance(3.0)
+    tuner.epoch_end(0, 40)
+    assert tuner.wait_idle()
+    result, phase, profile = store.epochs[0]
+    assert profile is not None and profile.rates == RATES_A  # the epoch record carries it
+    assert [c[0] for c in prof.calls] == ["start", "profile", "stop"]
+    tuner.close()
+
+
+def test_a_profile_of_several_epochs_waits_for_the_epochs():
+    tuner, clock, _, prof, _ = make(total_epochs=6, profile_epochs=2, profile_min_s=1.0)
+    tuner.start()
+    train(tuner, clock, range(6), windows=4, seconds_per_step=speed({C1: 0.5, C2: 1.0}))
+    assert tuner.decisions[0].kind is DecisionKind.PROBE and tuner.decisions[0].epoch == 1
+
+
 def test_clearly_different_workload_does_not_match(tmp_path):
     recs = [GroundTruthRecord({k: v * (1 + 0.02 * i) for k, v in RATES_A.items()}, C1,
                               "runtime", 0.5, "a") for i in range(3)]
