@@ -34,6 +34,7 @@ def test_example_with_a_crashing_trial(tmp_path: Path) -> None:
             **os.environ,
             "PYTHONPATH": str(REPO),
             "PIPETUNE_HOME": str(tmp_path / "home"),
+            "HOME": str(tmp_path),  # Tune's default ~/ray_results lands here, not in the real home
             "RAY_ADDRESS": "",
         },
     )
