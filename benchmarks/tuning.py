@@ -29,6 +29,7 @@ Usage::
 
     PYTHONPATH=$PWD python benchmarks/tuning.py --quick --json /tmp/tuning.json
     PYTHONPATH=$PWD python benchmarks/tuning.py --samples 4 --epochs 5 --repeats 2
+    PYTHONPATH=$PWD python benchmarks/tuning.py --quick --neighbours 1   # a busy co-tenant
 """
 
 from __future__ import annotations
@@ -410,7 +411,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="N busy-loop processes run beside every mode (and the oracle "
                         "sweep): a co-located tenant on a shared node")
     args = p.parse_args(argv)
-
 
     from pipetune.tune.job import JobSpec, sample_trials
     from pipetune.types import SystemSpace
