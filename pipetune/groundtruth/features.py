@@ -103,13 +103,12 @@ def separation_weights(z: np.ndarray, labels: Sequence[str]) -> np.ndarray | Non
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant features: F is nan/inf, handled below
         f, _ = f_classif(z[keep], labs[keep])
-    within_zero = ~np.isfinite(f) & ~np.isnan(f)  # no within spread, means differ
-    f = np.where(np.isnan(f), 0.0, f)
-    f = np.where(within_zero, np.nan, f)
-    finite = f[np.isfinite(f)]
-    # A feature constant within every workload yet different between them
-    # separates perfectly; give it the largest finite weight, not infinity.
-    f = np.where(np.isnan(f), finite.max() if finite.size else 1.0, f)
+    # inf: constant within every workload yet different between them, which
+    # separates perfectly; it gets the largest finite F, not infinity.
+    # nan (constant everywhere) separates nothing.
+    perfect = np.isposinf(f)
+    f = np.where(np.isfinite(f), f, 0.0)
+    f[perfect] = f.max()
     w = np.sqrt(np.maximum(f - 1.0, 0.0))
     if not (w > 0).any():
         return None

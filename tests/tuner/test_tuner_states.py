@@ -27,6 +27,12 @@ from pipetune.tuner import TRANSITIONS, SystemTuner, TunerState
 from pipetune.types import DecisionKind, SystemConfig, SystemSpace, TrialRef
 
 
+def runs_of(rates, config, value, workload, *, probed=True, n=3):
+    """``n`` records of one workload, its rates 2 % apart run to run."""
+    return [GroundTruthRecord({k: v * (1 + 0.02 * i) for k, v in rates.items()}, config,
+                              "runtime", value, workload, probed=probed) for i in range(n)]
+
+
 def test_unseen_workload_probes_each_candidate_once_and_settles_on_fastest():
     tuner, clock, ctl, prof, store = make(total_epochs=6)
     tuner.start()
@@ -59,10 +65,7 @@ def test_unseen_workload_probes_each_candidate_once_and_settles_on_fastest():
 
 
 def test_matched_workload_settles_after_profiling_without_probing(tmp_path):
-    recs = [GroundTruthRecord({k: v * (1 + 0.02 * i) for k, v in RATES_A.items()}, C1,
-                              "runtime", 0.5, "a") for i in range(3)]
-    recs += [GroundTruthRecord({k: v * (1 + 0.02 * i) for k, v in RATES_B.items()}, C2,
-                               "runtime", 0.7, "b") for i in range(3)]
+    recs = runs_of(RATES_A, C1, 0.5, "a") + runs_of(RATES_B, C2, 0.7, "b")
     path = save_model(fit_groundtruth(recs), tmp_path / "gt.json")
     tuner, clock, ctl, _, store = make(groundtruth=str(path), total_epochs=4)
     tuner.start()
@@ -77,10 +80,7 @@ def test_matched_workload_settles_after_profiling_without_probing(tmp_path):
 
 
 def test_a_cluster_nobody_probed_in_is_probed_not_matched(tmp_path):
-    recs = [GroundTruthRecord({k: v * (1 + 0.02 * i) for k, v in RATES_A.items()}, C2,
-                              "runtime", math.nan, "a", probed=False) for i in range(3)]
-    recs += [GroundTruthRecord({k: v * (1 + 0.02 * i) for k, v in RATES_B.items()}, C2,
-                               "runtime", 0.7, "b") for i in range(3)]
+    recs = runs_of(RATES_A, C2, math.nan, "a", probed=False) + runs_of(RATES_B, C2, 0.7, "b")
     path = save_model(fit_groundtruth(recs), tmp_path / "gt.json")
     tuner, clock, _, _, store = make(groundtruth=str(path), total_epochs=6)
     tuner.start()
@@ -93,10 +93,7 @@ def test_a_cluster_nobody_probed_in_is_probed_not_matched(tmp_path):
 def test_a_long_epoch_is_profiled_and_matched_at_a_step_window(tmp_path):
     # 4 windows of 3 s per epoch: profile_min_s (4 s) is sampled by the end
     # of the second window, so the match is applied there, mid-epoch 0.
-    recs = [GroundTruthRecord({k: v * (1 + 0.02 * i) for k, v in RATES_A.items()}, C1,
-                              "runtime", 0.5, "a") for i in range(3)]
-    recs += [GroundTruthRecord({k: v * (1 + 0.02 * i) for k, v in RATES_B.items()}, C2,
-                               "runtime", 0.7, "b") for i in range(3)]
+    recs = runs_of(RATES_A, C1, 0.5, "a") + runs_of(RATES_B, C2, 0.7, "b")
     path = save_model(fit_groundtruth(recs), tmp_path / "gt.json")
     tuner, clock, ctl, prof, store = make(groundtruth=str(path), total_epochs=3,
                                           profile_min_s=4.0)
@@ -131,9 +128,7 @@ def test_a_profile_of_several_epochs_waits_for_the_epochs():
 
 
 def test_clearly_different_workload_does_not_match(tmp_path):
-    recs = [GroundTruthRecord({k: v * (1 + 0.02 * i) for k, v in RATES_A.items()}, C1,
-                              "runtime", 0.5, "a") for i in range(3)]
-    path = save_model(fit_groundtruth(recs), tmp_path / "gt.json")
+    path = save_model(fit_groundtruth(runs_of(RATES_A, C1, 0.5, "a")), tmp_path / "gt.json")
     tuner, clock, _, _, _ = make(groundtruth=path, rates=RATES_B, total_epochs=5)
     tuner.start()
     train(tuner, clock, range(5))
