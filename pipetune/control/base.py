@@ -34,6 +34,7 @@ import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipetune.errors import ControlError, NotSupportedError, PrivilegeError
@@ -302,14 +303,13 @@ def safe_name(trial_id: str, max_len: int = 80) -> str:
     return safe
 
 
-def process_start_ticks(pid: int) -> int | None:
+def process_start_ticks(pid: int, *, proc_root: Path = Path("/proc")) -> int | None:
     """Start time of ``pid`` in clock ticks since boot (``/proc/PID/stat``
     field 22), or ``None`` when it is gone.  PID + start time names a process
-    even after its PID is reused."""
+    even after its PID is reused.  ``proc_root``: a fake procfs in tests."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        data = (proc_root / str(pid) / "stat").read_bytes().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
         return None
     # comm may contain spaces and parentheses: split after the last ')'.
     fields = data[data.rfind(")") + 2 :].split()

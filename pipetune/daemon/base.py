@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipetune.control.base import process_start_ticks
 from pipetune.errors import (
     ConfigError,
     ControlError,
@@ -178,22 +179,6 @@ def process_uids(pid: int, *, proc_root: Path = Path("/proc")) -> tuple[int, int
             if len(parts) == 4:
                 return tuple(int(p) for p in parts)  # type: ignore[return-value]
     return None
-
-
-def process_start_ticks(pid: int, *, proc_root: Path = Path("/proc")) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (``/proc/PID/stat``
-    field 22), or ``None`` when it is gone.  PID + start time names a process
-    even after its PID is reused."""
-    try:
-        data = (proc_root / str(pid) / "stat").read_bytes().decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
-        return None
-    # comm may hold spaces and parentheses: split after the last ')'.
-    fields = data[data.rfind(")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
 
 
 def check_owner(caller: PeerCredentials, pid: int, *, proc_root: Path = Path("/proc")) -> None:
