@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from pipetune.procs import end_child  # noqa: E402
 from pipetune.profiler import TrialProfiler  # noqa: E402
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled_runner.py")
@@ -90,13 +91,7 @@ def profile_once(workload: str, kind: str, cmd: list[str], seconds: float, inter
         prof = tp.profile(start, end, wait_s=2 * interval_ms / 1000)
     finally:
         tp.stop()
-        if proc.poll() is None:
-            proc.terminate()  # our own child, by its handle (PID)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end_child(proc)  # our own child, by its handle (PID)
     return Run(workload, kind, dict(prof.rates), startup_s=start - t_launch,
                window_s=end - start, ready=got_ready)
 

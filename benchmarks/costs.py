@@ -36,7 +36,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,8 @@ import numpy as np
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
+
+from pipetune.procs import end_child  # noqa: E402
 
 SHAPES = Path(__file__).resolve().parent / "data" / "profile_shapes.json"
 
@@ -295,12 +296,7 @@ def bench_daemon(tmp: Path, calls: int) -> dict[str, Any]:
     finally:
         sleeper.kill()
         sleeper.wait()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_child(proc, timeout_s=30)
         log.close()
 
 

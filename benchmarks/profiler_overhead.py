@@ -32,6 +32,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from pipetune.procs import end_child  # noqa: E402
 from pipetune.profiler import TrialProfiler, available_events  # noqa: E402
 
 CHILD = r"""
@@ -109,11 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if child.poll() is None:
             child.stdin.close()  # type: ignore[union-attr]
-            try:
-                child.wait(10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        end_child(child, sig=None, timeout_s=10)
     print(f"\n{n_samples} samples taken while on; {len(wall[True])} epochs per side")
     for title, t in (("wall", wall), ("cpu ", cpu)):
         on_m, off_m = statistics.mean(t[True]), statistics.mean(t[False])

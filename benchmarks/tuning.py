@@ -158,19 +158,15 @@ def noisy_neighbours(n: int) -> Iterator[list[int]]:
     ended by PID."""
     import subprocess
 
+    from pipetune.procs import end_child
+
     procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
              for _ in range(max(n, 0))]
     try:
         yield [p.pid for p in procs]
     finally:
         for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            end_child(p)
 
 
 # -- the oracle sweep ---------------------------------------------------------------------

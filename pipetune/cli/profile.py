@@ -34,6 +34,7 @@ from typing import Any, TextIO
 
 from pipetune.config import Settings
 from pipetune.errors import PipetuneError, ProfilerError, UsageError
+from pipetune.procs import end_child
 
 COMMAND = "profile"
 HELP = "profile a command or process with perf: events × epochs table, JSON, heatmap"
@@ -202,13 +203,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:
         # With --pid, Ctrl-C is the normal way to end the profile (exit 0).
         if child is not None:
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
-                try:
-                    child.wait(10.0)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
+            end_child(child, sig=signal.SIGINT, timeout_s=10.0)
             exit_code = 130
     end = time.time()
     # perf ends by itself once the target is reaped and prints the last partial interval.

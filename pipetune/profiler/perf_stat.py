@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipetune.errors import PerfUnavailableError, ProfilerError
+from pipetune.procs import end_child
 from pipetune.profiler.events import canonical
 
 log = logging.getLogger(__name__)
@@ -485,16 +486,9 @@ class PerfStatSampler:
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
-        try:
-            # SIGINT makes perf print the last partial interval and exit.
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("perf %d ignored SIGINT; killing it", proc.pid)
-            proc.kill()
-            proc.wait(timeout=timeout_s)
-        except ProcessLookupError:
-            pass
+        # SIGINT makes perf print the last partial interval and exit.
+        if not end_child(proc, sig=signal.SIGINT, timeout_s=timeout_s):
+            log.warning("perf %d ignored SIGINT; killed it", proc.pid)
 
     def _close_fds(self) -> None:
         for name in ("_ctl_w", "_ack_r", "_log_r"):

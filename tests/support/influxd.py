@@ -14,6 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pipetune.procs import end_child
+
 _CONFIG = """\
 reporting-disabled = true
 bind-address = "127.0.0.1:{rpc_port}"
@@ -83,13 +85,7 @@ class InfluxServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end_child(self.proc, timeout_s=15)
         self.proc = None
 
     def query(self, q: str, database: str | None = None) -> bytes:
