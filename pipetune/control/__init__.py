@@ -8,7 +8,10 @@ memory and GPU power in place (DESIGN §10).
   :class:`DryRunController`; :class:`TrialHandle`, :class:`Applied`,
   :class:`Usage`.
 - :func:`detect_cgroups`, :func:`cgroups_writable` — host probing (doctor).
-- :class:`NodeAllocator` — disjoint cpusets for concurrent trials.
+- :class:`NodeAllocator` — disjoint cpusets for concurrent trials;
+  :class:`SharedNodeAllocator` — the same across the trial processes of a
+  node without a daemon; :class:`AllocatingController` — a controller whose
+  CPUs come from one of them.
 - :class:`MemoryGuard`, :func:`memory_floor_mb` — memory safety.
 - :func:`sync_threads`, :func:`cores_in_force` — in-trial thread count.
 - GPU: :func:`visible_devices_env`, :class:`GpuAllocator`,
@@ -47,14 +50,16 @@ from pipetune.control.gpu import (
     visible_devices_env,
 )
 from pipetune.control.memory import MemoryEvent, MemoryEventKind, MemoryGuard, memory_floor_mb
+from pipetune.control.node import AllocatingController, SharedNodeAllocator
 from pipetune.control.threads import cores_in_force, sync_threads
 from pipetune.errors import ConfigError, ControlError, PipetuneError, PrivilegeError
 
 __all__ = [
-    "AffinityController", "Allocation", "Applied", "CgroupFs", "CgroupInfo",
+    "AffinityController", "AllocatingController", "Allocation", "Applied", "CgroupFs", "CgroupInfo",
     "CgroupV1Controller", "CgroupV2Controller", "ControlInputError", "Controller", "CpuTopo",
     "DryRunController", "GpuAllocator", "MemoryEvent", "MemoryEventKind", "MemoryGuard",
-    "NoPowerLimit", "NodeAllocator", "NvmlPowerLimit", "PowerLimitKnob", "TrialHandle", "Usage",
+    "NoPowerLimit", "NodeAllocator", "NvmlPowerLimit", "PowerLimitKnob", "SharedNodeAllocator",
+    "TrialHandle", "Usage",
     "cgroup_controller", "cgroups_writable", "cores_in_force", "detect_cgroups",
     "detect_controller", "format_cpus", "memory_floor_mb", "own_cgroups",
     "parse_cpus", "parse_visible_devices", "power_limit_knob", "read_topology", "sync_threads",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +147,14 @@ class NodeAllocator:
         else:
             log.info("trial %s gets cpus %s", trial_id, format_cpus(alloc.cpus))
         return alloc
+
+    def adopt(self, held: Mapping[str, Sequence[int]]) -> None:
+        """Take over what other holders already hold (a shared table read
+        back, a restarted daemon's trials); CPUs this allocator may not hand
+        out are left out."""
+        with self._lock:
+            for trial_id, cpus in held.items():
+                self._held[str(trial_id)] = tuple(sorted(c for c in cpus if c in self._topo))
 
     def release(self, trial_id: str) -> None:
         """Give back what ``trial_id`` holds (nothing when it holds nothing)."""
