@@ -132,7 +132,14 @@ def test_sigterm_is_forwarded_and_the_group_removed():
                           "--", "sleep", "30"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)
+        # Signal once the command itself runs (its gate released, the handler
+        # installed), not after a fixed sleep: a loaded host starts Python slowly.
+        import psutil
+
+        deadline = time.monotonic() + 60
+        while not any(c.name() == "sleep" for c in psutil.Process(p.pid).children(recursive=True)):
+            assert time.monotonic() < deadline and p.poll() is None, "command never started"
+            time.sleep(0.05)
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=20)
     finally:
