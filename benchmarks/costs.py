@@ -21,8 +21,10 @@
    spooled), how many points went to the spool, and the max and p99.9
    latency of one ``write`` call: the answer to "is training ever delayed".
 3. **Daemon**: ``pipetune daemon`` (dry-run controller) started as a
-   subprocess on a temp socket; latency of ``health``, ``register`` and
-   ``epoch_end`` (one trial in mode pipetune) via :class:`DaemonClient`.
+   subprocess on a temp socket; latency of ``health``, ``register`` (open a
+   trial's group), ``apply`` (a config on CPUs from its allocator) and
+   ``usage`` via :class:`DaemonClient` — what a trial's tuner pays per call
+   when its controller is the daemon.
 
 Usage::
 
@@ -244,7 +246,7 @@ def bench_stores(points: int, writer_counts: Sequence[int], tmp: Path,
 
 def bench_daemon(tmp: Path, calls: int) -> dict[str, Any]:
     from pipetune.daemon.client import DaemonClient
-    from pipetune.types import EpochResult, SystemConfig
+    from pipetune.types import SystemConfig
 
     sock = tmp / "d.sock"
     env = dict(os.environ, PIPETUNE_HOME=str(tmp / "dhome"),
@@ -275,18 +277,18 @@ def bench_daemon(tmp: Path, calls: int) -> dict[str, Any]:
             return time.perf_counter() - t0
 
         health = [timed(client.health) for _ in range(calls)]
-        register, end = [], []
+        register, apply, usage = [], [], []
         for r in range(max(1, calls // 20)):
             trial = f"t{r}"
-            register.append(timed(client.register, job="bench", trial=trial, pids=[sleeper.pid],
-                                  mode="pipetune", space="cores=1,2"))
+            register.append(timed(client.register, job="bench", trial=trial,
+                                  pids=[sleeper.pid]))
             for e in range(20):
-                res = EpochResult(epoch=e, config=SystemConfig(2), seconds=1.0, steps=10,
-                                  metrics={"accuracy": 0.5})
-                end.append(timed(client.epoch_end, trial, res))
+                apply.append(timed(client.apply, trial, SystemConfig(1 + e % 2)))
+                usage.append(timed(client.usage, trial))
             client.close(trial)
         out = {}
-        for name, xs in (("health", health), ("register", register), ("epoch_end", end)):
+        for name, xs in (("health", health), ("register", register), ("apply", apply),
+                         ("usage", usage)):
             out[name] = {"calls": len(xs), "median_ms": statistics.median(xs) * 1e3,
                          "p99_ms": percentile(xs, 99) * 1e3, "max_ms": max(xs) * 1e3}
             print(f"  daemon {name:<9}: {len(xs):>4} calls, median {out[name]['median_ms']:.2f} ms,"

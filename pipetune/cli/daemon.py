@@ -1,9 +1,10 @@
 """Run the node daemon: one per node, as root.
 
-It hosts the system policy of every pipetune trial on this node and applies
-their configs (cgroups, CPU affinity), giving concurrent trials disjoint
-CPUs.  Trials find it through its Unix socket; ``curl --unix-socket SOCKET
-http://localhost/v1/health`` shows what it can do.
+It is the privileged controller of every pipetune trial on this node: each
+trial's tuner (or fixed baseline) runs in the trial and asks the daemon to
+apply its configs (cgroups, CPU affinity), on disjoint CPUs for concurrent
+trials.  Trials find it through its Unix socket; ``curl --unix-socket SOCKET
+http://localhost/v2/health`` shows what it can do.
 
 SIGTERM or SIGINT stops it gracefully: every trial's limits are removed
 before it exits.  It refuses to start (exit 2) when another daemon answers on
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", metavar="URL", help="store the trials' policies write to")
     parser.add_argument("--model", metavar="PATH",
                         help="ground-truth model file (watched: a change bumps model_version "
-                             "in /v1/health)")
+                             "in /v2/health)")
     parser.add_argument("--group", metavar="NAME",
                         help="group owning the socket: its members may use the daemon")
     parser.add_argument("--socket-mode", metavar="OCTAL", type=_mode, default=0o660,

@@ -1,11 +1,13 @@
 """The node daemon (``pipetune daemon``) and its client (DESIGN §10, §13).
 
-One daemon per node, run as root, hosts the system policy of every trial on
-the node and applies their configs with its controller and node allocator;
-trials talk to it over HTTP/JSON on a Unix socket.
+One daemon per node, run as root: the node's privileged controller.  Each
+trial's SystemTuner runs in the trial's process and reaches the daemon
+through :class:`DaemonController` (HTTP/JSON on a Unix socket); the daemon
+applies configs with its controller and node allocator, so concurrent
+trials get disjoint CPUs.
 
 - :class:`Daemon` — the server (``pipetune.daemon.server``).
-- :class:`DaemonClient`, :class:`DaemonPolicy`, :func:`policy_for_trial` —
+- :class:`DaemonClient`, :class:`DaemonController`, :func:`daemon_controller` —
   the trial's side (``pipetune.daemon.client``).
 - Errors and the error -> HTTP status table (``pipetune.daemon.base``).
 """
@@ -24,7 +26,12 @@ from pipetune.daemon.base import (
     UnknownTrialError,
     http_status,
 )
-from pipetune.daemon.client import DaemonClient, DaemonPolicy, policy_for_trial
+from pipetune.daemon.client import (
+    DaemonClient,
+    DaemonController,
+    DaemonLostError,
+    daemon_controller,
+)
 from pipetune.daemon.server import Daemon, HostedTrial
 
 __all__ = [
@@ -35,12 +42,13 @@ __all__ = [
     "DaemonBusyError",
     "DaemonClient",
     "DaemonError",
-    "DaemonPolicy",
+    "DaemonController",
+    "DaemonLostError",
     "DaemonUnavailableError",
     "HostedTrial",
     "PeerCredentials",
     "TrialConflictError",
     "UnknownTrialError",
     "http_status",
-    "policy_for_trial",
+    "daemon_controller",
 ]

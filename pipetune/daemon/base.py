@@ -32,7 +32,7 @@ from pipetune.errors import (
 )
 
 #: Version of the HTTP API (the ``/v1`` prefix).  Bump on incompatible change.
-API_VERSION = 1
+API_VERSION = 2
 API_PREFIX = f"/v{API_VERSION}"
 
 
@@ -129,7 +129,7 @@ _CLIENT_TYPES: dict[str, type[PipetuneError]] = {
     "TrialConflictError": TrialConflictError,
     "ConfigError": ConfigError,
     "UsageError": ConfigError,
-    "ControlInputError": ConfigError,
+    "ControlInputError": next(iter(_control_input_error()), ConfigError),  # type: ignore[dict-item]
     "ControlError": ControlError,
 }
 

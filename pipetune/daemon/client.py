@@ -4,21 +4,26 @@
   raises :class:`~pipetune.daemon.base.DaemonUnavailableError` when no daemon
   answers, and the daemon's own error type otherwise (``PrivilegeError`` for
   a refused PID, ``UnknownTrialError``, ``BadRequestError`` ...).
-- :class:`DaemonPolicy` — a drop-in :class:`~pipetune.policy.SystemPolicy`
-  that forwards to the daemon.  It never raises into training: if the daemon
-  dies mid-trial it stops asking, keeps the last config and threads, and says
-  so (phase ``degraded``).
-- :func:`policy_for_trial` — a :class:`DaemonPolicy` when a daemon answers
-  on the socket with a compatible API, else ``None`` (the caller then runs the
-  policy in-process).
+- :class:`DaemonController` — a drop-in :class:`~pipetune.control.Controller`
+  whose calls the daemon carries out with its privileges and its node
+  allocator.  The trial's SystemTuner (or fixed baseline) runs in the
+  trial's process either way; only *who writes the limits* changes.
+- :class:`DaemonRaplMeter` — RAPL joules the daemon reads for a trial that
+  may not (root-only counters): an :class:`~pipetune.energy.EnergyMeter`.
+- :func:`daemon_controller` — a :class:`DaemonController` when a daemon
+  answers on the socket with a compatible API, else ``None`` (the trial then
+  controls itself through the local controller).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import http.client
 import json
 import logging
 import socket
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,15 +31,17 @@ from typing import Any
 from urllib.parse import quote
 
 from pipetune.config import Settings
+from pipetune.control.base import Applied, Controller, TrialHandle, Usage
 from pipetune.daemon.base import (
     API_PREFIX,
     API_VERSION,
-    DaemonError,
     DaemonUnavailableError,
+    UnknownTrialError,
     error_from_body,
 )
-from pipetune.policy import SystemPolicy
-from pipetune.types import EpochResult, SystemConfig, SystemSpace, TrialRef
+from pipetune.energy.base import EnergyMeter, EnergyUnavailableError
+from pipetune.errors import ControlError
+from pipetune.types import SystemConfig
 
 log = logging.getLogger(__name__)
 
@@ -136,175 +143,174 @@ class DaemonClient:
     def trial(self, trial_id: str) -> dict[str, Any]:
         return self.request("GET", f"/trials/{_q(trial_id)}")
 
-    def register(
-        self,
-        *,
-        job: str,
-        trial: str,
-        pids: Sequence[int],
-        mode: str = "pipetune",
-        space: SystemSpace | Mapping[str, Any] | str | None = None,
-        values: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Register a trial; returns ``{trial, config, threads, phase, reason, cpus}``."""
-        body: dict[str, Any] = {"job": job, "trial": trial, "pids": list(pids), "mode": mode}
-        if space is not None:
-            body["space"] = space.to_dict() if isinstance(space, SystemSpace) else space
-        if values:
-            body["values"] = _jsonable(values)
-        return self.request("POST", "/trials", body)
+    def register(self, *, job: str, trial: str, pids: Sequence[int]) -> dict[str, Any]:
+        """Open a trial's group; returns ``{trial, group, controller, ...}``."""
+        return self.request("POST", "/trials", {"job": job, "trial": trial, "pids": list(pids)})
 
     def add_pids(self, trial_id: str, pids: Sequence[int]) -> dict[str, Any]:
         return self.request("POST", f"/trials/{_q(trial_id)}/pids", {"pids": list(pids)})
 
-    def epoch_start(self, trial_id: str, epoch: int) -> dict[str, Any]:
-        return self.request("POST", f"/trials/{_q(trial_id)}/epoch_start", {"epoch": epoch})
+    def apply(self, trial_id: str, config: SystemConfig, *,
+              cpu_quota: float | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"config": str(config)}
+        if cpu_quota is not None:
+            body["cpu_quota"] = cpu_quota
+        return self.request("POST", f"/trials/{_q(trial_id)}/apply", body)
 
-    def epoch_end(self, trial_id: str, result: EpochResult) -> dict[str, Any]:
-        body = {
-            "epoch": result.epoch,
-            "config": str(result.config),
-            "seconds": result.seconds,
-            "steps": result.steps,
-            "energy_j": result.energy_j,
-            "energy_method": result.energy_method,
-            "metrics": dict(result.metrics),
-        }
-        return self.request("POST", f"/trials/{_q(trial_id)}/epoch_end", body)
+    def usage(self, trial_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/trials/{_q(trial_id)}/usage")
 
     def close(self, trial_id: str) -> dict[str, Any]:
         return self.request("DELETE", f"/trials/{_q(trial_id)}")
+
+    def energy(self) -> dict[str, Any]:
+        return self.request("GET", "/energy")
 
 
 def _q(trial_id: str) -> str:
     return quote(trial_id, safe="")
 
 
-def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
-    # A Tune config may hold objects (search-space samplers, callables); only
-    # plain values travel, which is all make_policy reads (cores, memory_mb, gpus).
-    out = {}
-    for k, v in values.items():
-        if isinstance(v, (str, int, float, bool)) or v is None:
-            out[str(k)] = v
-    return out
+class DaemonLostError(ControlError):
+    """The node daemon stopped answering while it held a trial's group."""
 
 
-class DaemonPolicy(SystemPolicy):
-    """A trial's system policy hosted by the node daemon (see module docstring).
+class DaemonController(Controller):
+    """A :class:`~pipetune.control.Controller` whose every call is carried out
+    by the node daemon (module docstring): a drop-in for the local one.
 
-    Until the daemon answers, and after it stops answering, the config is the
-    space's default (or the last config the daemon gave) and training is
-    left as it is.
+    ``name`` is ``daemon:<the daemon's controller>`` (``daemon:cgroup-v1``),
+    so a trial's results say who enforced its config.  A daemon that was
+    restarted no longer knows the trial (it released its group at start):
+    the next apply opens the trial again with the same processes.  A daemon
+    that does not answer raises :class:`DaemonLostError`; the caller then
+    degrades and reads back what still confines it.
     """
 
-    writes_epochs = False  # the session writes the trial's epochs to the store
-
-    def __init__(
-        self,
-        client: DaemonClient,
-        ref: TrialRef,
-        *,
-        mode: str,
-        space: SystemSpace,
-        values: Mapping[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, client: DaemonClient, *, job: str = "job",
+                 remote: str = "unknown", energy: Sequence[str] = ()) -> None:
+        super().__init__()
         self.client = client
-        self.ref = ref
-        self.mode = mode
-        self.space = space
-        self.values = dict(values or {})
-        self._config: SystemConfig = space.default or SystemConfig(1)
-        self._threads: int | None = None
-        self._registered = False
-        self._dead = False
-        self.phase = "starting"
-        self.reason = f"daemon at {client.socket_path}"
-        self.cpus: list[int] | None = None
+        self.job = job
+        self.remote = remote
+        self.energy = tuple(energy)  # meter methods the daemon reads for trials
+        self.name = f"daemon:{remote}"
+        self._pids: dict[str, list[int]] = {}
 
-    def _take(self, answer: Mapping[str, Any]) -> None:
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            self._config = SystemConfig.parse(str(answer["config"]))
-            self._threads = max(1, int(answer.get("threads") or self._config.cores))
-        except (KeyError, TypeError, ValueError) as e:
-            log.warning("trial %s: daemon answer not understood (%s): %r",
-                        self.ref.trial, e, dict(answer))
-            return
-        self.phase = str(answer.get("phase") or self.phase)
-        self.reason = str(answer.get("reason") or "")
-        self.cpus = answer.get("cpus")
+            return fn(*args, **kwargs)
+        except DaemonUnavailableError as e:
+            raise DaemonLostError(f"daemon lost at {what}: {e}") from e
 
-    def _degrade(self, what: str, error: BaseException) -> None:
-        # Whatever went wrong, stop asking: a half-answering daemon is worse
-        # for a trial than none, and the daemon's reaper closes the trial.
-        self._dead = True
-        if isinstance(error, DaemonUnavailableError):
-            self.reason = (f"daemon lost at {what} ({error}); training continues untouched "
-                           f"on {self._config}")
-        else:
-            self.reason = f"daemon refused {what}: {error}; training continues untouched"
-        self.phase = "degraded"
-        log.warning("trial %s: %s", self.ref.trial, self.reason)
+    def open_trial(self, trial_id: str, pids: Sequence[int]) -> TrialHandle:
+        answer = self._call("open", self.client.register, job=self.job, trial=trial_id,
+                            pids=list(pids))
+        self._pids[trial_id] = list(pids)
+        return TrialHandle(trial_id, self.name, str(answer.get("group") or trial_id))
 
-    def _call(self, what: str, fn: Any, *args: Any) -> None:
-        if self._dead or not self._registered:
-            return
+    def add_pids(self, handle: TrialHandle, pids: Sequence[int]) -> None:
+        self._call("add_pids", self.client.add_pids, handle.trial_id, list(pids))
+        self._pids.setdefault(handle.trial_id, []).extend(pids)
+
+    def apply(self, handle: TrialHandle, config: SystemConfig, *,
+              cpus: Sequence[int] | None = None, cpu_quota: float | None = None) -> Applied:
+        if cpus is not None:
+            # The daemon's allocator owns the node's CPUs; a caller's pick
+            # would bypass it.
+            log.debug("trial %s: cpus %s ignored, the daemon allocates", handle.trial_id, cpus)
         try:
-            self._take(fn(*args))
-        except Exception as e:  # noqa: BLE001 - never raise into training
-            self._degrade(what, e)
+            answer = self._call("apply", self.client.apply, handle.trial_id, config,
+                                cpu_quota=cpu_quota)
+        except UnknownTrialError:
+            log.warning("trial %s: the daemon no longer knows this trial (restarted?): "
+                        "opening it again", handle.trial_id)
+            self.open_trial(handle.trial_id, self._pids.get(handle.trial_id, []))
+            answer = self._call("apply", self.client.apply, handle.trial_id, config,
+                                cpu_quota=cpu_quota)
+        return Applied(
+            trial_id=handle.trial_id, controller=self.name, config=config,
+            cpus=tuple(int(c) for c in answer.get("cpus") or ()),
+            cpu_quota=answer.get("cpu_quota"), memory_mb=answer.get("memory_mb"),
+            skipped=dict(answer.get("skipped") or {}),
+        )
 
-    def start(self, pids: list[int]) -> None:
-        if self._registered or self._dead:
-            return
-        try:
-            answer = self.client.register(
-                job=self.ref.job, trial=self.ref.trial, pids=pids, mode=self.mode,
-                space=self.space, values=self.values,
-            )
-        except Exception as e:  # noqa: BLE001
-            self._degrade("start", e)
-            return
-        self._registered = True
-        self._take(answer)
+    def usage(self, handle: TrialHandle) -> Usage:
+        answer = self._call("usage", self.client.usage, handle.trial_id)
+        known = {f.name for f in dataclasses.fields(Usage)}
+        return Usage(**{k: v for k, v in answer.items() if k in known})
 
-    def add_pids(self, pids: list[int]) -> None:
-        """More processes of this trial (data-loader workers, DDP ranks)."""
-        self._call("add_pids", self.client.add_pids, self.ref.trial, pids)
+    def close_trial(self, handle: TrialHandle) -> None:
+        with contextlib.suppress(UnknownTrialError):  # a restarted daemon released it
+            self._call("close", self.client.close, handle.trial_id)
+        self._pids.pop(handle.trial_id, None)
 
-    def epoch_start(self, epoch: int) -> None:
-        self._call("epoch_start", self.client.epoch_start, self.ref.trial, epoch)
+    def cleanup_stale(self) -> int:
+        return 0  # the daemon cleans up its own groups at start and when trials die
 
-    def epoch_end(self, result: EpochResult) -> None:
-        self._call("epoch_end", self.client.epoch_end, self.ref.trial, result)
+    def describe(self) -> str:
+        return f"{self.name} at {self.client.socket_path}"
 
-    def config(self) -> SystemConfig:
-        return self._config
 
-    def threads(self) -> int:
-        return self._threads if self._threads is not None else self._config.cores
+class DaemonRaplMeter(EnergyMeter):
+    """The node's RAPL joules, read by the daemon for a trial that may not
+    read them itself (the counters are root-only): a drop-in
+    :class:`~pipetune.energy.EnergyMeter`, so the trial's
+    :class:`~pipetune.energy.TrialEnergy` attributes its share as usual.
 
-    def close(self) -> None:
-        if self._registered and not self._dead:
+    As the meter contract asks, :meth:`read_j` counts from construction,
+    never goes back (a restarted daemon's count starts again at 0: the
+    meter carries on from its last value) and never raises (a failed read
+    keeps the last value, logged once).
+    """
+
+    method = "rapl"
+
+    def __init__(self, client: DaemonClient) -> None:
+        self.client = client
+        self._lock = threading.Lock()
+        self._last_raw: float | None = None
+        self._total_j = 0.0
+        self._warned = False
+        self.read_j()
+
+    def _raw(self) -> float:
+        answer = self.client.energy()
+        for m in answer.get("meters") or []:
+            if m.get("method") == "rapl" and m.get("joules") is not None:
+                return float(m["joules"])
+        raise EnergyUnavailableError("the daemon serves no RAPL reading")
+
+    def read_j(self) -> float:
+        with self._lock:
             try:
-                self.client.close(self.ref.trial)
-            except Exception as e:  # noqa: BLE001 - the daemon's reaper closes it anyway
-                log.info("trial %s: daemon close failed: %s", self.ref.trial, e)
-        self._registered = False
+                raw = self._raw()
+            except Exception as e:  # noqa: BLE001 - the contract: never raise, keep the last
+                if not self._warned:
+                    self._warned = True
+                    log.warning("RAPL via the daemon unreadable (%s): energy kept at its "
+                                "last value", e)
+                return self._total_j
+            if self._last_raw is not None:
+                # A restarted daemon counts from 0 again: what it counted since is new.
+                self._total_j += raw - self._last_raw if raw >= self._last_raw else raw
+            self._last_raw = raw
+            return self._total_j
+
+    @property
+    def description(self) -> str:
+        return f"rapl via the daemon at {self.client.socket_path}"
 
 
-def policy_for_trial(
-    ref: TrialRef,
-    *,
-    mode: str,
-    space: SystemSpace,
-    values: Mapping[str, Any] | None = None,
+def daemon_controller(
     settings: Settings | None = None,
+    *,
+    job: str = "job",
     socket_path: str | Path | None = None,
     timeout_s: float = 5.0,
     health_timeout_s: float = 2.0,
-) -> DaemonPolicy | None:
-    """A :class:`DaemonPolicy` when a daemon answers on the socket, else ``None``.
+) -> DaemonController | None:
+    """A :class:`DaemonController` when a daemon answers on the socket, else ``None``.
 
     The socket is ``socket_path``, else ``settings.socket`` (``$PIPETUNE_SOCKET``
     ...).  The daemon must answer health within ``health_timeout_s`` and speak
@@ -315,26 +321,21 @@ def policy_for_trial(
         socket_path = (settings or Settings.load()).socket
     path = Path(socket_path)
     if not path.exists():
-        log.debug("no daemon socket at %s: system policy runs in-process", path)
+        log.debug("no daemon socket at %s: the trial controls itself", path)
         return None
     client = DaemonClient(path, timeout_s=timeout_s)
     try:
         health = client.health(timeout_s=health_timeout_s)
-    except DaemonError as e:
-        log.info("daemon at %s not usable (%s): system policy runs in-process", path, e)
-        return None
-    except Exception as e:  # noqa: BLE001
-        log.info("daemon at %s not usable (%s): system policy runs in-process", path, e)
+    except Exception as e:  # noqa: BLE001 - no usable daemon is a normal case
+        log.info("daemon at %s not usable (%s): the trial controls itself", path, e)
         return None
     if not isinstance(health, dict) or health.get("api_version") != API_VERSION:
         got = health.get("api_version") if isinstance(health, dict) else None
         log.warning("daemon at %s speaks API v%s, this client v%d: ignored", path, got,
                     API_VERSION)
         return None
-    if mode not in health.get("modes", [mode]):
-        log.warning("daemon at %s does not offer mode %s: ignored", path, mode)
-        return None
-    log.info("trial %s: system policy hosted by the daemon at %s (pid %s, controller %s)",
-             ref.trial, path, health.get("pid"), health.get("controller"))
-    return DaemonPolicy(client, ref, mode=mode, space=space, values=values)
-
+    remote = str(health.get("controller_kind") or "unknown")
+    log.info("daemon at %s (pid %s) controls this trial via %s", path, health.get("pid"),
+             health.get("controller"))
+    return DaemonController(client, job=job, remote=remote,
+                            energy=[str(m) for m in health.get("energy") or []])

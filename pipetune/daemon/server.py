@@ -1,33 +1,39 @@
-"""The node daemon: one per node, run as root, applies trials' system configs.
+"""The node daemon: one per node, run as root, the node's privileged controller.
 
-- :class:`Daemon` — the state (one :class:`HostedTrial` per registered trial,
-  the controller, the node allocator, the ground-truth model's version) and
-  the operations behind the endpoints; also usable without HTTP.
-- :class:`HostedTrial` — one trial: its owner, processes, system policy and
-  what the daemon applied for it.
+Every trial's SystemTuner runs in the trial's own process, beside its
+training loop, on both paths; the daemon is where a trial's *controller*
+lives when the trial may not write cgroups itself (Zeus's daemon-backed GPU
+class beside its local one).  It decides nothing: it opens a trial's group,
+applies the configs the trial's tuner asks for on CPUs from the one node
+allocator (so concurrent trials get disjoint cpusets), reads usage, and
+cleans up after trials and after a daemon that died.
+
+- :class:`Daemon` — the state (one :class:`HostedTrial` per open trial, the
+  controller, the node allocator) and the operations behind the endpoints;
+  also usable without HTTP.
+- :class:`HostedTrial` — one trial: its owner, processes, group and what is
+  in force.
 - The HTTP/JSON API over a Unix socket (``curl --unix-socket PATH
-  http://localhost/v1/health``)::
+  http://localhost/v2/health``)::
 
-      GET    /v1/health                      version, uptime, capabilities
-      GET    /v1/trials                      the caller's trials (root: all)
-      POST   /v1/trials                      {job, trial, pids, mode, space, values}
-      GET    /v1/trials/<id>
-      POST   /v1/trials/<id>/pids            {pids}
-      POST   /v1/trials/<id>/epoch_start     {epoch}
-      POST   /v1/trials/<id>/epoch_end       {epoch, config, seconds, steps, ...}
-      DELETE /v1/trials/<id>
+      GET    /v2/health                      version, uptime, controller, capabilities
+      GET    /v2/energy                      node joules of meters only root may read (RAPL)
+      GET    /v2/trials                      the caller's trials (root: all)
+      POST   /v2/trials                      {job, trial, pids} -> open the trial's group
+      GET    /v2/trials/<id>
+      POST   /v2/trials/<id>/pids            {pids}: more processes (DDP ranks ...)
+      POST   /v2/trials/<id>/apply           {config, cpu_quota?} -> what is in force
+      GET    /v2/trials/<id>/usage           CPU seconds, memory peak, OOM kills ...
+      DELETE /v2/trials/<id>                 processes back, group removed
 
-Privilege split: a policy *decides* (it is built with the dry-run controller
-kind so it never writes a limit itself); the daemon *applies* the policy's
-config through its one controller, on CPUs from its one node allocator, so
-concurrent trials get disjoint cpusets.  The caller's identity comes from
-``SO_PEERCRED``: a caller may only register and control processes it owns
-(root may do all).
+The caller's identity comes from ``SO_PEERCRED``: a caller may only register
+and limit processes it owns (root may do all), checked again at every apply.
 
 Stale state: the daemon records its trials (pids, their start times and
 original CPU affinity) in ``<socket>.state.json``.  A daemon that starts
 after one that died removes the stale socket, asks the controller to remove
-groups left by dead owners (``cleanup_stale``), and gives the recorded
+groups left by dead owners (``cleanup_stale``: the live trials of the dead
+daemon are released at once, never left confined), and gives the recorded
 processes that still run their original affinity back.
 """
 
@@ -39,6 +45,7 @@ import grp
 import http.server
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -47,7 +54,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from pipetune import __version__
@@ -70,8 +77,10 @@ from pipetune.daemon.base import (
     process_start_ticks,
 )
 from pipetune.errors import ConfigError, ControlError, PipetuneError, PrivilegeError
-from pipetune.policy import MODES, FixedPolicy, SystemPolicy, make_policy
-from pipetune.types import EpochResult, SystemConfig, SystemSpace, TrialRef
+from pipetune.types import SystemConfig, TrialRef
+
+if TYPE_CHECKING:
+    from pipetune.control import Applied
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +115,7 @@ def _detect_control(kind: str) -> tuple[Any, Any]:
     """(controller, node allocator) for ``kind``; a :class:`MissingController`
     and no allocator when pipetune.control cannot give one."""
     try:
-        from pipetune.control import NodeAllocator, detect_controller
+        from pipetune.control import AllocatingController, NodeAllocator, detect_controller
     except ImportError as e:
         reason = f"pipetune.control is not installed ({e})"
         log.warning("daemon: %s; trials will run untouched", reason)
@@ -120,7 +129,21 @@ def _detect_control(kind: str) -> tuple[Any, Any]:
         allowed = controller.allowed_cpus()
     except Exception:  # noqa: BLE001 - fall back to every CPU the daemon may use
         allowed = sorted(os.sched_getaffinity(0))
-    return controller, NodeAllocator(allowed)
+    allocator = NodeAllocator(allowed)
+    return AllocatingController(controller, allocator), allocator
+
+
+def _privileged_meters() -> list[Any]:
+    """RAPL when this host has it (the daemon, as root, may read it; the
+    trials may not): what ``/v2/energy`` serves.  Empty otherwise."""
+    try:
+        from pipetune.energy import RaplMeter, rapl_available
+
+        if rapl_available() is True:
+            return [RaplMeter()]
+    except Exception as e:  # noqa: BLE001 - energy is a figure, the daemon runs without
+        log.info("daemon: no RAPL to serve: %s", e)
+    return []
 
 
 # -- request parsing ----------------------------------------------------------
@@ -166,61 +189,23 @@ def _trial_id(value: Any, what: str = "field 'trial'") -> str:
     return value
 
 
-def parse_space(value: Any) -> SystemSpace:
-    """A space from a request: ``SystemSpace.to_dict()``'s form, or the parse
-    form (``"cores=1,2 memory_mb=1024,none"`` or a list of such items)."""
-    if isinstance(value, (str, list)):
-        return SystemSpace.parse(value)
-    if not isinstance(value, dict):
-        raise BadRequestError(f"field 'space': expected an object or a string, got {value!r}")
-    unknown = set(value) - {"cores", "memory_mb", "gpus", "default"}
-    if unknown:
-        raise BadRequestError(f"field 'space': unknown key(s) {sorted(unknown)} "
-                              "(allowed: cores, memory_mb, gpus, default)")
-    kwargs: dict[str, Any] = {}
-    for key in ("cores", "memory_mb", "gpus"):
-        if key in value:
-            items = value[key] if isinstance(value[key], list) else [value[key]]
-            for v in items:
-                ok = isinstance(v, int) and not isinstance(v, bool)
-                if not ok and not (key == "memory_mb" and v is None):
-                    raise BadRequestError(f"field 'space': {key} value {v!r} is not an integer")
-            kwargs[key] = tuple(items)
-    if value.get("default") is not None:
-        default = value["default"]
-        kwargs["default"] = (SystemConfig.parse(default) if isinstance(default, str)
-                             else SystemConfig.from_dict(default))
-    return SystemSpace(**kwargs)
+def _config(body: Mapping[str, Any]) -> SystemConfig:
+    value = _field(body, "config", (str, dict))
+    try:
+        return SystemConfig.parse(value) if isinstance(value, str) else \
+            SystemConfig.from_dict(value)
+    except (ConfigError, KeyError, TypeError, ValueError) as e:
+        raise BadRequestError(f"field 'config': {value!r} is not a system config ({e})") \
+            from None
 
 
-def _epoch_result(body: Mapping[str, Any], current: SystemConfig) -> EpochResult:
-    epoch = _field(body, "epoch", int)
-    config_value = _field(body, "config", (str, dict), required=False)
-    if config_value is None:
-        config = current
-    elif isinstance(config_value, str):
-        config = SystemConfig.parse(config_value)
-    else:
-        config = SystemConfig.from_dict(config_value)
-    seconds = float(_field(body, "seconds", (int, float)))
-    if seconds < 0:
-        raise BadRequestError(f"field 'seconds': {seconds} is negative")
-    metrics = _field(body, "metrics", dict, required=False, default={})
-    clean: dict[str, float] = {}
-    for k, v in metrics.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise BadRequestError(f"field 'metrics': {k!r}={v!r} is not a number")
-        clean[str(k)] = float(v)
-    energy = _field(body, "energy_j", (int, float), required=False)
-    return EpochResult(
-        epoch=epoch,
-        config=config,
-        seconds=seconds,
-        steps=_field(body, "steps", int, required=False, default=0),
-        energy_j=None if energy is None else float(energy),
-        energy_method=_field(body, "energy_method", str, required=False),
-        metrics=clean,
-    )
+def _quota(body: Mapping[str, Any]) -> float | None:
+    quota = _field(body, "cpu_quota", (int, float), required=False)
+    if quota is None:
+        return None
+    if not math.isfinite(float(quota)) or quota <= 0:
+        raise BadRequestError(f"field 'cpu_quota': {quota!r} must be a finite number > 0")
+    return float(quota)
 
 
 # -- trials -------------------------------------------------------------------
@@ -228,73 +213,39 @@ def _epoch_result(body: Mapping[str, Any], current: SystemConfig) -> EpochResult
 
 @dataclasses.dataclass
 class HostedTrial:
-    """One registered trial (mutable: guarded by ``lock``)."""
+    """One trial whose group the daemon holds (mutable: guarded by ``lock``).
+
+    The daemon decides nothing for it: the trial's own SystemTuner (or fixed
+    baseline) calls apply/usage, the daemon checks the caller and carries
+    the call out with its privileges and its node allocator.
+    """
 
     ref: TrialRef
     owner: PeerCredentials
-    mode: str
-    space: SystemSpace
-    policy: SystemPolicy
     pids: dict[int, int | None]  # pid -> start ticks at registration
     affinity: dict[int, list[int]]  # pid -> CPU affinity before the daemon touched it
-    created_s: float = dataclasses.field(default_factory=time.time)
     handle: Any = None
-    applied: SystemConfig | None = None
-    cpus: list[int] | None = None
-    degraded: str = ""  # why the daemon leaves this trial untouched ("" = it does not)
-    epoch: int = 0
+    applied: Applied | None = None
+    created_s: float = dataclasses.field(default_factory=time.time)
     lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
 
     @property
     def trial_id(self) -> str:
         return self.ref.trial
 
-    @property
-    def phase(self) -> str:
-        return "degraded" if self.degraded else self.policy.phase
-
-    @property
-    def reason(self) -> str:
-        if self.degraded:
-            return self.degraded
-        if isinstance(self.policy, FixedPolicy):
-            # The policy built with the dry-run kind would say "via dry-run":
-            # what counts is what the daemon applied.
-            return f"{self.policy.phase}: {self.applied} applied by the daemon"
-        return self.policy.reason
-
-    def answer(self) -> dict[str, Any]:
-        """What register/epoch_end return to the trial.  A trial the daemon
-        leaves untouched reports the space's default (the convention of every
-        degraded policy), not a config that is not in force."""
-        if self.degraded:
-            config = self.space.default or self.policy.config()
-            threads = config.cores
-        else:
-            config = self.policy.config()
-            threads = int(self.policy.threads())
+    def describe(self) -> dict[str, Any]:
+        applied = self.applied
         return {
             "trial": self.trial_id,
             "job": self.ref.job,
-            "config": str(config),
-            "threads": max(1, threads),
-            "phase": self.phase,
-            "reason": self.reason,
-            "cpus": self.cpus,
-        }
-
-    def describe(self) -> dict[str, Any]:
-        out = self.answer()
-        out.update({
-            "mode": self.mode,
             "owner_uid": self.owner.uid,
             "pids": sorted(self.pids),
-            "space": self.space.to_dict(),
-            "applied": None if self.applied is None else str(self.applied),
-            "epoch": self.epoch,
+            "group": getattr(self.handle, "group", None),
+            "config": None if applied is None else str(applied.config),
+            "cpus": None if applied is None else list(applied.cpus),
+            "applied": None if applied is None else applied.to_dict(),
             "created_s": self.created_s,
-        })
-        return out
+        }
 
 
 class Daemon:
@@ -302,17 +253,20 @@ class Daemon:
 
     Args:
         settings: the daemon's settings (socket path, store, model file,
-            controller kind); policies get a copy with the dry-run controller.
+            controller kind).
         socket_mode: permission bits of the socket file (who may connect).
         group: group that owns the socket file (with ``socket_mode`` 0o660:
             the users who may use the daemon); ``None`` keeps the daemon's.
         controller, allocator: the controller and node allocator (default:
             ``pipetune.control.detect_controller(settings.controller)`` and a
-            ``NodeAllocator`` over its CPUs).
-        reap_interval_s: how often dead trials are dropped, policies' config
-            changes applied and the model file's mtime checked.
+            ``NodeAllocator`` over its CPUs); every apply takes its CPUs from
+            the allocator (:class:`~pipetune.control.AllocatingController`).
+        reap_interval_s: how often dead trials are dropped and the model
+            file's mtime checked.
         capabilities: the health endpoint's facts (default: ``pipetune doctor``'s,
             collected once at start).
+        meters: the energy meters only the daemon may read, served to trials
+            (default: RAPL when this host has it and the daemon can read it).
 
     Thread safety: request threads and the reaper share ``_lock`` for the
     trial table and each trial's own lock for its state.
@@ -328,8 +282,10 @@ class Daemon:
         allocator: Any = None,
         reap_interval_s: float = 1.0,
         capabilities: Mapping[str, Any] | None = None,
+        meters: Sequence[Any] | None = None,
     ) -> None:
         self.settings = settings
+        self._meters = list(meters) if meters is not None else None
         self.socket_path = Path(settings.socket)
         self.state_path = Path(str(self.socket_path) + ".state.json")
         self.socket_mode = socket_mode
@@ -339,7 +295,6 @@ class Daemon:
         self._allocator = allocator
         self._reap_interval_s = reap_interval_s
         self._capabilities = dict(capabilities) if capabilities is not None else None
-        self._policy_settings = dataclasses.replace(settings, controller="dry-run")
         self._trials: dict[str, HostedTrial] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -378,7 +333,15 @@ class Daemon:
             self._controller, alloc = _detect_control(self.settings.controller)
             if self._allocator is None:
                 self._allocator = alloc
+        elif self._allocator is not None and not isinstance(self._controller,
+                                                            MissingController):
+            from pipetune.control import AllocatingController
+
+            if not isinstance(self._controller, AllocatingController):
+                self._controller = AllocatingController(self._controller, self._allocator)
         self.recovered = self._recover(stale_socket)
+        if self._meters is None:
+            self._meters = _privileged_meters()
         self._check_model()
         if self._capabilities is None:
             self._capabilities = self._collect_capabilities()
@@ -606,6 +569,9 @@ class Daemon:
             trials = list(self._trials.values())
         for trial in trials:
             self._close(trial, "daemon stopping")
+        for meter in self._meters or []:
+            with contextlib.suppress(Exception):
+                meter.close()
         if self._server is not None:
             self._server.server_close()
         with contextlib.suppress(OSError):
@@ -625,8 +591,8 @@ class Daemon:
                 log.exception("daemon: reaper cycle failed")
 
     def reap(self) -> list[str]:
-        """Drop trials whose processes are all gone; apply config changes a
-        policy made on its own thread.  Returns the dropped trial ids."""
+        """Drop trials whose processes are all gone (a trial killed before
+        it could close); returns the dropped trial ids."""
         with self._lock:
             trials = list(self._trials.values())
         dropped = []
@@ -636,9 +602,6 @@ class Daemon:
                          trial.trial_id, trial.ref.job)
                 self._close(trial, "all processes gone")
                 dropped.append(trial.trial_id)
-            else:
-                with trial.lock:
-                    self._sync(trial)
         return dropped
 
     def _check_model(self) -> None:
@@ -670,8 +633,11 @@ class Daemon:
             "uptime_s": round(time.time() - self._started_s, 3),
             "socket": str(self.socket_path),
             "controller": self.controller_name,
+            "controller_kind": self.controller_kind,
+            "energy": [m.method for m in self._meters or []],
             "allocator": self._allocator is not None,
-            "modes": list(MODES),
+            "cpus_held": {t: list(c) for t, c in self._allocator.held().items()}
+            if self._allocator is not None else {},
             "trials": n,
             "model": {
                 "path": str(self._model_path),
@@ -683,25 +649,35 @@ class Daemon:
             "capabilities": self._capabilities or {},
         }
 
+    def energy(self) -> dict[str, Any]:
+        """Cumulative joules of the meters a trial may not read itself
+        (``GET /v2/energy``): RAPL counters are root-only on current kernels.
+        A trial attributes its share itself (its CPU time / the node's)."""
+        out = []
+        for m in self._meters or []:
+            try:
+                out.append({"method": m.method, "joules": float(m.read_j()),
+                            "description": m.description})
+            except Exception as e:  # noqa: BLE001 - one meter failing is one figure missing
+                out.append({"method": m.method, "joules": None, "error": str(e)})
+        return {"meters": out, "time_s": time.time()}
+
     def register(self, caller: PeerCredentials, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Register a trial and apply its starting config (``POST /v1/trials``)."""
+        """Open a trial's group and move its processes in (``POST /v2/trials``).
+
+        Raises the controller's error when it cannot (the trial's tuner then
+        degrades and says why): nothing is half-done.
+        """
         trial_id = _trial_id(_field(body, "trial", str))
         job = _field(body, "job", str, required=False, default="job")
-        mode = _field(body, "mode", str, required=False, default="pipetune")
-        if mode not in MODES:
-            raise BadRequestError(f"field 'mode': {mode!r} is not one of {', '.join(MODES)}")
         pids = _pids(body)
-        space = parse_space(_field(body, "space", (dict, str, list), required=False,
-                                   default={"cores": [os.cpu_count() or 1]}))
-        space.validate()
-        values = _field(body, "values", dict, required=False, default={})
         for pid in pids:
             check_owner(caller, pid)
-        self._check_free(trial_id)  # before a policy is built for nothing
-        ref = TrialRef(job=job, trial=trial_id, node=self.settings.node)
-        policy = self._make_policy(mode, space, values, ref)
+        self._check_free(trial_id)
+        if self._controller is None:
+            raise ControlError("the daemon has no controller")
         trial = HostedTrial(
-            ref=ref, owner=caller, mode=mode, space=space, policy=policy,
+            ref=TrialRef(job=job, trial=trial_id, node=self.settings.node), owner=caller,
             pids={p: process_start_ticks(p) for p in pids},
             affinity={p: _affinity(p) for p in pids},
         )
@@ -709,12 +685,23 @@ class Daemon:
             self._check_free(trial_id)
             self._trials[trial_id] = trial
         with trial.lock:
-            self._start(trial)
-            answer = trial.answer()
+            try:
+                trial.handle = self._controller.open_trial(trial_id, pids)
+            except Exception:
+                with self._lock:
+                    self._trials.pop(trial_id, None)
+                raise
+            answer = trial.describe()
         self._save_state()
-        log.info("trial %s (job %s, mode %s, uid %d, pids %s): %s, phase %s",
-                 trial_id, job, mode, caller.uid, pids, answer["config"], answer["phase"])
+        log.info("trial %s (job %s, uid %d, pids %s): group %s via %s", trial_id, job,
+                 caller.uid, pids, answer["group"], self.controller_name)
+        answer["controller"] = self.controller_kind
         return answer
+
+    @property
+    def controller_kind(self) -> str:
+        """The controller's short name (``cgroup-v1``, ``affinity`` ...)."""
+        return str(getattr(self._controller, "name", "none"))
 
     def _check_free(self, trial_id: str) -> None:
         with self._lock:
@@ -723,66 +710,38 @@ class Daemon:
             raise TrialConflictError(f"trial {trial_id!r} is already registered "
                                      f"(job {other.ref.job}, pids {sorted(other.pids)})")
 
-    def _make_policy(self, mode: str, space: SystemSpace, values: Mapping[str, Any],
-                     ref: TrialRef) -> SystemPolicy:
-        try:
-            return make_policy(mode, space, values, ref, self._policy_settings)
-        except ImportError as e:
-            # Mode pipetune before the tuner is installed: untouched, and say so.
-            policy = FixedPolicy(space.default, trial_id=ref.trial, controller="dry-run",
-                                 phase="degraded")
-            policy.reason = (f"system tuner unavailable in the daemon ({e}); "
-                             f"training runs untouched on {space.default}")
-            log.warning("trial %s: %s", ref.trial, policy.reason)
-            return policy
+    def apply(self, caller: PeerCredentials, trial_id: str,
+              body: Mapping[str, Any]) -> dict[str, Any]:
+        """Put a config in force for the trial, on CPUs from the node
+        allocator (``POST /v2/trials/<id>/apply``); the answer is what is in
+        force (:class:`~pipetune.control.Applied`)."""
+        trial = self._get(caller, trial_id)
+        config = _config(body)
+        quota = _quota(body)
+        with trial.lock:
+            if trial.handle is None:
+                raise UnknownTrialError(f"trial {trial_id!r} has no open group")
+            self._check_still_owned(caller, trial)
+            applied = self._controller.apply(trial.handle, config, cpu_quota=quota)
+            trial.applied = applied
+        log.info("trial %s (job %s): %s on cpus %s via %s", trial_id, trial.ref.job, config,
+                 list(applied.cpus), self.controller_name)
+        return applied.to_dict()
 
-    def _start(self, trial: HostedTrial) -> None:
-        """Open the trial in the controller and apply the policy's config.
-        Any failure leaves the trial untouched (phase degraded), never raises."""
-        policy = trial.policy
-        if policy.phase == "degraded":
-            trial.degraded = policy.reason or "policy degraded"
-            return
-        if not isinstance(policy, FixedPolicy):
-            # A fixed policy only applies (the daemon does that); others
-            # (the tuner) start their profiling here.
-            try:
-                policy.start(list(trial.pids))
-            except Exception as e:  # noqa: BLE001
-                trial.degraded = f"policy failed to start: {e}"
-                log.warning("trial %s: %s", trial.trial_id, trial.degraded)
-                return
-        try:
-            trial.handle = self._controller.open_trial(trial.trial_id, list(trial.pids))
-        except Exception as e:  # noqa: BLE001 - training must not fail for this
-            trial.degraded = f"daemon could not take the trial's processes: {e}; " \
-                             "training continues untouched"
-            log.warning("trial %s: %s", trial.trial_id, trial.degraded)
-            return
-        self._sync(trial)
+    def usage(self, caller: PeerCredentials, trial_id: str) -> dict[str, Any]:
+        """What the trial's group used so far (``GET /v2/trials/<id>/usage``)."""
+        trial = self._get(caller, trial_id)
+        with trial.lock:
+            if trial.handle is None:
+                raise UnknownTrialError(f"trial {trial_id!r} has no open group")
+            return self._controller.usage(trial.handle).to_dict()
 
-    def _sync(self, trial: HostedTrial) -> None:
-        """Apply the policy's config if it differs from what is in force."""
-        if trial.handle is None or trial.degraded:
-            return
-        want = trial.policy.config()
-        if want == trial.applied:
-            return
-        try:
-            cpus = (self._allocator.allocate(trial.trial_id, want.cores)
-                    if self._allocator is not None else None)
-            applied = self._controller.apply(trial.handle, want, cpus=cpus)
-        except Exception as e:  # noqa: BLE001 - untouched rather than half-limited
-            trial.degraded = f"could not apply {want}: {e}; limits removed, " \
-                             "training continues untouched"
-            log.warning("trial %s: %s", trial.trial_id, trial.degraded)
-            self._release(trial)
-            return
-        trial.applied = want
-        got = getattr(applied, "cpus", None)
-        trial.cpus = sorted(got) if got is not None else (sorted(cpus) if cpus else None)
-        log.info("trial %s (job %s, epoch %d): %s on cpus %s via %s", trial.trial_id,
-                 trial.ref.job, trial.epoch, want, trial.cpus, self.controller_name)
+    def _check_still_owned(self, caller: PeerCredentials, trial: HostedTrial) -> None:
+        # Ownership is checked again at every limit: a PID may have been
+        # reused by someone else's process since registration.
+        for pid, start in trial.pids.items():
+            if pid_alive(pid, start):
+                check_owner(caller, pid)
 
     def _release(self, trial: HostedTrial) -> None:
         if trial.handle is not None:
@@ -791,18 +750,10 @@ class Daemon:
             except Exception as e:  # noqa: BLE001
                 log.warning("trial %s: cleanup failed: %s", trial.trial_id, e)
             trial.handle = None
-        if self._allocator is not None:
-            with contextlib.suppress(Exception):
-                self._allocator.release(trial.trial_id)
         trial.applied = None
-        trial.cpus = None
 
     def _close(self, trial: HostedTrial, why: str) -> None:
         with trial.lock:
-            try:
-                trial.policy.close()
-            except Exception as e:  # noqa: BLE001
-                log.warning("trial %s: policy close failed: %s", trial.trial_id, e)
             self._release(trial)
         with self._lock:
             if self._trials.get(trial.trial_id) is trial:
@@ -844,47 +795,14 @@ class Daemon:
             check_owner(caller, pid)
         with trial.lock:
             new = [p for p in pids if p not in trial.pids]
+            if new and trial.handle is not None:
+                self._controller.add_pids(trial.handle, new)
             for p in new:
                 trial.pids[p] = process_start_ticks(p)
                 trial.affinity[p] = _affinity(p)
-            if new and trial.handle is not None and not trial.degraded:
-                try:
-                    self._controller.add_pids(trial.handle, new)
-                except Exception as e:  # noqa: BLE001
-                    trial.degraded = f"could not add pids {new}: {e}; limits removed, " \
-                                     "training continues untouched"
-                    log.warning("trial %s: %s", trial.trial_id, trial.degraded)
-                    self._release(trial)
-            answer = trial.answer()
+            answer = trial.describe()
         self._save_state()
-        answer["pids"] = sorted(trial.pids)
         return answer
-
-    def epoch_start(self, caller: PeerCredentials, trial_id: str,
-                    body: Mapping[str, Any]) -> dict[str, Any]:
-        trial = self._get(caller, trial_id)
-        epoch = _field(body, "epoch", int)
-        with trial.lock:
-            trial.epoch = epoch
-            try:
-                trial.policy.epoch_start(epoch)
-            except Exception as e:  # noqa: BLE001
-                log.warning("trial %s: policy failed at epoch start: %s", trial_id, e)
-            self._sync(trial)
-            return trial.answer()
-
-    def epoch_end(self, caller: PeerCredentials, trial_id: str,
-                  body: Mapping[str, Any]) -> dict[str, Any]:
-        trial = self._get(caller, trial_id)
-        with trial.lock:
-            result = _epoch_result(body, trial.policy.config())
-            trial.epoch = result.epoch
-            try:
-                trial.policy.epoch_end(result)
-            except Exception as e:  # noqa: BLE001
-                log.warning("trial %s: policy failed at epoch end: %s", trial_id, e)
-            self._sync(trial)
-            return trial.answer()
 
     def close_trial(self, caller: PeerCredentials, trial_id: str) -> dict[str, Any]:
         trial = self._get(caller, trial_id)
@@ -910,7 +828,7 @@ class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Routes ``/v1/...`` to the :class:`Daemon`; errors become JSON bodies
+    """Routes ``/v2/...`` to the :class:`Daemon`; errors become JSON bodies
     with the status from :data:`~pipetune.daemon.base.ERROR_STATUS`."""
 
     server: _UnixHTTPServer
@@ -988,6 +906,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if parts == ["health"]:
             allow("GET")
             return 200, daemon.health()
+        if parts == ["energy"]:
+            allow("GET")
+            return 200, daemon.energy()
         if parts == ["trials"]:
             allow("GET", "POST")
             if method == "GET":
@@ -999,8 +920,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return 200, daemon.trial(caller, parts[1])
             return 200, daemon.close_trial(caller, parts[1])
         if len(parts) == 3 and parts[0] == "trials":
-            actions = {"pids": daemon.add_pids, "epoch_start": daemon.epoch_start,
-                       "epoch_end": daemon.epoch_end}
+            if parts[2] == "usage":
+                allow("GET")
+                return 200, daemon.usage(caller, parts[1])
+            actions = {"pids": daemon.add_pids, "apply": daemon.apply}
             action = actions.get(parts[2])
             if action is not None:
                 allow("POST")

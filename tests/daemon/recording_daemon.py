@@ -2,11 +2,10 @@
 records every call to a JSON-lines file instead of writing cgroups.
 
 Used by the tests that check *which* controller calls the daemon makes
-(open, apply on allocated CPUs, close on stop/reap), independent of whether
-pipetune.control is installed; the real controller is exercised by
-test_daemon_cgroup.py.
+(open, apply on CPUs from its allocator, usage, close on stop/reap) on any
+host; the real controller is exercised by test_daemon_cgroup.py.
 
-    python recording_daemon.py SOCKET RECORD_FILE [--model PATH] [--cpus 0,1]
+    python recording_daemon.py SOCKET RECORD_FILE [--model PATH] [--cpus 0,1] [--rapl-root DIR]
 """
 
 from __future__ import annotations
@@ -22,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipetune.config import Settings
+from pipetune.control import Applied, Usage
 from pipetune.daemon import Daemon
+from pipetune.energy import RaplMeter
 from pipetune.types import SystemConfig
 
 
@@ -56,13 +57,16 @@ class RecordingController:
     def add_pids(self, handle: Handle, pids: Sequence[int]) -> None:
         self._write(op="add_pids", trial=handle.trial_id, pids=list(pids))
 
-    def apply(self, handle: Handle, config: SystemConfig, *, cpus=None, cpu_quota=None):
+    def apply(self, handle: Handle, config: SystemConfig, *, cpus=None,
+              cpu_quota=None) -> Applied:
         self._write(op="apply", trial=handle.trial_id, config=str(config),
                     cpus=None if cpus is None else list(cpus))
-        return None
+        return Applied(handle.trial_id, self.name, config, tuple(cpus or ()), cpu_quota,
+                       config.memory_mb)
 
-    def usage(self, handle: Handle) -> dict:
-        return {}
+    def usage(self, handle: Handle) -> Usage:
+        self._write(op="usage", trial=handle.trial_id)
+        return Usage(cpu_s=1.5, memory_peak_mb=42.0)
 
     def close_trial(self, handle: Handle) -> None:
         self._open.discard(handle.trial_id)
@@ -81,18 +85,21 @@ class LowestFreeAllocator:
 
     def __init__(self, cpus: Sequence[int]) -> None:
         self.cpus = list(cpus)
-        self.held: dict[str, list[int]] = {}
+        self._held: dict[str, list[int]] = {}
 
     def allocate(self, trial_id: str, cores: int) -> list[int]:
-        self.held.pop(trial_id, None)
-        busy = {c for held in self.held.values() for c in held}
+        self._held.pop(trial_id, None)
+        busy = {c for held in self._held.values() for c in held}
         free = [c for c in self.cpus if c not in busy]
         picked = (free + [c for c in self.cpus if c in busy])[:cores]
-        self.held[trial_id] = picked
+        self._held[trial_id] = picked
         return picked
 
     def release(self, trial_id: str) -> None:
-        self.held.pop(trial_id, None)
+        self._held.pop(trial_id, None)
+
+    def held(self) -> dict[str, list[int]]:
+        return dict(self._held)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="")
     p.add_argument("--cpus", default=",".join(str(c) for c in sorted(os.sched_getaffinity(0))))
     p.add_argument("--reap-interval-s", type=float, default=0.2)
+    p.add_argument("--rapl-root", default="", help="a fake sysfs tree with RAPL zones")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -114,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         allocator=LowestFreeAllocator([int(c) for c in args.cpus.split(",")]),
         reap_interval_s=args.reap_interval_s,
         capabilities={"recording": True},
+        meters=[RaplMeter(Path(args.rapl_root))] if args.rapl_root else None,
     )
     daemon.run()
     return 0

@@ -13,9 +13,13 @@ from pathlib import Path
 import pytest
 from daemon_helpers import Daemons, wait_until
 
-from pipetune.daemon import DaemonClient, DaemonPolicy, policy_for_trial
-from pipetune.errors import ConfigError
-from pipetune.types import EpochResult, SystemConfig, SystemSpace, TrialRef
+from pipetune.daemon import (
+    DaemonClient,
+    DaemonController,
+    DaemonLostError,
+    daemon_controller,
+)
+from pipetune.types import SystemConfig
 
 
 def _ops(daemons: Daemons, trial: str) -> list[str]:
@@ -29,14 +33,16 @@ def test_concurrent_trials_get_disjoint_cpus_and_graceful_stop_closes_them(
     a = subprocess.Popen(["sleep", "60"])
     b = subprocess.Popen(["sleep", "60"])
     try:
-        ra = d.client.register(job="j", trial="a", pids=[a.pid], mode="v1", space="cores=1")
-        rb = d.client.register(job="j", trial="b", pids=[b.pid], mode="v1", space="cores=1")
+        for name, proc in (("a", a), ("b", b)):
+            opened = d.client.register(job="j", trial=name, pids=[proc.pid])
+            assert (opened["trial"], opened["controller"]) == (name, "recording")
+        ra = d.client.apply("a", SystemConfig(1))
+        rb = d.client.apply("b", SystemConfig(1))
         assert ra["config"] == rb["config"] == "1c/-m/0g"
-        assert ra["phase"] == rb["phase"] == "v1"
-        assert "applied by the daemon" in ra["reason"]
-        assert sorted(ra["cpus"] + rb["cpus"]) == [0, 1]  # disjoint
+        assert sorted(ra["cpus"] + rb["cpus"]) == [0, 1]  # disjoint, from the allocator
         applies = [r for r in daemons.records() if r["op"] == "apply"]
         assert {r["trial"]: r["cpus"] for r in applies} == {"a": ra["cpus"], "b": rb["cpus"]}
+        assert d.client.health()["cpus_held"] == {"a": ra["cpus"], "b": rb["cpus"]}
 
         d.signal(signal.SIGTERM)
         assert d.wait() == 0
@@ -51,30 +57,24 @@ def test_concurrent_trials_get_disjoint_cpus_and_graceful_stop_closes_them(
             p.wait()
 
 
-def test_v2_follows_the_sampled_values_through_epochs(
+def test_the_daemon_applies_what_the_trial_asks_and_decides_nothing(
     daemons: Daemons, sleeper: subprocess.Popen
 ) -> None:
     d = daemons.recording()
-    answer = d.client.register(job="j", trial="v2", pids=[sleeper.pid], mode="v2",
-                               space={"cores": [1, 2], "memory_mb": [None, 512]},
-                               values={"cores": 1, "memory_mb": 512, "lr": 0.1})
-    assert (answer["config"], answer["threads"], answer["phase"]) == ("1c/512m/0g", 1, "v2")
-    d.client.epoch_start("v2", 0)
-    result = EpochResult(0, SystemConfig(1, 512), 1.5, steps=10, metrics={"acc": 0.5})
-    after = d.client.epoch_end("v2", result)
-    assert after["config"] == "1c/512m/0g" and after["phase"] == "v2"
-    assert d.client.trial("v2")["epoch"] == 0
-    applies = [r for r in daemons.records() if r["op"] == "apply"]
-    assert [r["config"] for r in applies] == ["1c/512m/0g"]  # applied once, not per epoch
-    # v2 without the sampled cores is the caller's mistake.
-    with pytest.raises(ConfigError, match="needs 'cores'"):
-        d.client.register(job="j", trial="v2b", pids=[sleeper.pid], mode="v2",
-                          space="cores=1,2", values={"lr": 0.1})
+    d.client.register(job="j", trial="t", pids=[sleeper.pid])
+    assert _ops(daemons, "t") == ["open"]  # opening applies nothing by itself
+    first = d.client.apply("t", SystemConfig(1, 512), cpu_quota=0.5)
+    assert (first["config"], first["memory_mb"], first["cpu_quota"]) == ("1c/512m/0g", 512, 0.5)
+    usage = d.client.usage("t")
+    assert (usage["cpu_s"], usage["memory_peak_mb"]) == (1.5, 42.0)
+    described = d.client.trial("t")
+    assert (described["config"], described["cpus"]) == ("1c/512m/0g", first["cpus"])
+    assert _ops(daemons, "t") == ["open", "apply", "usage"]
 
 
 def test_added_pids_are_checked_and_moved(daemons: Daemons, sleeper: subprocess.Popen) -> None:
     d = daemons.recording()
-    d.client.register(job="j", trial="p", pids=[sleeper.pid], mode="v1", space="cores=1")
+    d.client.register(job="j", trial="p", pids=[sleeper.pid])
     other = subprocess.Popen(["sleep", "60"])
     try:
         answer = d.client.add_pids("p", [other.pid])
@@ -88,30 +88,14 @@ def test_added_pids_are_checked_and_moved(daemons: Daemons, sleeper: subprocess.
 def test_reaper_closes_trials_whose_processes_are_gone(daemons: Daemons) -> None:
     d = daemons.recording()
     proc = subprocess.Popen(["sleep", "60"])
-    d.client.register(job="j", trial="gone", pids=[proc.pid], mode="v1", space="cores=1")
+    d.client.register(job="j", trial="gone", pids=[proc.pid])
+    d.client.apply("gone", SystemConfig(1))
     proc.kill()
     proc.wait()
     wait_until(lambda: d.client.trials() == [], what="trial of a dead process dropped")
     assert _ops(daemons, "gone") == ["open", "apply", "close"]
     assert "all processes gone" in d.output()
-
-
-def test_pipetune_mode_without_the_tuner_degrades_and_says_why(
-    daemons: Daemons, sleeper: subprocess.Popen
-) -> None:
-    try:
-        import pipetune.tuner  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("pipetune.tuner is installed: the tuner's own tests cover mode pipetune")
-    d = daemons.recording()
-    answer = d.client.register(job="j", trial="pt", pids=[sleeper.pid], mode="pipetune",
-                               space="cores=1,2")
-    assert answer["phase"] == "degraded"
-    assert "tuner unavailable" in answer["reason"]
-    assert answer["config"] == "2c/-m/0g"  # the space default, untouched
-    assert _ops(daemons, "pt") == []  # nothing applied
+    assert d.client.health()["cpus_held"] == {}
 
 
 def test_model_version_follows_the_file_mtime(daemons: Daemons, socket_dir: Path) -> None:
@@ -126,35 +110,38 @@ def test_model_version_follows_the_file_mtime(daemons: Daemons, socket_dir: Path
     assert d.client.health()["model"]["path"] == str(model)
 
 
-def test_daemon_policy_forwards_and_degrades_when_the_daemon_dies(
+def test_daemon_controller_is_a_drop_in_and_reopens_after_a_restart(
     daemons: Daemons, sleeper: subprocess.Popen
 ) -> None:
     d = daemons.recording()
-    ref = TrialRef(job="j", trial="dp", node="n")
-    policy = policy_for_trial(ref, mode="v1", space=SystemSpace.parse("cores=1"),
-                              socket_path=daemons.socket)
-    assert isinstance(policy, DaemonPolicy)
-    policy.start([sleeper.pid])
-    assert (policy.phase, str(policy.config()), policy.threads()) == ("v1", "1c/-m/0g", 1)
-    policy.epoch_end(EpochResult(0, policy.config(), 0.1))
-    assert policy.phase == "v1"
+    ctl = daemon_controller(socket_path=daemons.socket, job="j")
+    assert isinstance(ctl, DaemonController)
+    assert ctl.name == "daemon:recording"
+    handle = ctl.open_trial("dc", [sleeper.pid])
+    applied = ctl.apply(handle, SystemConfig(1))
+    assert (applied.controller, applied.config, len(applied.cpus)) == (
+        "daemon:recording", SystemConfig(1), 1)
+    assert ctl.usage(handle).memory_peak_mb == 42.0
+
     d.signal(signal.SIGKILL)
     d.wait()
     t0 = time.monotonic()
-    policy.epoch_start(1)  # must not raise
-    policy.epoch_end(EpochResult(1, policy.config(), 0.1))
-    policy.close()
-    assert time.monotonic() - t0 < 5  # a dead daemon costs no timeouts
-    assert policy.phase == "degraded"
-    assert "daemon lost" in policy.reason
-    assert str(policy.config()) == "1c/-m/0g"  # the last config is kept
+    with pytest.raises(DaemonLostError, match="daemon lost at apply"):
+        ctl.apply(handle, SystemConfig(2))
+    assert time.monotonic() - t0 < 5  # a dead daemon costs no long timeouts
+
+    # A restarted daemon released the trial; the next apply opens it again.
+    daemons.recording()
+    again = ctl.apply(handle, SystemConfig(1))
+    assert again.config == SystemConfig(1)
+    assert _ops(daemons, "dc")[-2:] == ["open", "apply"]
+    ctl.close_trial(handle)
+    ctl.close_trial(handle)  # idempotent, also once the daemon forgot it
+    assert _ops(daemons, "dc")[-1] == "close"
 
 
-def test_policy_for_trial_without_a_daemon_is_none(socket_dir: Path) -> None:
-    ref = TrialRef(job="j", trial="t", node="n")
-    space = SystemSpace.parse("cores=1")
-    assert policy_for_trial(ref, mode="v1", space=space,
-                            socket_path=socket_dir / "absent.sock") is None
+def test_daemon_controller_without_a_daemon_is_none(socket_dir: Path) -> None:
+    assert daemon_controller(socket_path=socket_dir / "absent.sock") is None
     # A socket file nobody listens on (a daemon that died) is no daemon either.
     import socket
 
@@ -162,12 +149,12 @@ def test_policy_for_trial_without_a_daemon_is_none(socket_dir: Path) -> None:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(stale))
     s.close()
-    assert policy_for_trial(ref, mode="v1", space=space, socket_path=stale) is None
+    assert daemon_controller(socket_path=stale) is None
     with pytest.raises(ConnectionError, match="connection refused"):
         DaemonClient(stale).health()
 
 
-def test_a_burst_of_trials_ending_epochs_together_is_served(daemons: Daemons) -> None:
+def test_a_burst_of_trials_applying_together_is_served(daemons: Daemons) -> None:
     """Many trials at one epoch boundary: a full listen backlog must make
     clients wait, not look like a dead daemon (which would degrade them)."""
     import threading
@@ -177,14 +164,13 @@ def test_a_burst_of_trials_ending_epochs_together_is_served(daemons: Daemons) ->
     errors: list[str] = []
     try:
         for i, p in enumerate(procs):
-            d.client.register(job="burst", trial=f"b{i}", pids=[p.pid], mode="v1",
-                              space="cores=1")
+            d.client.register(job="burst", trial=f"b{i}", pids=[p.pid])
 
         def trial(i: int) -> None:
             client = DaemonClient(daemons.socket, timeout_s=30)
             for epoch in range(10):
                 try:
-                    client.epoch_end(f"b{i}", EpochResult(epoch, SystemConfig(1), 0.1))
+                    client.apply(f"b{i}", SystemConfig(1 + epoch % 2))
                 except Exception as e:  # noqa: BLE001 - collected and asserted below
                     errors.append(repr(e))
 
@@ -198,3 +184,33 @@ def test_a_burst_of_trials_ending_epochs_together_is_served(daemons: Daemons) ->
             p.kill()
             p.wait()
     assert errors == []
+
+
+def test_the_daemon_reads_rapl_for_trials_that_may_not(
+    daemons: Daemons, socket_dir: Path, sleeper: subprocess.Popen
+) -> None:
+    """Privileged energy reads go through the daemon like privileged limits:
+    a fake powercap tree stands in for this host's missing RAPL."""
+    from pipetune.energy import TrialEnergy, rapl_available
+    from pipetune.tune.controller import trial_meters
+
+    if rapl_available() is True:
+        pytest.skip("this host reads RAPL itself: no daemon meter is used")
+    zone = socket_dir / "sys/class/powercap/intel-rapl:0"
+    zone.mkdir(parents=True)
+    for name, text in {"name": "package-0", "energy_uj": "1000000",
+                       "max_energy_range_uj": "262143328850", "enabled": "1"}.items():
+        (zone / name).write_text(text + "\n")
+    d = daemons.recording("--rapl-root", str(socket_dir))
+    assert d.client.health()["energy"] == ["rapl"]
+    ctl = daemon_controller(socket_path=daemons.socket)
+    assert ctl is not None
+    meters = trial_meters(ctl)
+    assert meters is not None and [m.method for m in meters] == ["rapl"]
+    before = meters[0].read_j()
+    tmp = zone / ".energy_uj.tmp"
+    tmp.write_text("6000000\n")
+    os.replace(tmp, zone / "energy_uj")  # 5 J more, as the kernel counts
+    wait_until(lambda: meters[0].read_j() - before >= 4.99, what="daemon sees the new count")
+    energy = TrialEnergy(meters, [sleeper.pid])
+    assert energy.interval()[1] == "rapl"

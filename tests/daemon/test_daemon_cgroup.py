@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from daemon_helpers import Daemons, wait_until
 
+from pipetune.errors import ControlError
+from pipetune.types import SystemConfig
+
 
 def _cgroup_writable() -> None:
     try:
@@ -51,16 +54,18 @@ def test_limits_land_and_graceful_stop_removes_them(
     before = {p.pid: (_cgroup_of(p.pid), os.sched_getaffinity(p.pid)) for p in two_sleepers}
     d = daemons.cli("--controller", "cgroup")
     assert d.client.health()["controller"].startswith("cgroup")
-    ra = d.client.register(job="j", trial="ca", pids=[a.pid], mode="v2", space="cores=1,2",
-                           values={"cores": 1})
-    rb = d.client.register(job="j", trial="cb", pids=[b.pid], mode="v2", space="cores=1,2",
-                           values={"cores": 1})
-    assert ra["phase"] == rb["phase"] == "v2", (ra, rb)
+    answers = {}
+    for name, proc in (("ca", a), ("cb", b)):
+        d.client.register(job="j", trial=name, pids=[proc.pid])
+        answers[name] = d.client.apply(name, SystemConfig(1))
+    ra, rb = answers["ca"], answers["cb"]
+    assert ra["controller"] == rb["controller"] == "cgroup-v1", (ra, rb)
     assert set(ra["cpus"]).isdisjoint(rb["cpus"])
     for proc, answer in ((a, ra), (b, rb)):
         group = _cgroup_of(proc.pid)
-        assert "/pipetune/" in group and answer["trial"] in group
+        assert "/pipetune/" in group and answer["trial_id"] in group
         assert os.sched_getaffinity(proc.pid) == set(answer["cpus"])
+        assert d.client.trial(answer["trial_id"])["cpus"] == answer["cpus"]
 
     d.signal(signal.SIGTERM)
     assert d.wait() == 0
@@ -77,8 +82,8 @@ def test_next_daemon_removes_what_a_killed_one_left(
     _cgroup_writable()
     original = _cgroup_of(sleeper.pid)
     first = daemons.cli("--controller", "cgroup")
-    first.client.register(job="j", trial="orphan", pids=[sleeper.pid], mode="v2",
-                          space="cores=1,2", values={"cores": 1})
+    first.client.register(job="j", trial="orphan", pids=[sleeper.pid])
+    first.client.apply("orphan", SystemConfig(1))
     assert "/pipetune/" in _cgroup_of(sleeper.pid)
     first.signal(signal.SIGKILL)
     first.wait()
@@ -95,21 +100,18 @@ def test_next_daemon_removes_what_a_killed_one_left(
     assert sleeper.poll() is None
 
 
-def test_a_config_that_cannot_be_applied_leaves_training_untouched(
+def test_a_config_that_cannot_be_applied_changes_nothing(
     daemons: Daemons, sleeper: subprocess.Popen
 ) -> None:
     _cgroup_writable()
-    original = _cgroup_of(sleeper.pid)
     d = daemons.cli("--controller", "cgroup")
-    # 1 MB is below what any process uses: the controller refuses it.
-    answer = d.client.register(job="j", trial="tiny", pids=[sleeper.pid], mode="v2",
-                               space="cores=1,2 memory_mb=1,none",
-                               values={"cores": 1, "memory_mb": 1})
-    assert answer["phase"] == "degraded"
-    # Untouched: it reports the space's default, not the config it could not apply.
-    assert (answer["config"], answer["threads"]) == ("2c/-m/0g", 2)
-    assert "could not apply 1c/1m/0g" in answer["reason"]
-    assert "training continues untouched" in answer["reason"]
-    assert _cgroup_of(sleeper.pid) == original
-    assert _cgroup_of(sleeper.pid, "memory") == _cgroup_of(os.getpid(), "memory")
+    d.client.register(job="j", trial="tiny", pids=[sleeper.pid])
+    good = d.client.apply("tiny", SystemConfig(1))
+    # 1 MB is below what any process uses: the controller refuses it, the
+    # trial's caller hears why, and what was in force stays in force.
+    with pytest.raises(ControlError, match="below the trial.s current usage"):
+        d.client.apply("tiny", SystemConfig(1, 1))
+    assert os.sched_getaffinity(sleeper.pid) == set(good["cpus"])
+    assert d.client.trial("tiny")["config"] == "1c/-m/0g"
+    assert _cgroup_of(sleeper.pid, "memory") != _cgroup_of(os.getpid(), "memory")
     assert sleeper.poll() is None

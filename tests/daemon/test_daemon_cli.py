@@ -47,19 +47,19 @@ def test_health_over_socket_and_curl(daemons: Daemons, socket_dir: Path) -> None
     health = d.client.health()
     assert health["model"] == {"path": str(model), "version": 0, "mtime_ns": None}
     assert health["capabilities"]["store.url"] == store
-    assert health["api_version"] == 1
+    assert health["api_version"] == 2
     assert health["pid"] == d.pid
     assert health["status"] == "ok"
     assert health["uptime_s"] >= 0
     # The doctor's facts, collected once at start.
     assert health["capabilities"]["node.cpus"] == os.cpu_count()
     assert "store.reachable" in health["capabilities"]
-    assert set(health["modes"]) == {"pipetune", "v1", "v2"}
+    assert health["controller_kind"] in ("cgroup-v1", "cgroup-v2", "affinity")
     assert oct(daemons.socket.stat().st_mode & 0o777) == "0o666"
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     out = subprocess.run(
-        ["curl", "-sS", "--unix-socket", str(daemons.socket), "http://localhost/v1/health"],
+        ["curl", "-sS", "--unix-socket", str(daemons.socket), "http://localhost/v2/health"],
         capture_output=True, text=True, timeout=30, check=True,
     )
     assert json.loads(out.stdout)["pid"] == d.pid
@@ -105,23 +105,19 @@ def shared_daemon() -> Iterator[DaemonProcess]:
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "fragment"),
     [
-        ("POST", "/v1/trials", b"{not json", 400, "not valid JSON"),
-        ("POST", "/v1/trials", b"[1, 2]", 400, "must be a JSON object"),
-        ("POST", "/v1/trials", b'{"pids": [1]}', 400, "'trial' is required"),
-        ("POST", "/v1/trials", b'{"trial": "t"}', 400, "'pids' is required"),
-        ("POST", "/v1/trials", b'{"trial": "t", "pids": ["x"]}', 400, "not a positive integer"),
-        ("POST", "/v1/trials", b'{"trial": "t", "pids": [PID], "mode": "v9"}', 400, "mode"),
-        ("POST", "/v1/trials", b'{"trial": "t", "pids": [PID], "space": "cores=999"}', 400,
-         "do not fit"),
-        ("POST", "/v1/trials", b'{"trial": "t", "pids": [PID], "space": {"cores": ["a"]}}',
-         400, "not an integer"),
-        ("POST", "/v1/trials", b'{"trial": "t", "pids": [4194304]}', 400, "no such process"),
-        ("POST", "/v1/trials/nope/epoch_end", b'{"epoch": 0, "seconds": 1}', 404,
-         "not registered"),
-        ("GET", "/v1/trials/nope/epoch_end", None, 405, "allowed POST"),
-        ("GET", "/v2/health", None, 404, "paths start with /v1/"),
-        ("GET", "/v1/nothing", None, 404, "no endpoint"),
-        ("DELETE", "/v1/trials/nope", None, 404, "not registered"),
+        ("POST", "/v2/trials", b"{not json", 400, "not valid JSON"),
+        ("POST", "/v2/trials", b"[1, 2]", 400, "must be a JSON object"),
+        ("POST", "/v2/trials", b'{"pids": [1]}', 400, "'trial' is required"),
+        ("POST", "/v2/trials", b'{"trial": "t"}', 400, "'pids' is required"),
+        ("POST", "/v2/trials", b'{"trial": "t", "pids": ["x"]}', 400, "not a positive integer"),
+        ("POST", "/v2/trials", b'{"trial": "t", "pids": [4194304]}', 400, "no such process"),
+        ("POST", "/v2/trials/nope/apply", b'{"config": "1c"}', 404, "not registered"),
+        ("GET", "/v2/trials/nope/apply", None, 405, "allowed POST"),
+        ("POST", "/v2/trials/nope/usage", None, 405, "allowed GET"),
+        ("POST", "/v2/trials/nope/epoch_end", b'{"epoch": 0}', 404, "no endpoint"),
+        ("GET", "/v1/health", None, 404, "paths start with /v2/"),
+        ("GET", "/v2/nothing", None, 404, "no endpoint"),
+        ("DELETE", "/v2/trials/nope", None, 404, "not registered"),
     ],
 )
 def test_malformed_requests_get_4xx_with_a_message(
@@ -138,21 +134,23 @@ def test_malformed_requests_get_4xx_with_a_message(
     assert shared_daemon.client.health()["trials"] == 0
 
 
-def test_duplicate_trial_is_a_conflict_and_epoch_end_needs_fields(
+def test_duplicate_trial_is_a_conflict_and_apply_needs_a_config(
     daemons: Daemons, sleeper: subprocess.Popen
 ) -> None:
     d = daemons.cli()
-    first = d.client.register(job="j", trial="dup", pids=[sleeper.pid], mode="v1",
-                              space="cores=1")
+    first = d.client.register(job="j", trial="dup", pids=[sleeper.pid])
     assert first["trial"] == "dup"
-    status, answer = raw_request(daemons.socket, "POST", "/v1/trials",
+    status, answer = raw_request(daemons.socket, "POST", "/v2/trials",
                                  json.dumps({"trial": "dup", "pids": [sleeper.pid]}).encode())
     assert status == 409 and answer["type"] == "TrialConflictError"
-    status, answer = raw_request(daemons.socket, "POST", "/v1/trials/dup/epoch_end", b"{}")
-    assert status == 400 and "'epoch' is required" in answer["error"]
-    status, answer = raw_request(daemons.socket, "POST", "/v1/trials/dup/epoch_end",
-                                 b'{"epoch": 1, "seconds": 2, "metrics": {"acc": "high"}}')
-    assert status == 400 and "'acc'" in answer["error"]
+    for body, fragment in [
+        (b"{}", "'config' is required"),
+        (b'{"config": "lots"}', "is not a system config"),
+        (b'{"config": "1c", "cpu_quota": -1}', "must be a finite number > 0"),
+        (b'{"config": "999c"}', "999 cores"),
+    ]:
+        status, answer = raw_request(daemons.socket, "POST", "/v2/trials/dup/apply", body)
+        assert status == 400 and fragment in answer["error"], answer
     d.client.close("dup")
     with pytest.raises(UnknownTrialError):
         d.client.trial("dup")
@@ -162,19 +160,20 @@ NOBODY_CLIENT = r"""
 import json, os, sys
 from pipetune.daemon import DaemonClient
 from pipetune.errors import PrivilegeError
+from pipetune.types import SystemConfig
 c = DaemonClient(sys.argv[1])
 out = {"uid": os.getuid()}
 try:
-    c.register(job="j", trial="steal", pids=[int(sys.argv[2])], mode="v1", space="cores=1")
+    c.register(job="j", trial="steal", pids=[int(sys.argv[2])])
     out["root_pid"] = "accepted"
 except PrivilegeError as e:
     out["root_pid"] = ["refused", e.status, str(e)]
 try:
-    c.epoch_start("roots", 1)
+    c.apply("roots", SystemConfig(1))
     out["root_trial"] = "accepted"
 except PrivilegeError as e:
     out["root_trial"] = ["refused", e.status, str(e)]
-a = c.register(job="j", trial="mine", pids=[os.getpid()], mode="v1", space="cores=1")
+a = c.register(job="j", trial="mine", pids=[os.getpid()])
 out["own_pid"] = a
 out["listed"] = [t["trial"] for t in c.trials()]
 c.close("mine")
@@ -198,7 +197,7 @@ def test_ownership_checked_from_the_socket_peer(
     """A non-root caller may not register a root-owned PID nor touch a root
     trial, and may register its own process."""
     d = daemons.cli()
-    d.client.register(job="j", trial="roots", pids=[sleeper.pid], mode="v1", space="cores=1")
+    d.client.register(job="j", trial="roots", pids=[sleeper.pid])
     out = subprocess.run(
         [*_as_nobody(), PYTHON, "-c", NOBODY_CLIENT, str(daemons.socket), str(sleeper.pid)],
         capture_output=True, text=True, timeout=60, env=child_env(HOME="/tmp"), cwd="/tmp",
@@ -221,8 +220,7 @@ def test_root_may_register_another_users_process(daemons: Daemons) -> None:
     proc = subprocess.Popen([*_as_nobody(), "sleep", "60"])
     try:
         wait_until(lambda: _uid_of(proc.pid) == 65534, what="sleep runs as nobody")
-        answer = d.client.register(job="j", trial="theirs", pids=[proc.pid], mode="v1",
-                                   space="cores=1")
+        answer = d.client.register(job="j", trial="theirs", pids=[proc.pid])
         assert answer["trial"] == "theirs"
     finally:
         proc.kill()
@@ -241,7 +239,7 @@ def _uid_of(pid: int) -> int | None:
     return None
 
 
-def test_sigkill_mid_trial_training_goes_on_and_next_daemon_cleans_up(
+def test_sigkill_mid_trial_the_trial_says_what_confines_it_and_the_next_daemon_readopts(
     daemons: Daemons, socket_dir: Path
 ) -> None:
     first = daemons.cli()
@@ -249,39 +247,56 @@ def test_sigkill_mid_trial_training_goes_on_and_next_daemon_cleans_up(
     gate.mkdir()
     child = subprocess.Popen(
         [PYTHON, str(Path(__file__).parent / "train_child.py"), str(daemons.socket), "kill-me",
-         str(gate), "5"],
+         str(gate), "6"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=ROOT,
     )
+    all_cpus = set(os.sched_getaffinity(0))
     try:
         assert child.stdout is not None
-        epochs = [json.loads(child.stdout.readline()) for _ in range(2)]
-        hosted = first.client.trials()
-        assert [t["trial"] for t in hosted] == ["kill-me"]
-        # While the daemon lives, the trial reports what the daemon decided.
-        assert [e["pt_phase"] for e in epochs] == [hosted[0]["phase"]] * 2
-        assert all("daemon lost" not in e["pt_reason"] for e in epochs)
+
+        def epochs(n: int) -> list[dict]:
+            return [json.loads(child.stdout.readline()) for _ in range(n)]
+
+        before = epochs(2)
+        assert [t["trial"] for t in first.client.trials()] == ["kill-me"]
+        kind = first.client.health()["controller_kind"]
+        assert {e["pt_controller"] for e in before} == {f"daemon:{kind}"}
+        confined = before[0]["pt_cpus"]
+        assert len(confined.split(",")) == 1 and "-" not in confined  # one CPU
+        assert {e["pt_threads"] for e in before} == {1}
 
         first.signal(signal.SIGKILL)
         assert first.wait() == -signal.SIGKILL
         assert daemons.socket.exists()  # a dead daemon leaves its socket behind
         (gate / "go1").touch()
-        rest = [json.loads(child.stdout.readline()) for _ in range(3)]
-        assert [e["loss"] for e in rest] == [1 / 3, 1 / 4, 1 / 5]  # training went on
-        assert rest[-1]["pt_phase"] == "degraded"
-        assert "daemon lost" in rest[-1]["pt_reason"]
-        assert "training continues untouched" in rest[-1]["pt_reason"]
+        orphaned = epochs(2)
+        assert [e["loss"] for e in orphaned] == [1 / 3, 1 / 4]  # training went on
+        # The dead daemon's cgroup still confines the trial: it says so, and
+        # its threads follow what it really has.
+        assert {e["pt_cpus"] for e in orphaned} == {confined}
+        assert {e["pt_threads"] for e in orphaned} == {1}
+        assert os.sched_getaffinity(child.pid) == {int(confined)}
 
-        # The next daemon: stale socket removed, the dead one's trial recovered.
+        # The next daemon: stale socket removed, the dead one's group released at once.
         second = daemons.cli()
         health = second.client.health()
         assert health["recovered"]["stale_socket"] is True
         assert health["recovered"]["stale_trials"] == ["kill-me"]
-        assert health["recovered"]["restored_pids"] == 1  # the child still runs
+        assert health["recovered"]["stale_groups"] >= 1
+        assert os.sched_getaffinity(child.pid) == all_cpus
         assert second.client.trials() == []
+        # At its next boundary the trial sees its limits gone and is adopted again.
         (gate / "go2").touch()
+        after = epochs(2)
+        assert [e["loss"] for e in after] == [1 / 5, 1 / 6]
+        assert len(after[1]["pt_cpus"].split(",")) == 1 and "-" not in after[1]["pt_cpus"]
+        assert [t["trial"] for t in second.client.trials()] == ["kill-me"]
+        assert after[1]["pt_phase"] == "v1"
+        (gate / "go3").touch()
         out, err = child.communicate(timeout=60)
         assert child.returncode == 0, err
         assert json.loads(out.splitlines()[-1])["done"] is True
+        wait_until(lambda: second.client.trials() == [], what="ended trial closed")
     finally:
         if child.poll() is None:
             child.kill()
@@ -292,7 +307,7 @@ def test_sigkill_mid_trial_training_goes_on_and_next_daemon_cleans_up(
 def test_graceful_stop_removes_socket_and_state(daemons: Daemons, sleeper: subprocess.Popen,
                                                 signum: int) -> None:
     d = daemons.cli()
-    d.client.register(job="j", trial="t", pids=[sleeper.pid], mode="v1", space="cores=1")
+    d.client.register(job="j", trial="t", pids=[sleeper.pid])
     state = Path(str(daemons.socket) + ".state.json")
     assert "t" in json.loads(state.read_text())["trials"]
     d.signal(signum)

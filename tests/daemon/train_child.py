@@ -1,11 +1,12 @@
-"""A user-style training loop whose system policy is hosted by the daemon.
+"""A user-style training loop whose controller is the node daemon's.
 
     python train_child.py SOCKET TRIAL_ID GATE_DIR EPOCHS
 
 Prints one JSON line per epoch (what went to "Tune").  Before epoch 2 it
-waits for GATE_DIR/go1 (the test kills the daemon meanwhile); after the last
-epoch it waits for GATE_DIR/go2 before exiting (so the test can start the next
-daemon while this process still runs).  Exits 0 when training finished.
+waits for GATE_DIR/go1 (the test kills the daemon meanwhile), before epoch
+4 for GATE_DIR/go2 (the test starts the next daemon meanwhile); after the
+last epoch it waits for GATE_DIR/go3 before exiting.  Exits 0 when training
+finished.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from pipetune.daemon import policy_for_trial
+from pipetune.daemon import daemon_controller
+from pipetune.policy import FixedPolicy
 from pipetune.tune.session import TrialSession
-from pipetune.types import SystemSpace, TrialRef
+from pipetune.types import SystemConfig, TrialRef
 
 
 def wait_for(path: Path, timeout_s: float = 60.0) -> None:
@@ -33,11 +35,11 @@ def main() -> int:
     socket_path, trial_id, gate, epochs = sys.argv[1], sys.argv[2], Path(sys.argv[3]), \
         int(sys.argv[4])
     ref = TrialRef(job="sigkill-job", trial=trial_id, node="test")
-    space = SystemSpace.parse("cores=1")
-    policy = policy_for_trial(ref, mode="v1", space=space, socket_path=socket_path)
-    if policy is None:
+    controller = daemon_controller(socket_path=socket_path, job=ref.job)
+    if controller is None:
         print(json.dumps({"error": "no daemon"}), flush=True)
         return 3
+    policy = FixedPolicy(SystemConfig(1), trial_id=trial_id, controller=controller, phase="v1")
 
     def report(out: dict) -> None:
         print(json.dumps(out), flush=True)
@@ -45,13 +47,13 @@ def main() -> int:
     session = TrialSession(ref, policy, report_fn=report).start()
     x = 0.0
     for epoch in range(epochs):
-        if epoch == 2:
-            wait_for(gate / "go1")
+        if epoch in (2, 4):
+            wait_for(gate / f"go{epoch // 2}")
         for i in range(20000):  # the "training"
             x += (i % 7) * 1e-6
         session.report({"loss": 1.0 / (epoch + 1), "pid": os.getpid()}, steps=20000)
     session.close()
-    wait_for(gate / "go2")
+    wait_for(gate / "go3")
     print(json.dumps({"done": True, "x": x}), flush=True)
     return 0
 
