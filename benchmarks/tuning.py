@@ -87,6 +87,28 @@ def search_epochs(decisions: Sequence[Mapping[str, Any]], trial_epochs: Mapping[
     return total
 
 
+def probe_vs_oracle(runs: Sequence[Mapping[str, Any]],
+                    sweep: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each pipetune probe epoch's time over the oracle sweep's epoch time of
+    the same trial at the same config: how much a probe loses to being
+    measured inside a live trial (thread count, warm-up, the tuner beside
+    it).  Trials are matched by start order (trial ids are numbered so).
+    The sweep times training only; a Tune epoch includes its evaluation."""
+    out = []
+    for run in runs:
+        if run.get("mode") != "pipetune":
+            continue
+        order = sorted({t for t, _, _ in run.get("probe_epochs", [])} |
+                       {str(t["trial"]) for t in run.get("trials", [])})
+        for trial, config, seconds in run.get("probe_epochs", []):
+            i = order.index(trial)
+            oracle = sweep[i]["epoch_s"].get(config) if i < len(sweep) else None
+            if oracle:
+                out.append({"trial": trial, "config": config, "seconds": seconds,
+                            "oracle_s": oracle, "ratio": seconds / oracle})
+    return out
+
+
 def integrate_power_j(times_s: Sequence[float], watts: Sequence[float]) -> float:
     """Joules from power samples (trapezoids; 0 for fewer than two samples)."""
     pts = sorted(zip(times_s, watts, strict=True))
@@ -289,6 +311,10 @@ def _figures(result: Any, settings: Any, metric: str) -> dict[str, Any]:
                                        trial_epochs),
         "trials": result.trials,
         "failed": sum(1 for t in result.trials if t.get("error")),
+        # Epochs run wholly at a probe's config: (trial, config, seconds).
+        "probe_epochs": ([(str(r["trial"]), str(r["config"]), float(r["seconds"]))
+                          for r in epochs.to_dict("records") if r.get("phase") == "probing"]
+                         if len(epochs) and "phase" in epochs else []),
     }
 
 
@@ -447,6 +473,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ratio_rows[f"pipetune/{den}"] = ratios(summary, "pipetune", den)
     print()
     print(format_table(summary, ratio_rows))
+    probes = probe_vs_oracle(runs, sweep) if sweep else []
+    for row in probes:
+        print(f"probe epoch {row['trial']} at {row['config']}: {row['seconds']:.2f} s, "
+              f"oracle {row['oracle_s']:.2f} s/epoch -> {row['ratio']:.2f}x")
     if sweep:
         ideal = sum(min(s["epoch_s"].values()) for s in sweep) * epochs
         print(f"\noracle sweep: sum over trials of epochs x best epoch time = {ideal:.1f} s "
@@ -460,7 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "space": [str(c) for c in space.configs()], "seed": args.seed, "warm": args.warm,
         "neighbours": args.neighbours,
         "trials": trials, "oracle_sweep": sweep, "runs": runs, "summary": summary,
-        "ratios": ratio_rows, "total_s": time.monotonic() - started,
+        "ratios": ratio_rows, "probe_vs_oracle": probes,
+        "total_s": time.monotonic() - started,
     }
     text = json.dumps(data, indent=2, default=str)
     (out_dir / "tuning.json").write_text(text)

@@ -1,17 +1,19 @@
 """Who decides a trial's system config, behind one small interface.
 
 - :class:`SystemPolicy` — driven by epoch boundaries from the training
-  thread; implemented by a fixed config (baselines V1/V2), the trial's
-  SystemTuner (pipetune), or a client of the node daemon that hosts either.
+  thread; implemented by a fixed config (baselines V1/V2) and the trial's
+  SystemTuner (pipetune).  Both run in the trial's process; the controller
+  they are given is local or the node daemon's.
 - :class:`FixedPolicy` — applies one config through the controller at start.
 
-Core module: no Ray, no torch, so the daemon can host policies too.
+Core module: no Ray, no torch.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,6 +61,27 @@ class SystemPolicy(abc.ABC):
     def config(self) -> SystemConfig:
         """The config in force now."""
 
+    def applied_cpus(self) -> tuple[int, ...] | None:
+        """The CPUs the last apply confined the trial to; ``None`` when
+        nothing confines it (dry run, degraded, not applied yet)."""
+        return None
+
+    def reassert(self) -> None:  # noqa: B027 - optional hook
+        """The trial's limits were lifted from outside (a restarted daemon
+        released the groups of the one that died): apply them again."""
+
+    def wait_decision(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until the boundary just reported is
+        decided and its config applied, so the training thread adopts the
+        new thread count at this same boundary.  Default: nothing to wait for."""
+        return True
+
+    @property
+    def controller_name(self) -> str:
+        """Who enforces the config (``cgroup-v1``, ``affinity``, ``dry-run``,
+        ``daemon:cgroup-v1``); reported with every result as ``pt_controller``."""
+        return "none"
+
     def threads(self) -> int:
         """Threads the training thread should use now (follows the cores)."""
         return self.config().cores
@@ -69,36 +92,69 @@ class SystemPolicy(abc.ABC):
 
 class FixedPolicy(SystemPolicy):
     """One config for the whole trial: baseline V1 (the same default config
-    for every trial) and V2 (the config Tune sampled for this trial)."""
+    for every trial) and V2 (the config Tune sampled for this trial).
+
+    ``controller``: the trial's controller (local, or the node daemon's), or
+    a kind for :func:`pipetune.control.detect_controller`.
+    """
 
     def __init__(
-        self, config: SystemConfig, *, trial_id: str, controller: str = "auto", phase: str = "fixed"
+        self, config: SystemConfig, *, trial_id: str, controller: Any = "auto",
+        phase: str = "fixed",
     ) -> None:
         self._config = config
         self._trial_id = trial_id
-        self._controller_kind = controller
-        self._controller: Any = None
+        self._controller: Any = controller if not isinstance(controller, str) else None
+        self._controller_kind = controller if isinstance(controller, str) else ""
         self._handle: Any = None
+        self._applied: Any = None
         self.phase = phase
 
     def start(self, pids: list[int]) -> None:
         try:
-            from pipetune.control import detect_controller
+            if self._controller is None:
+                from pipetune.control import detect_controller
 
-            self._controller = detect_controller(self._controller_kind)
+                self._controller = detect_controller(self._controller_kind or "auto")
             self._handle = self._controller.open_trial(self._trial_id, pids)
-            self._controller.apply(self._handle, self._config)
-            self.reason = f"{self.phase}: {self._config} via {self._controller.name}"
+            self._applied = applied = self._controller.apply(self._handle, self._config)
+            where = getattr(applied, "cpus", None)
+            on = f" on cpus {','.join(map(str, where))}" if where else ""
+            self.reason = f"{self.phase}: {self._config}{on} via {self._controller.name}"
         except Exception as e:  # noqa: BLE001 - never fail the trial for the system side
-            self.phase = "degraded"
-            self.reason = f"could not apply {self._config}: {e}"
-            log.warning("trial %s: %s; training continues untouched", self._trial_id, self.reason)
+            self._degrade(f"could not apply {self._config}: {e}")
+
+    def _degrade(self, why: str) -> None:
+        self.phase = "degraded"
+        self.reason = f"{why}; training continues untouched"
+        log.warning("trial %s: %s", self._trial_id, self.reason)
+        self.close()
+        # What is reported is what is in force: the CPUs this process has.
+        self._config = SystemConfig(len(os.sched_getaffinity(0)), None, self._config.gpus)
 
     def epoch_end(self, result: EpochResult) -> None:
         return None
 
     def config(self) -> SystemConfig:
         return self._config
+
+    def applied_cpus(self) -> tuple[int, ...] | None:
+        return enforced_cpus(self._applied) if self.phase != "degraded" else None
+
+    def reassert(self) -> None:
+        if self._controller is None or self._handle is None or self.phase == "degraded":
+            return
+        try:
+            log.warning("trial %s: its limits were lifted from outside (a restarted daemon "
+                        "released it?): %s applied again", self._trial_id, self._config)
+            self._applied = self._controller.apply(self._handle, self._config)
+        except Exception as e:  # noqa: BLE001 - never fail the trial for the system side
+            self._degrade(f"limits lifted from outside and {self._config} could not be "
+                          f"applied again: {e}")
+
+    @property
+    def controller_name(self) -> str:
+        return str(getattr(self._controller, "name", "none"))
 
     def close(self) -> None:
         if self._controller is not None and self._handle is not None:
@@ -109,19 +165,34 @@ class FixedPolicy(SystemPolicy):
             self._handle = None
 
 
+def enforced_cpus(applied: Any) -> tuple[int, ...] | None:
+    """The CPUs an :class:`~pipetune.control.Applied` really confines the
+    trial to; ``None`` when it confines nothing (dry run, no apply yet)."""
+    if applied is None or "cores" in (getattr(applied, "skipped", None) or {}):
+        return None
+    cpus = tuple(getattr(applied, "cpus", ()) or ())
+    return cpus or None
+
+
 def make_policy(
     mode: str,
     space: SystemSpace,
     trial_config: Mapping[str, Any],
     ref: TrialRef,
     settings: Settings,
+    *,
+    controller: Any = None,
     **tuner_kwargs: Any,
 ) -> SystemPolicy:
-    """The system policy of one trial for ``mode`` (see :func:`wrap`)."""
+    """The system policy of one trial for ``mode`` (see :func:`pipetune.wrap`).
+
+    ``controller``: the trial's controller (default: ``settings.controller``'s
+    local one); the same for every mode, so baselines and pipetune trials are
+    confined alike.
+    """
+    ctl = controller if controller is not None else settings.controller
     if mode == "v1":
-        return FixedPolicy(
-            space.default, trial_id=ref.trial, controller=settings.controller, phase="v1"
-        )
+        return FixedPolicy(space.default, trial_id=ref.trial, controller=ctl, phase="v1")
     if mode == "v2":
         try:
             config = SystemConfig(
@@ -131,9 +202,9 @@ def make_policy(
             )
         except KeyError as e:
             raise ConfigError("mode v2 needs 'cores' in the trial's Tune config") from e
-        return FixedPolicy(config, trial_id=ref.trial, controller=settings.controller, phase="v2")
+        return FixedPolicy(config, trial_id=ref.trial, controller=ctl, phase="v2")
     if mode == "pipetune":
         from pipetune.tuner import tuner_policy
 
-        return tuner_policy(space, ref, settings, **tuner_kwargs)
+        return tuner_policy(space, ref, settings, controller=controller, **tuner_kwargs)
     raise ConfigError(f"mode {mode!r}: must be one of {', '.join(MODES)}")

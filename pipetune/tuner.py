@@ -75,6 +75,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -83,10 +84,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipetune.control.base import format_cpus
 from pipetune.errors import ConfigError, NotSupportedError, PipetuneError
 from pipetune.groundtruth import EmptyGroundTruth, GroundTruth, Match, check_threshold
 from pipetune.groundtruth.persist import load_or_empty
-from pipetune.policy import SystemPolicy
+from pipetune.policy import SystemPolicy, enforced_cpus
 from pipetune.probing import (
     DEFAULT_MEMORY_MARGIN,
     Measurement,
@@ -178,6 +180,7 @@ class _Kind(enum.Enum):
     EPOCH_START = "epoch_start"
     WINDOW_END = "window_end"
     EPOCH_END = "epoch_end"
+    REASSERT = "reassert"
     CLOSE = "close"
 
 
@@ -188,6 +191,7 @@ class _Event:
     epoch: int = 0
     steps: int = 0
     metrics: Mapping[str, float] = field(default_factory=dict)
+    seq: int = 0
 
 
 @dataclass
@@ -312,6 +316,8 @@ class SystemTuner:
         self.profile: EpochProfile | None = None
         self.match: Match | None = None
         self.best: tuple[SystemConfig, float] | None = None
+        self.recorded = False  # a ground-truth record was written for this trial
+        self.applied: Any = None  # what the last apply put in force (control.Applied)
         self._config = self.default  # in force (read by the training thread)
         self.started_at: float | None = None  # clock() at trial start
         self.settled_at: float | None = None  # clock() when a config was settled
@@ -344,6 +350,12 @@ class SystemTuner:
         self._queue: queue.Queue[_Event] = queue.Queue()
         self._idle = threading.Condition()
         self._busy = 0
+        # Boundaries posted / decided: the training thread waits for its
+        # boundary to be decided, so threads follow cores at that boundary.
+        self._posted_seq = 0
+        self._decided_seq = 0
+        # Slow clean-up (stopping perf) that waits until a boundary is decided.
+        self._after_decision: list[Callable[[], None]] = []
         self._thread = threading.Thread(
             target=self._run, name=f"pipetune-tuner-{ref.trial}", daemon=True
         )
@@ -382,6 +394,12 @@ class SystemTuner:
         """``epoch`` ended after ``steps`` training steps."""
         self._post(_Kind.EPOCH_END, epoch, steps, metrics)
 
+    def reassert(self) -> None:
+        """Apply the config in force again: the trial's limits were lifted
+        from outside (a restarted daemon releases the groups of the one that
+        died); the controller opens the trial again where it must."""
+        self._post(_Kind.REASSERT)
+
     def threads_to_use(self) -> int:
         """Threads the training thread should use now (``sync_threads`` it at
         the next boundary): the cores of the config in force."""
@@ -402,6 +420,25 @@ class SystemTuner:
             "pipetune/decision": last.kind.value if last else "",
             "pipetune/reason": last.reason if last else self.reason,
         }
+
+    def wait_decided(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every boundary posted so far is *decided* (its config
+        applied), not its slow clean-up; False after ``timeout_s``.
+
+        The training thread calls it at a boundary before it adopts
+        :meth:`threads_to_use`, so the thread count changes at the same
+        boundary as the cpuset and quota, never an epoch later.  Usually
+        milliseconds; at most a sample interval or two when the profile is
+        taken (it waits for the sample covering the epoch's end)."""
+        deadline = time.monotonic() + timeout_s
+        with self._idle:
+            want = self._posted_seq
+            while self._decided_seq < want:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
 
     def wait_idle(self, timeout_s: float = 10.0) -> bool:
         """Wait until every event posted so far is handled (tests, trial end)."""
@@ -437,12 +474,14 @@ class SystemTuner:
         try:
             if self._closing:
                 return
-            ev = _Event(kind, self.clock(), int(epoch), int(steps), dict(metrics or {}))
-            if kind is _Kind.EPOCH_END:
-                self._epochs_posted = max(self._epochs_posted, ev.epoch + 1)
             with self._idle:
+                self._posted_seq += 1
+                ev = _Event(kind, self.clock(), int(epoch), int(steps), dict(metrics or {}),
+                            self._posted_seq)
+                if kind is _Kind.EPOCH_END:
+                    self._epochs_posted = max(self._epochs_posted, ev.epoch + 1)
                 self._busy += 1
-            self._queue.put_nowait(ev)
+                self._queue.put_nowait(ev)
         except Exception:  # never raise into training
             log.exception("trial %s: could not post %s", self.ref.trial, kind.value)
 
@@ -453,8 +492,15 @@ class SystemTuner:
             ev = self._queue.get()
             try:
                 self._handle_safely(ev)
+                with self._idle:
+                    self._decided_seq = max(self._decided_seq, ev.seq)
+                    self._idle.notify_all()
+                later, self._after_decision = self._after_decision, []
+                for fn in later:
+                    fn()
             finally:
                 with self._idle:
+                    self._decided_seq = max(self._decided_seq, ev.seq)
                     self._busy -= 1
                     self._idle.notify_all()
             if ev.kind is _Kind.CLOSE:
@@ -480,6 +526,13 @@ class SystemTuner:
             if self.state is TunerState.START:
                 self._begin()
             return
+        if ev.kind is _Kind.REASSERT:
+            if self._trial_handle is not None:
+                log.warning("trial %s: its limits were lifted from outside (a restarted "
+                            "daemon released it?): %s applied again", self.ref.trial,
+                            self._config)
+                self._apply(self._config)
+            return
         if self.state is TunerState.START:  # boundaries before start(): start now
             self._begin()
         energy = self._read_energy()
@@ -502,7 +555,7 @@ class SystemTuner:
                 self._probe_progress(ev, epoch_over=False)
             elif self.state is TunerState.PROFILING and self._profile_at_window(ev):
                 self._after_profile(ev)
-                self._stop_profiler()
+                self._after_decision.append(self._stop_profiler)
             return
         # EPOCH_END
         self._windows_in_epoch += 1
@@ -519,9 +572,9 @@ class SystemTuner:
         self._write_epoch(ev, profile)
         if self.state is TunerState.PROFILING and profile is not None:
             self._after_profile(ev)
-            # Stopped after the decision: stopping perf takes a while, and the
-            # probe's config should be in force as soon as possible.
-            self._stop_profiler()
+            # Stopped once the decision is out: stopping perf takes a while,
+            # and the training thread waits for the decision, not for perf.
+            self._after_decision.append(self._stop_profiler)
         elif self.state is TunerState.PROBING:
             self._probe_progress(ev, epoch_over=True)
 
@@ -544,11 +597,22 @@ class SystemTuner:
         self._transition(TunerState.PROFILING, "trial started")
         self._trial_handle = self.controller.open_trial(self.ref.trial, self.pids)
         self._apply(self.default)
-        self._profiler = self.profiler_factory(self.pids)
-        self._profiler.start()
-        # start() attaches perf, which takes a while (more on a loaded host, and
-        # the first time a process probes perf's events); the training runs on
+        # The default is in force: that is what the training thread waits for.
+        # Attaching perf takes a while (more on a loaded host, and the first
+        # time a process probes perf's events); the training runs on
         # meanwhile, so the boundaries queued by then predate every sample.
+        self._after_decision.append(self._start_profiler)
+
+    def _start_profiler(self) -> None:
+        if self.state is not TunerState.PROFILING:
+            return
+        try:
+            self._profiler = self.profiler_factory(self.pids)
+            self._profiler.start()
+        except Exception as e:  # perf missing or refused: the trial trains on untouched
+            what = e if isinstance(e, PipetuneError) else f"{type(e).__name__}: {e}"
+            self._degrade(f"start: {what}", 0)
+            return
         self._sampling_from = self.clock()
 
     def _maybe_profile(self, ev: _Event) -> EpochProfile | None:
@@ -927,6 +991,7 @@ class SystemTuner:
             self._store_call(self.store.write_groundtruth, workload=self.workload,
                              profile=self.profile, config=cfg, objective=self.objective.value,
                              value=value, ref=self.ref, time_s=self.clock())
+            self.recorded = True
 
     def _settle_default(self, ev: _Event, reason: str) -> None:
         self._apply(self.default)
@@ -946,6 +1011,7 @@ class SystemTuner:
         self._store_call(self.store.write_groundtruth, workload=self.workload,
                          profile=self.profile, config=cfg, objective=self.objective.value,
                          value=math.nan, ref=self.ref, time_s=self.clock(), probed=False)
+        self.recorded = True
 
     # -- → DEGRADED -------------------------------------------------------------------------------
 
@@ -958,20 +1024,34 @@ class SystemTuner:
         self.reason = reason
         self._stop_profiler()
         restored = "default kept"
+        in_force = self.default
         if self._trial_handle is not None and self._config != self.default:
             try:
                 self.controller.apply(self._trial_handle, self.default)
                 restored = f"default {self.default} restored"
             except Exception as e:
-                restored = f"could not restore default ({e}); limits released"
                 self._release()
-        self._config = self.default
-        self._decide(DecisionKind.DEGRADED, self.default, epoch, f"{reason}; {restored}")
+                # What confines the trial now is read back, not assumed: a
+                # dead daemon's cgroup keeps its cpuset until a daemon
+                # restarts and releases it.
+                cpus = self._cpus_now()
+                restored = f"could not restore default ({e})"
+                if cpus is not None:
+                    restored += f"; the trial runs on {len(cpus)} CPU(s) ({format_cpus(cpus)})"
+                    in_force = SystemConfig(len(cpus), None, self.default.gpus)
+        self._config = in_force
+        self._decide(DecisionKind.DEGRADED, in_force, epoch, f"{reason}; {restored}")
+
+    def _cpus_now(self) -> list[int] | None:
+        try:
+            return sorted(os.sched_getaffinity(self.pids[0]))
+        except (OSError, IndexError):
+            return None
 
     # -- helpers --------------------------------------------------------------------------------
 
     def _apply(self, cfg: SystemConfig) -> None:
-        self.controller.apply(self._trial_handle, cfg)
+        self.applied = self.controller.apply(self._trial_handle, cfg)
         self._config = cfg
 
     def _usage(self) -> Any:
@@ -1062,8 +1142,15 @@ class SystemTuner:
 
 class TunerPolicy(SystemPolicy):
     """The SystemTuner as a trial's :class:`~pipetune.policy.SystemPolicy`
-    (pipetune mode): it writes its own epochs (with profiles), decisions and
-    ground-truth records, so the trial session does not."""
+    (pipetune mode): it writes its own epochs (with profiles), decisions,
+    ground-truth records and the profiler's samples, so the trial session
+    does not.
+
+    ``controller``: the trial's controller (local or the node daemon's);
+    default: ``settings.controller``'s local one.  ``meters``: its energy
+    meters (the daemon's RAPL reading where only the daemon may read it);
+    default: the host's.
+    """
 
     writes_to_store = True
 
@@ -1073,6 +1160,8 @@ class TunerPolicy(SystemPolicy):
         ref: TrialRef,
         settings: Any,
         *,
+        controller: Any = None,
+        meters: list[Any] | None = None,
         workload: str = "",
         total_epochs: int | None = None,
         **tuner_kwargs: Any,
@@ -1080,6 +1169,8 @@ class TunerPolicy(SystemPolicy):
         self.space = space
         self.ref = ref
         self.settings = settings
+        self.controller = controller
+        self.meters = meters
         self.workload = workload
         self.total_epochs = total_epochs
         self.tuner_kwargs = tuner_kwargs
@@ -1095,24 +1186,29 @@ class TunerPolicy(SystemPolicy):
         from pipetune.profiler import TrialProfiler
 
         settings = self.settings
-        try:
-            controller = detect_controller(settings.controller)
-        except PipetuneError as e:
-            log.warning("trial %s: no controller (%s); configs are only logged",
-                        self.ref.trial, e)
-            controller = detect_controller("dry-run")
+        controller = self.controller
+        if controller is None:
+            try:
+                controller = detect_controller(settings.controller)
+            except PipetuneError as e:
+                log.warning("trial %s: no controller (%s); configs are only logged",
+                            self.ref.trial, e)
+                controller = detect_controller("dry-run")
+            self.controller = controller
         from pipetune.energy import trial_energy
 
         # Its own TrialEnergy: intervals are per consumer, and the session
         # measures the same trial for Tune's report.
-        energy = trial_energy(list(pids))
+        energy = trial_energy(list(pids), self.meters)
         self.tuner = SystemTuner.from_settings(
             self.ref,
             self.space,
             settings,
             pids=pids,
             controller=controller,
-            profiler_factory=lambda p: TrialProfiler(p, interval_ms=settings.interval_ms),
+            profiler_factory=lambda p: TrialProfiler(
+                p, interval_ms=settings.interval_ms, on_sample=self._write_sample
+            ),
             store=self._store,
             energy=energy,
             workload=self.workload,
@@ -1120,6 +1216,14 @@ class TunerPolicy(SystemPolicy):
             **self.tuner_kwargs,
         )
         self.tuner.start()
+
+    def _write_sample(self, sample: Any) -> None:
+        """Each perf sample into the store's ``sample`` measurement (~1 Hz
+        while the trial is profiled), through the non-blocking writer."""
+        tuner, store = self.tuner, self._store
+        if tuner is None or store is None:
+            return
+        store.write_sample(self.ref, sample, phase=tuner.state.value, config=tuner.config)
 
     def epoch_start(self, epoch: int) -> None:
         if self.tuner is not None:
@@ -1132,14 +1236,27 @@ class TunerPolicy(SystemPolicy):
     def epoch_end(self, result: EpochResult) -> None:
         if self.tuner is not None:
             self.tuner.epoch_end(result.epoch, result.steps, dict(result.metrics))
-            summary = self.tuner.summary()
-            self.reason = str(summary.get("pipetune/reason") or "")
-            # For Tune's table: *how* the config was chosen once settled.
-            state, last = self.tuner.state, summary.get("pipetune/decision")
-            if state is TunerState.SETTLED:
-                self.phase = {"matched": "matched", "settled": "probed"}.get(str(last), str(last))
-            else:
-                self.phase = state.value
+
+    def wait_decision(self, timeout_s: float) -> bool:
+        if self.tuner is None:
+            return True
+        done = self.tuner.wait_decided(timeout_s)
+        if not done:
+            log.info("trial %s: tuner still deciding after %.1f s; the training goes on "
+                     "with the config in force", self.ref.trial, timeout_s)
+        self._refresh()
+        return done
+
+    def _refresh(self) -> None:
+        assert self.tuner is not None
+        summary = self.tuner.summary()
+        self.reason = str(summary.get("pipetune/reason") or "")
+        # For Tune's table: *how* the config was chosen once settled.
+        state, last = self.tuner.state, summary.get("pipetune/decision")
+        if state is TunerState.SETTLED:
+            self.phase = {"matched": "matched", "settled": "probed"}.get(str(last), str(last))
+        else:
+            self.phase = state.value
 
     def config(self) -> SystemConfig:
         return self.tuner.config if self.tuner is not None else self.space.default
@@ -1147,9 +1264,29 @@ class TunerPolicy(SystemPolicy):
     def threads(self) -> int:
         return self.tuner.threads_to_use() if self.tuner is not None else self.space.default.cores
 
+    def applied_cpus(self) -> tuple[int, ...] | None:
+        if self.tuner is None or self.tuner.state is TunerState.DEGRADED:
+            return None
+        return enforced_cpus(self.tuner.applied)
+
+    def reassert(self) -> None:
+        if self.tuner is not None:
+            self.tuner.reassert()
+
+    @property
+    def controller_name(self) -> str:
+        return str(getattr(self.controller, "name", "none"))
+
+    @property
+    def learned(self) -> bool:
+        """Whether this trial gave the ground truth a new record (a probe
+        winner or an observation), so a refit has something new to learn."""
+        return self.tuner is not None and self.tuner.recorded
+
     def close(self) -> None:
         if self.tuner is not None:
             self.tuner.close()
+            self._refresh()
 
 
 def tuner_policy(space: SystemSpace, ref: TrialRef, settings: Any, **kwargs: Any) -> TunerPolicy:

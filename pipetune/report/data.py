@@ -140,7 +140,9 @@ def load_job(store: Any, job: str) -> JobReport:
     times = [int(df["time"].min()) for df in (jobs, epochs, trials_df, decisions) if not df.empty]
     last = [int(df["time"].max()) for df in (jobs, epochs, trials_df, decisions) if not df.empty]
     start_ns = int(start["time"]) if start is not None else min(times)
-    partial = end is None
+    # A job run from a user's own script has no job points (no driver
+    # callback): it is finished when every trial it recorded has ended.
+    partial = end is None and (start is not None or not _all_trials_ended(trials_df))
     end_ns = int(end["time"]) if end is not None else max(last)
     if end is not None and _num(end.get("tuning_s")) is not None:
         tuning_s = float(end["tuning_s"])
@@ -148,7 +150,7 @@ def load_job(store: Any, job: str) -> JobReport:
         tuning_s = (end_ns - start_ns) / 1e9
     first = start if start is not None else end
     mode = _text(first, "mode") or _first(trials_df, "mode") or "?"
-    workload = _text(first, "workload") or "?"
+    workload = _text(first, "workload") or _first(trials_df, "workload") or "?"
 
     metric, metric_mode = _metric(end, epochs)
     trials = tuple(
@@ -195,6 +197,14 @@ def load_job(store: Any, job: str) -> JobReport:
 
 
 # -- pieces ---------------------------------------------------------------------------------
+
+
+def _all_trials_ended(trials_df: pd.DataFrame) -> bool:
+    """Whether every trial in the ``trial`` points has a final status."""
+    if trials_df.empty or "status" not in trials_df.columns or "trial" not in trials_df.columns:
+        return False
+    ended = trials_df[trials_df["status"].isin(["done", "failed"])]["trial"].astype(str)
+    return set(trials_df["trial"].astype(str)) <= set(ended)
 
 
 def _event(jobs: pd.DataFrame, event: str) -> dict[str, Any] | None:

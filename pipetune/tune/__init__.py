@@ -10,8 +10,13 @@ Three changed lines in a user's script::
   the system config: ``"pipetune"`` (the trial's SystemTuner), ``"v1"`` (the
   space's default for every trial) or ``"v2"`` (the ``cores``/``memory_mb``
   Tune sampled into the trial's config).
-- :func:`report` — ends an epoch: the policy acts, threads follow the cores,
-  and the metrics plus ``pt_*`` system facts go to ``ray.tune.report``.
+- :func:`report` — ends an epoch: the policy acts, threads follow the cores
+  at this same boundary, and the metrics plus the ``pt_*`` facts in force go
+  to ``ray.tune.report``.
+- :func:`trial_controller` — the node daemon's controller, else the trial's
+  own with the node's shared CPU allocator.
+- :func:`refit_groundtruth` — a trial that taught the ground truth refits it
+  at its end, so a user's own script learns across trials and jobs.
 - :func:`current_session` — the running trial's :class:`TrialSession`.
 """
 
@@ -26,13 +31,18 @@ from typing import Any
 from pipetune.config import Settings
 from pipetune.energy import trial_energy
 from pipetune.errors import ConfigError
-from pipetune.policy import MODES, FixedPolicy, SystemPolicy, make_policy
+from pipetune.policy import MODES, FixedPolicy, make_policy
+from pipetune.tune.controller import trial_controller, trial_meters
+from pipetune.tune.learn import refit_groundtruth
 from pipetune.tune.session import TrialSession, current_session
-from pipetune.types import SystemSpace, TrialRef
+from pipetune.types import SystemConfig, SystemSpace, TrialRef
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODES", "current_session", "make_policy", "report", "window", "wrap"]
+__all__ = [
+    "MODES", "current_session", "default_workload", "make_policy", "refit_groundtruth",
+    "report", "trial_controller", "window", "wrap",
+]
 
 
 def window(steps: int) -> None:
@@ -58,20 +68,6 @@ def report(metrics: Mapping[str, Any], *, steps: int = 0, checkpoint: Any = None
     return session.report(metrics, steps=steps, checkpoint=checkpoint)
 
 
-def _daemon_policy(
-    ref: TrialRef, mode: str, space: SystemSpace, values: Mapping[str, Any], settings: Settings
-) -> SystemPolicy | None:
-    """The node daemon's policy when a daemon answers on the socket, else
-    None (the trial then runs its policy in-process)."""
-    try:
-        from pipetune.daemon.client import policy_for_trial
-
-        return policy_for_trial(ref, mode=mode, space=space, values=dict(values), settings=settings)
-    except Exception as e:  # noqa: BLE001 - no daemon is a normal case
-        log.info("trial %s: no node daemon (%s); running in-process", ref.trial, e)
-        return None
-
-
 def _open_store(settings: Settings) -> Any:
     try:
         from pipetune.store import open_store
@@ -80,6 +76,28 @@ def _open_store(settings: Settings) -> Any:
     except Exception as e:  # noqa: BLE001 - the trial trains without a store
         log.warning("store %s unavailable for this trial: %s", settings.store, e)
         return None
+
+
+def default_workload(fn: Callable[..., Any]) -> str:
+    """A workload's default identity: the function's name plus a digest of
+    its code, so two scripts whose functions are both called ``train`` are
+    two workloads to the ground truth, and one script run twice is one."""
+    import hashlib
+    import inspect
+
+    try:
+        code = inspect.getsource(fn).encode()
+    except (OSError, TypeError):
+        c = getattr(fn, "__code__", None)
+        code = (c.co_code + repr(c.co_consts).encode()) if c is not None else repr(fn).encode()
+    return f"{getattr(fn, '__name__', 'train')}-{hashlib.sha1(code).hexdigest()[:8]}"
+
+
+def _hparams(config: Mapping[str, Any]) -> dict[str, Any]:
+    # pipetune tune nests a trial's values under "trial"; a user's script is flat.
+    nested = config.get("trial")
+    flat = nested if isinstance(nested, Mapping) else config
+    return {str(k): v for k, v in flat.items() if isinstance(v, (bool, int, float, str))}
 
 
 def wrap(
@@ -94,6 +112,13 @@ def wrap(
 ) -> Callable[[dict[str, Any]], Any]:
     """Turn a Tune function trainable into a pipetune trial.
 
+    Every trial then gets the whole loop, with nothing else to add to the
+    script: its controller (the node daemon's when one answers, else its
+    own, with CPUs from the node's shared allocator), its system policy in
+    its own process, its records in the store (trial, epochs, decisions,
+    samples), and, in mode ``pipetune``, a refit of the ground truth when it
+    taught it something, so the next trials and jobs are matched.
+
     Args:
         fn: the user's ``train(config)``; it calls :func:`report` per epoch.
         system: the system space (validated against this node); default: all
@@ -103,7 +128,8 @@ def wrap(
             every trial uses the driver's store and thresholds.
         system_values: where mode ``v2`` finds ``cores``/``memory_mb`` in a
             trial's config (default: the config itself).
-        workload: a name for the ground-truth records (default: the function's).
+        workload: a name for the ground-truth records (default:
+            :func:`default_workload`, the function's name and code digest).
         total_epochs: epochs each trial will run, so probing never plans
             more epochs than a trial has (unknown: the tuner stays careful).
 
@@ -116,6 +142,7 @@ def wrap(
     if system is None:
         system = SystemSpace(cores=(os.cpu_count() or 1,))
     system.validate()
+    workload = workload or default_workload(fn)
 
     @functools.wraps(fn)
     def trainable(config: dict[str, Any]) -> Any:
@@ -132,24 +159,30 @@ def wrap(
         store = _open_store(settings)
         try:
             values = system_values(config) if system_values else config
-            policy = _daemon_policy(ref, mode, system, values, settings) or make_policy(
+            controller = trial_controller(settings, job=ref.job)
+            meters = trial_meters(controller)
+            policy = make_policy(
                 mode,
                 system,
                 values,
                 ref,
                 settings,
+                controller=controller,
                 **(
-                    {"workload": workload or fn.__name__, "total_epochs": total_epochs}
+                    {"workload": workload, "total_epochs": total_epochs, "meters": meters}
                     if mode == "pipetune"
                     else {}
                 ),
             )
         except Exception as e:  # noqa: BLE001 - pipetune must not fail the trial
-            log.warning("trial %s: no system policy (%s); default config kept", ref.trial, e)
+            meters = None
+            log.warning("trial %s: no system policy (%s); training continues untouched",
+                        ref.trial, e)
+            cores = len(os.sched_getaffinity(0))
             policy = FixedPolicy(
-                system.default, trial_id=ref.trial, controller="dry-run", phase="degraded"
+                SystemConfig(cores), trial_id=ref.trial, controller="dry-run", phase="degraded"
             )
-            policy.reason = str(e)
+            policy.reason = f"no system policy: {e}; training continues untouched"
         import ray
 
         where = {"pt_node": settings.node, "pt_ray_node": ray.get_runtime_context().get_node_id()}
@@ -158,17 +191,24 @@ def wrap(
             policy,
             report_fn=tune.report,
             store=store,
-            energy=trial_energy([os.getpid()]),
+            energy=trial_energy([os.getpid()], meters),
             extra=where,
+            record={"mode": mode, "workload": workload, "hparams": _hparams(config)},
         )
         session_module.set_current(session)
+        error: BaseException | None = None
         try:
             session.start()
             return fn(config)
+        except BaseException as e:
+            error = e
+            raise
         finally:
             session_module.set_current(None)
-            session.close()
+            session.close(error)
             if store is not None:
+                if getattr(policy, "learned", False):
+                    refit_groundtruth(store, settings, job=ref.job)
                 store.close()
 
     return trainable

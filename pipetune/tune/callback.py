@@ -1,9 +1,12 @@
-"""Driver-side facts of a tuning job, as a Ray Tune callback.
+"""Driver-side facts of a tuning job, as an optional Ray Tune callback.
 
-Trials write their own samples, epochs and decisions from their processes;
-what only the driver knows — when the job started and ended, how long the
-tuning took, which trial was best, which failed — goes to the store's
-``job`` measurement from here.
+Trials write their own records from their processes — the trial with its
+hyperparameters and end status, samples, epochs, decisions — and refit the
+ground truth when they taught it something (:func:`pipetune.wrap`), so a
+user's own script needs no callback.  What only the driver knows — when the
+job started and ended, how long the tuning took, which trial was best, a
+trial whose process died — goes to the store's ``job`` measurement from
+here; ``pipetune tune`` adds it, and a user's script may.
 """
 
 from __future__ import annotations
@@ -32,8 +35,6 @@ class PipeTuneCallback(Callback):
         workload: str = "",
         metric: str = "accuracy",
         metric_mode: str = "max",
-        model_path: str | None = None,
-        objective: str = "runtime",
     ) -> None:
         self.store_url = store_url
         self.spool_dir = spool_dir
@@ -43,9 +44,6 @@ class PipeTuneCallback(Callback):
         self.workload = workload
         self.metric = metric
         self.metric_mode = metric_mode
-        self.model_path = model_path
-        self.objective = objective
-        self.model_updates = 0
         self.start_s = time.time()
         self.end_s: float | None = None
         self.trials: dict[str, dict[str, Any]] = {}
@@ -75,16 +73,6 @@ class PipeTuneCallback(Callback):
         tags = {"job": self.job, "trial": str(trial.trial_id), "mode": self.mode}
         self.store.write(Point("trial", tags, fields))
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """The trial's hyperparameters, so reports can say what each trial was."""
-        config = getattr(trial, "config", {}) or {}
-        flat = config.get("trial", config) if isinstance(config.get("trial"), dict) else config
-        fields: dict[str, Any] = {"status": "running"}
-        for k, v in flat.items():
-            if isinstance(v, (bool, int, float, str)):
-                fields["hp." + k] = v
-        self._trial_point(trial, fields)
-
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
@@ -100,32 +88,9 @@ class PipeTuneCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.trials.setdefault(trial.trial_id, {"epochs": 0})["status"] = "done"
-        self._trial_point(trial, {"status": "done"})
-        self._learn()
-
-    def _learn(self) -> None:
-        """Refit the ground truth from every record so far, so that later
-        trials of this job (and later jobs) can skip probing what an
-        earlier trial already probed.  Offline ``pipetune groundtruth
-        retrain`` does the same for a whole cluster's history."""
-        if not self.model_path:
-            return
-        from pipetune.errors import PipetuneError
-        from pipetune.groundtruth import retrain
-
-        try:
-            model = retrain(self.store, self.model_path, objective=self.objective)
-            self.model_updates += 1
-            log.info(
-                "job %s: ground truth refit: %d clusters from %d records",
-                self.job,
-                model.n_clusters,
-                model.n_records,
-            )
-        except PipetuneError as e:
-            log.info("job %s: ground truth not refit: %s", self.job, e)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # The trial writes its own end status, unless its process died: say it here.
         self.trials.setdefault(trial.trial_id, {"epochs": 0})["status"] = "failed"
         self._trial_point(
             trial, {"status": "failed", "error": str(info.get("exception", ""))[:500]}

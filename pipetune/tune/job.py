@@ -219,8 +219,6 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
             workload=spec.workload,
             metric=metric,
             metric_mode=metric_mode,
-            model_path=settings.model if spec.mode == "pipetune" else None,
-            objective=settings.objective,
         )
         tuner = tune.Tuner(
             trainable,
@@ -265,6 +263,7 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
                 "ray_node": m.get("pt_ray_node"),
                 "seconds": m.get("time_total_s"),
                 "error": str(r.error) if r.error else None,
+                "history": _history(r),
             }
         )
     scored = [t for t in trials if isinstance(t.get(metric), (int, float))]
@@ -280,6 +279,20 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
         best,
         settings.store,
     )
+
+
+def _history(result: Any) -> list[dict[str, Any]]:
+    """Every epoch's system facts as Tune received them (``pt_*`` and the
+    epoch index): what was in force, epoch by epoch."""
+    df = getattr(result, "metrics_dataframe", None)
+    if df is None or df.empty:
+        return []
+    keys = [c for c in df.columns if c.startswith("pt_") or c in ("epoch", "training_iteration")]
+    return [{k: _plain(v) for k, v in row.items()} for row in df[keys].to_dict("records")]
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
 
 
 def _trial_values(config: Mapping[str, Any]) -> Mapping[str, Any]:

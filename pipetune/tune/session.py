@@ -1,9 +1,10 @@
 """The trial side of the Ray Tune integration.
 
 - :class:`TrialSession` — lives in the trial process for one call of the
-  user's training function: marks epoch boundaries, lets the policy act,
-  makes the training thread adopt the thread count, measures energy and
-  reports the user's metrics plus the system facts to Tune.
+  user's training function: records the trial, marks epoch boundaries, lets
+  the policy act, makes the training thread adopt the thread count *at the
+  same boundary* as the cpuset/quota change, measures energy and reports the
+  user's metrics plus the system facts really in force to Tune.
 
 Nothing here may make training fail: a system-side error puts the policy in
 a degraded state, logged once, and training goes on untouched.
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipetune.policy import SystemPolicy
+from pipetune.store.base import Point
 from pipetune.types import Decision, DecisionKind, EpochResult, TrialRef
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,14 @@ REPORT_KEYS = (
     "pt_energy_method",
     "pt_cores",
     "pt_threads",
+    "pt_cpus",
+    "pt_controller",
     "pt_reason",
 )
+
+#: How long the training thread waits at a boundary for the tuner's decision
+#: (milliseconds usually; up to a sample interval or two at the profile).
+DECISION_WAIT_S = 5.0
 
 
 _current: TrialSession | None = None
@@ -55,7 +63,10 @@ class TrialSession:
     """One trial's pipetune session; see the module docstring.
 
     ``report_fn`` is ``ray.tune.report`` inside Tune; tests and plain scripts
-    may pass their own.
+    may pass their own.  ``record``: the trial's ``mode``, ``workload`` and
+    ``hparams``, written to the store's ``trial`` measurement at start and,
+    with the trial's end status, at close — so a report of a user's own
+    script knows what each trial was and whether the job finished.
     """
 
     def __init__(
@@ -68,6 +79,8 @@ class TrialSession:
         energy: Any = None,
         first_epoch: int = 0,
         extra: Mapping[str, Any] | None = None,
+        record: Mapping[str, Any] | None = None,
+        decision_wait_s: float = DECISION_WAIT_S,
     ) -> None:
         self.ref = ref
         self.policy = policy
@@ -79,10 +92,14 @@ class TrialSession:
         self._t_start = time.time()
         self._threads_set: int | None = None
         self._extra = dict(extra or {})
+        self._record = dict(record or {})
+        self._decision_wait_s = decision_wait_s
 
     def start(self) -> TrialSession:
+        self._write_trial("running")
         self.policy.bind(store=self._store)
         self.policy.start([os.getpid()])
+        self.policy.wait_decision(self._decision_wait_s)
         if self._store is not None and not self.policy.writes_to_store:
             degraded = self.policy.phase == "degraded"
             kind = DecisionKind.DEGRADED if degraded else DecisionKind.FIXED
@@ -95,6 +112,24 @@ class TrialSession:
             self._energy_interval()  # reset the trial's energy counter to now
         return self
 
+    def _write_trial(self, status: str, error: str | None = None) -> None:
+        if self._store is None or not self._record:
+            return
+        tags = {"job": self.ref.job, "trial": self.ref.trial, "node": self.ref.node,
+                "mode": str(self._record.get("mode", "")),
+                "workload": str(self._record.get("workload", ""))}
+        fields: dict[str, Any] = {"status": status}
+        if status == "running":
+            for k, v in (self._record.get("hparams") or {}).items():
+                if isinstance(v, (bool, int, float, str)):
+                    fields["hp." + str(k)] = v
+        if error:
+            fields["error"] = error[:500]
+        try:
+            self._store.write(Point("trial", tags, fields, int(time.time() * 1e9)))
+        except Exception as e:  # noqa: BLE001 - a record missing is no reason to fail
+            log.warning("trial %s: trial record not written: %s", self.ref.trial, e)
+
     def _energy_interval(self) -> tuple[float | None, str | None]:
         try:
             joules, method = self._energy.interval()
@@ -104,7 +139,15 @@ class TrialSession:
             return None, None
 
     def _sync_threads(self) -> None:
-        want = max(1, self.policy.threads())
+        # Never more threads than CPUs that really confine this process: a
+        # lost daemon's cgroup may hold fewer than the config says.
+        try:
+            from pipetune.control import cores_in_force
+
+            want = max(1, min(self.policy.threads(), cores_in_force()))
+        except Exception as e:  # noqa: BLE001
+            log.debug("cores in force unknown: %s", e)
+            want = max(1, self.policy.threads())
         if want != self._threads_set:
             try:
                 from pipetune.control import sync_threads
@@ -114,10 +157,24 @@ class TrialSession:
                 log.debug("thread sync failed: %s", e)
                 self._threads_set = want
 
+    def _check_confinement(self, cpus: tuple[int, ...]) -> None:
+        """Apply the limits again when this process runs on CPUs its last
+        apply did not give it: someone lifted them (a restarted daemon
+        releases the groups of the one that died).  Only CPUs *outside* the
+        applied set count: an OpenMP runtime may pin the training thread to
+        fewer."""
+        want = self.policy.applied_cpus()
+        if want and cpus and not set(cpus) <= set(want):
+            try:
+                self.policy.reassert()
+            except Exception as e:  # noqa: BLE001
+                log.warning("trial %s: limits not applied again: %s", self.ref.trial, e)
+
     def window(self, steps: int) -> None:
         """A step window of the current epoch ended (see pipetune.window)."""
         try:
             self.policy.window_end(self.epoch, steps)
+            self.policy.wait_decision(self._decision_wait_s)
         except Exception as e:  # noqa: BLE001
             log.warning("trial %s: system policy failed at a window: %s", self.ref.trial, e)
         self._sync_threads()
@@ -135,7 +192,13 @@ class TrialSession:
             # The loop's own epoch index wins: after a resume from a
             # checkpoint (pause/resume under HyperBand) it does not start at 0.
             self.epoch = metrics["epoch"]
+        # What was in force for this epoch, read before the policy decides
+        # the next one: the config, the threads, the CPUs (read back).
         config = self.policy.config()
+        phase = self.policy.phase
+        threads = self._threads_set
+        cpus = _cpus_in_force()
+        self._check_confinement(cpus)
         energy_j, method = (None, None)
         if self._energy is not None:
             energy_j, method = self._energy_interval()
@@ -150,25 +213,29 @@ class TrialSession:
         self.history.append(result)
         try:
             self.policy.epoch_end(result)
+            self.policy.wait_decision(self._decision_wait_s)
         except Exception as e:  # noqa: BLE001
             log.warning("trial %s: system policy failed at epoch end: %s", self.ref.trial, e)
         if self._store is not None and not self.policy.writes_to_store:
-            self._store.write_epoch(self.ref, result, phase=self.policy.phase, time_s=now)
+            self._store.write_epoch(self.ref, result, phase=phase, time_s=now)
         out = dict(metrics)
         out.update(
             {
                 "pt_config": str(config),
-                "pt_phase": self.policy.phase,
+                "pt_phase": phase,
                 "pt_epoch_s": result.seconds,
                 "pt_energy_j": energy_j,
                 "pt_energy_method": method,
                 "pt_cores": config.cores,
-                "pt_threads": self._threads_set,
+                "pt_threads": threads,
+                "pt_cpus": _format_cpus(cpus),
+                "pt_controller": self.policy.controller_name,
                 "pt_reason": self.policy.reason,
                 **self._extra,
             }
         )
-        # The next epoch starts now; the policy may have changed the config.
+        # The next epoch starts now, with the config just decided and the
+        # threads following it.
         self.epoch += 1
         self._sync_threads()
         self.policy.epoch_start(self.epoch)
@@ -180,9 +247,27 @@ class TrialSession:
                 self._report_fn(out)
         return out
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
+        """The trial ended (``error``: the exception that ended it)."""
         try:
             self.policy.close()
         finally:
+            if error is not None:
+                self._write_trial("failed", f"{type(error).__name__}: {error}")
+            else:
+                self._write_trial("done")
             if self._store is not None:
                 self._store.flush(10)
+
+
+def _cpus_in_force() -> tuple[int, ...]:
+    try:
+        return tuple(sorted(os.sched_getaffinity(0)))
+    except OSError:
+        return ()
+
+
+def _format_cpus(cpus: tuple[int, ...]) -> str:
+    from pipetune.control import format_cpus
+
+    return format_cpus(cpus)
