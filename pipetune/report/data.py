@@ -128,8 +128,7 @@ def load_job(store: Any, job: str) -> JobReport:
     decisions = store.decisions(job)
     trials_df = store.query("trial", {"job": job})
     if jobs.empty and epochs.empty and trials_df.empty and decisions.empty:
-        known = store.query("job")
-        names = sorted({str(j) for j in known["job"]}) if "job" in known.columns else []
+        names = known_jobs(store)
         if not names:
             raise UnknownJobError(f"job {job!r}: the store {store.url} holds no job (empty store)")
         shown = ", ".join(names[:10]) + (f" … ({len(names)} in all)" if len(names) > 10 else "")
@@ -192,6 +191,19 @@ def load_job(store: Any, job: str) -> JobReport:
         epochs=epochs,
         decisions=decisions,
     )
+
+
+def known_jobs(store: Any) -> list[str]:
+    """Every job name the store holds a point of: ``job`` points (written by
+    ``pipetune tune`` and :class:`~pipetune.tune.callback.PipeTuneCallback`),
+    and trials, epochs and decisions (a user's own script may write only
+    those).  Samples are left out: they are many, and never alone."""
+    names: set[str] = set()
+    for measurement in ("job", "trial", "epoch", "decision"):
+        df = store.query(measurement)
+        if "job" in df.columns:
+            names.update(str(j) for j in df["job"] if not _missing(j) and str(j))
+    return sorted(names)
 
 
 # -- pieces ---------------------------------------------------------------------------------
