@@ -105,3 +105,37 @@ def test_threshold_outside_0_1_is_a_usage_error(env, capsys, monkeypatch):
     monkeypatch.setenv("PIPETUNE_THRESHOLD", "1.5")
     assert main(["groundtruth", "show", str(env / "x.json")]) == 2
     assert "threshold" in capsys.readouterr().err
+
+
+def test_a_clusterer_that_cannot_label_records_is_one_line(env, capsys):
+    url = f"sqlite:///{env}/s.db"
+    fill(url, env, n_workloads=2, runs=3)
+    out = env / "gt.json"
+    for name in ("spectralbiclustering", "SpectralCoclustering", "featureagglomeration",
+                 "estimate_bandwidth"):
+        rc = main(["groundtruth", "retrain", "--store", url, "--out", str(out),
+                   "--clusterer", name])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2, err
+        assert len(err.splitlines()) == 1 and f"clusterer {name!r}" in err, err
+        offered = err.split("known: " if "known: " in err else "use one of: ", 1)[1]
+        assert "estimate_bandwidth" not in offered and "spectralbiclustering" not in offered
+    assert not out.exists()
+
+
+def test_every_known_clusterer_fits(env, capsys):
+    """The list an unknown name prints offers only names that work."""
+    from pipetune.groundtruth.model import known_clusterers
+
+    url = f"sqlite:///{env}/s.db"
+    fill(url, env, n_workloads=2, runs=3)
+    assert main(["groundtruth", "retrain", "--store", url, "--clusterer", "magic"]) == 2
+    offered = capsys.readouterr().err.split("known: ", 1)[1].rstrip(")\n").split(", ")
+    assert offered == known_clusterers() and "estimate_bandwidth" not in offered
+    for name in offered:
+        out = env / f"{name}.json"
+        rc = main(["groundtruth", "retrain", "--store", url, "--out", str(out),
+                   "--clusterer", name])
+        captured = capsys.readouterr()
+        assert rc == 0, f"{name}: {captured.err}"
+        assert json.loads(out.read_text())["model"]["clusterer"] == name
