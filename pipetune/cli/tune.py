@@ -91,11 +91,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         result = run_job(spec, settings, verbose=1)
     if args.json:
         print(json.dumps(asdict(result), indent=2, default=str))
-        return 0
+        return 130 if result.interrupted else 0
     print(
         f"\njob {result.job} ({result.mode}, {result.workload}): "
         f"{len(result.trials)} trials in {result.tuning_s:.1f} s; store {result.store}"
     )
+    if result.spooled:
+        print(
+            f"{result.spooled} points wait in the spool (the store was unreachable); "
+            "the next pipetune command that opens the store replays them"
+        )
     header = (
         f"{'trial':<14} {'system config':<14} {'chosen by':<10} {'metric':>8} "
         f"{'epochs':>6} {'time s':>7}  hyperparameters"
@@ -109,11 +114,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         hp = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["hparams"].items()
         )
+        # A trial that failed or was stopped before its first result has no
+        # metric, epochs or time: show "-", never format None.
+        shown = "-" if metric is None else f"{metric:.4f}"
+        seconds = t["seconds"]
+        secs = f"{seconds:.1f}" if isinstance(seconds, (int, float)) else "-"
         print(
-            f"{str(t['trial']):<14} {str(t['config']):<14} {str(t['how']):<10} "
-            f"{metric if metric is None else f'{metric:.4f}':>8} {str(t['epochs']):>6} "
-            f"{(t['seconds'] or 0):>7.1f}  {hp}" + (f"  FAILED: {t['error']}" if t["error"] else "")
+            f"{_cell(t['trial']):<14} {_cell(t['config']):<14} {_cell(t['how']):<10} "
+            f"{shown:>8} {_cell(t['epochs']):>6} {secs:>7}  {hp}"
+            + (f"  FAILED: {_one_line(t['error'])}" if t["error"] else "")
         )
     if result.best:
         print(f"best: {result.best['trial']} ({result.best['config']})")
+    if result.interrupted:
+        print(f"job {result.job} was interrupted: the store records it as interrupted")
+        return 130
     return 0
+
+
+def _cell(v: object) -> str:
+    return "-" if v is None else str(v)
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

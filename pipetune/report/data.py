@@ -85,8 +85,10 @@ class JobReport:
     """One tuning job as the store holds it.
 
     ``partial`` is True when the job has a start point but no end point: it
-    is still running, or it died; the figures are then those of the points
-    written so far and ``tuning_s`` runs to the last of them."""
+    is still running, or it died, or it was interrupted (``interrupted``:
+    its driver wrote an ``interrupted`` point instead of ``end``); the figures
+    are then those of the points written so far and ``tuning_s`` runs to the
+    last of them."""
 
     job: str
     mode: str
@@ -107,6 +109,7 @@ class JobReport:
     probe_s: float
     epochs: pd.DataFrame = field(repr=False, compare=False)
     decisions: pd.DataFrame = field(repr=False, compare=False)
+    interrupted: bool = False
 
     @property
     def best(self) -> TrialReport | None:
@@ -136,6 +139,7 @@ def load_job(store: Any, job: str) -> JobReport:
 
     start = _event(jobs, "start")
     end = _event(jobs, "end")
+    stopped = _event(jobs, "interrupted")
     times = [int(df["time"].min()) for df in (jobs, epochs, trials_df, decisions) if not df.empty]
     last = [int(df["time"].max()) for df in (jobs, epochs, trials_df, decisions) if not df.empty]
     start_ns = int(start["time"]) if start is not None else min(times)
@@ -190,6 +194,7 @@ def load_job(store: Any, job: str) -> JobReport:
         probe_s=sum(t.probe_s for t in trials),
         epochs=epochs,
         decisions=decisions,
+        interrupted=end is None and stopped is not None,
     )
 
 

@@ -49,6 +49,7 @@ class PipeTuneCallback(Callback):
         self.start_s = time.time()
         self.end_s: float | None = None
         self.trials: dict[str, dict[str, Any]] = {}
+        self.interrupted = False
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state: no live store.
@@ -141,9 +142,14 @@ class PipeTuneCallback(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.end_s = time.time()
+        # Tune calls this hook on Ctrl-C too, after marking the running trials
+        # TERMINATED without on_trial_complete: a trial that neither completed
+        # nor failed here means the job was interrupted, not complete.
+        ended = {tid for tid, t in self.trials.items() if t.get("status") in ("done", "failed")}
+        self.interrupted = any(str(t.trial_id) not in ended for t in trials)
         best, value = self.best_trial()
         fields: dict[str, Any] = {
-            "event": "end",
+            "event": "interrupted" if self.interrupted else "end",
             "tuning_s": self.end_s - self.start_s,
             "trials": len(self.trials),
             "failed": sum(1 for t in self.trials.values() if t.get("status") == "failed"),
