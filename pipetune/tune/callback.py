@@ -112,7 +112,7 @@ class PipeTuneCallback(Callback):
         if not self.model_path:
             return
         from pipetune.errors import PipetuneError
-        from pipetune.groundtruth import retrain
+        from pipetune.groundtruth import ModelFileError, retrain
 
         try:
             model = retrain(self.store, self.model_path, objective=self.objective)
@@ -123,6 +123,12 @@ class PipeTuneCallback(Callback):
                 model.n_clusters,
                 model.n_records,
             )
+        except ModelFileError as e:
+            # The user's file is kept; say so once, not after every trial.
+            said = getattr(self, "_model_refused", None) == str(e)
+            log.log(logging.DEBUG if said else logging.WARNING,
+                    "job %s: ground truth not refit: %s", self.job, e)
+            self._model_refused = str(e)
         except PipetuneError as e:
             log.info("job %s: ground truth not refit: %s", self.job, e)
 
