@@ -83,3 +83,16 @@ def test_ctrl_c_ends_with_a_table_and_records_the_job_as_interrupted(tmp_path: P
         store.close()
     assert events == ["start", "interrupted"]
     assert report.partial and report.interrupted
+
+
+def test_space_without_cores_keeps_the_default_cores_and_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # lr=abc stops the job before Ray starts, after the space was read.
+    rc = main(["tune", "lenet5-mnist", "--space", "memory_mb=64", "--set", "lr=abc"])
+    out = capsys.readouterr().out
+    cpus = os.cpu_count() or 1
+    cores = ",".join(str(c) for c in sorted({1, cpus}))
+    assert rc == 2
+    assert f"system space: cores={cores} memory_mb=64 gpus=0" in out
+    assert f"default {cpus}c/64m/0g" in out
