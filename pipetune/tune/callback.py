@@ -18,6 +18,9 @@ from pipetune.store.base import Point
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two checks whether the store is back for a pending refit.
+REFIT_RETRY_S = 2.0
+
 
 class PipeTuneCallback(Callback):
     """Records job-level facts; ``metric``/``mode`` say what "best" means."""
@@ -111,9 +114,10 @@ class PipeTuneCallback(Callback):
         retrain`` does the same for a whole cluster's history."""
         if not self.model_path:
             return
-        from pipetune.errors import PipetuneError
+        from pipetune.errors import PipetuneError, StoreError
         from pipetune.groundtruth import ModelFileError, retrain
 
+        self._refit_pending = False
         try:
             model = retrain(self.store, self.model_path, objective=self.objective)
             self.model_updates += 1
@@ -123,6 +127,12 @@ class PipeTuneCallback(Callback):
                 model.n_clusters,
                 model.n_records,
             )
+        except StoreError as e:
+            # Store down: the records are safe (spooled), the refit is not
+            # lost either: on_step_end retries it once the store answers.
+            self._refit_pending = True
+            log.info("job %s: ground truth not refit yet (%s); retried when the store answers",
+                     self.job, e)
         except ModelFileError as e:
             # The user's file is kept; say so once, not after every trial.
             said = getattr(self, "_model_refused", None) == str(e)
@@ -131,6 +141,26 @@ class PipeTuneCallback(Callback):
             self._model_refused = str(e)
         except PipetuneError as e:
             log.info("job %s: ground truth not refit: %s", self.job, e)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """Retry a refit that the store's outage stopped, every few seconds,
+        once the store answers: first replay what was spooled meanwhile (ours
+        and trials' that ended during the outage), so the refit sees it."""
+        if not getattr(self, "_refit_pending", False):
+            return
+        now = time.monotonic()
+        if now < getattr(self, "_refit_retry_at", 0.0):
+            return
+        self._refit_retry_at = now + REFIT_RETRY_S
+        from pipetune.errors import StoreError
+
+        try:
+            self.store.backend.ping()
+        except StoreError as e:
+            log.debug("job %s: refit still waits for the store: %s", self.job, e)
+            return
+        self.store.drain_spool(timeout_s=10.0)
+        self._learn()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.trials.setdefault(trial.trial_id, {"epochs": 0})["status"] = "failed"
