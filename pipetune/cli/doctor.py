@@ -70,6 +70,8 @@ def _perf_facts(facts: dict[str, Any]) -> None:
     facts["perf.events"] = list(support.default_events())
     if support.reason:
         facts["perf.reason"] = support.reason
+    if support.perf_available and support.tracepoints_reason:
+        facts["perf.tracepoints.reason"] = support.tracepoints_reason
 
 
 def _energy_facts(facts: dict[str, Any]) -> None:
