@@ -37,7 +37,9 @@ class JobSpec:
     samples: int = 4
     epochs: int = 3
     scheduler: str = "fifo"
-    space: SystemSpace = field(default_factory=lambda: SystemSpace(cores=(1, os.cpu_count() or 1)))
+    space: SystemSpace = field(
+        default_factory=lambda: SystemSpace(cores=tuple(sorted({1, os.cpu_count() or 1})))
+    )
     concurrent: int = 1
     job: str = ""
     seed: int = 0
