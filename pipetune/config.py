@@ -77,6 +77,18 @@ def _store_url(v: Any) -> str | None:
     return "must start with sqlite://, influxdb:// or influxdb2://"
 
 
+def _folder_or_absent(v: Any) -> str | None:
+    """``home`` must be a folder, or not exist yet below a folder (it is
+    created when first written): a file there fails every command later."""
+    path = Path(v).expanduser()
+    for p in (path, *path.parents):
+        if p.exists():
+            if p.is_dir():
+                return None
+            return "is a file, not a folder" if p == path else f"{str(p)!r} is a file, not a folder"
+    return None
+
+
 def _setting(
     default: Any = None,
     *,
@@ -94,7 +106,9 @@ def _setting(
 class Settings:
     """Everything a pipetune process can be told.  See README "Configuration"."""
 
-    home: Path = _setting(factory=default_home, help="data folder (store, spool, model)")
+    home: Path = _setting(
+        factory=default_home, check=_folder_or_absent, help="data folder (store, spool, model)"
+    )
     store: str = _setting(
         "", check=_store_url, help="store URL; default sqlite:///HOME/pipetune.db"
     )
@@ -123,7 +137,8 @@ class Settings:
             if check is not None and value not in ("", None):
                 problem = check(value)
                 if problem:
-                    raise ConfigError(f"setting {f.name}={value!r}: {problem}")
+                    shown = str(value) if isinstance(value, Path) else value
+                    raise ConfigError(f"setting {f.name}={shown!r}: {problem}")
         if not self.store:
             object.__setattr__(self, "store", f"sqlite:///{self.home / 'pipetune.db'}")
         if not self.model:

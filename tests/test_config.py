@@ -117,3 +117,15 @@ def test_cli_bad_setting_is_one_line_exit_2(tmp_path: Path) -> None:
 def test_cli_help_lists_commands() -> None:
     r = _cli("--help")
     assert r.returncode == 0 and "doctor" in r.stdout
+
+
+def test_pipetune_home_that_is_a_file_is_one_line_exit_2(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for home, says in ((afile, "is a file, not a folder"),
+                       (afile / "sub", f"{str(afile)!r} is a file")):
+        for command in (["doctor"], ["report", "j"], ["groundtruth", "retrain"]):
+            r = _cli(*command, env={"PIPETUNE_HOME": str(home)})
+            assert r.returncode == 2, (command, r.stderr)
+            assert r.stderr.count("\n") == 1 and says in r.stderr and "$PIPETUNE_HOME" in r.stderr
+    assert afile.read_text() == "x"

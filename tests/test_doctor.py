@@ -80,3 +80,31 @@ def test_hybrid_without_controllers_in_v2_is_v1(tmp_path: Path) -> None:
     (unified / "cgroup.controllers").write_text("cpu memory\n")
     assert CgroupInfo("hybrid", unified=unified).effective_version() == "hybrid"
     assert CgroupInfo("v2", unified=unified).effective_version() == "v2"
+
+
+def test_checking_a_sqlite_store_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "nonexistent" / "dir" / "x.db"
+    r = _doctor("--store", f"sqlite:///{missing}", "--json")
+    facts = json.loads(r.stdout)
+    assert not (tmp_path / "nonexistent").exists()
+    assert facts["store.exists"] is False and facts["store.reachable"] is True, facts
+    assert "first job creates it" in facts["store.note"]
+    assert r.returncode == 0
+
+    # An existing store is read, not written: no -wal/-shm left, file unchanged.
+    from pipetune.store import open_store
+
+    db = tmp_path / "s.db"
+    open_store(f"sqlite:///{db}", spool_root=tmp_path / "spool").close()
+    before = sorted(p.name for p in tmp_path.iterdir()), db.read_bytes()
+    r = _doctor("--store", f"sqlite:///{db}", "--json")
+    assert json.loads(r.stdout)["store.reachable"] is True and r.returncode == 0
+    assert (sorted(p.name for p in tmp_path.iterdir()), db.read_bytes()) == before
+
+    # Another program's SQLite file is not a store, and is left as it was.
+    other = tmp_path / "other.db"
+    other.write_bytes(b"not a database at all")
+    r = _doctor("--store", f"sqlite:///{other}", "--json")
+    facts = json.loads(r.stdout)
+    assert r.returncode == 1 and facts["store.reachable"] is False
+    assert other.read_bytes() == b"not a database at all"

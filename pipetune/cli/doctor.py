@@ -10,9 +10,12 @@ import argparse
 import json
 import os
 import platform
+import sqlite3
 from collections.abc import Callable
 from importlib import metadata
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from pipetune import __version__
 from pipetune.config import Settings
@@ -67,6 +70,8 @@ def _perf_facts(facts: dict[str, Any]) -> None:
     facts["perf.events"] = list(support.default_events())
     if support.reason:
         facts["perf.reason"] = support.reason
+    if support.perf_available and support.tracepoints_reason:
+        facts["perf.tracepoints.reason"] = support.tracepoints_reason
 
 
 def _energy_facts(facts: dict[str, Any]) -> None:
@@ -79,10 +84,62 @@ def _energy_facts(facts: dict[str, Any]) -> None:
             facts[key + ".reason"] = str(result)
 
 
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (None for other stores and ``:memory:``)."""
+    if not url.startswith("sqlite://"):
+        return None
+    rest = url[len("sqlite://") :]
+    if rest.startswith("/:memory:") or not rest.startswith("/") or rest.strip("/") == "":
+        return None  # open_backend says what is wrong with it
+    return Path("/" + rest.lstrip("/"))
+
+
+def _sqlite_facts(facts: dict[str, Any], path: Path) -> None:
+    """Check a SQLite store without creating or changing anything: opening
+    one the normal way creates the file, its folders and its tables."""
+    from pipetune.store.sqlite import SCHEMA_VERSION
+
+    if not path.exists():
+        parent = next(p for p in path.parents if p.exists())
+        ok = parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+        facts["store.exists"] = False
+        facts["store.reachable"] = ok
+        if ok:
+            facts["store.note"] = "no file yet: the first job creates it"
+        else:
+            facts["store.error"] = f"{path}: no such file, and {parent} is not a writable folder"
+        return
+    facts["store.exists"] = True
+    # Read-only, and without a -wal file (no writer, all in the main file)
+    # immutable too: a plain read-only open of a WAL database leaves -wal
+    # and -shm files behind.
+    wal = Path(f"{path}-wal").exists()
+    mode = "mode=ro" if wal else "mode=ro&immutable=1"
+    try:
+        db = sqlite3.connect(f"file:{quote(str(path))}?{mode}", uri=True, timeout=3.0)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        facts["store.reachable"] = False
+        facts["store.error"] = f"{path}: not a pipetune store ({e})"
+        return
+    if row is None or int(row[0]) > SCHEMA_VERSION:
+        facts["store.reachable"] = False
+        facts["store.error"] = f"{path}: schema version {row and row[0]} is not one this reads"
+        return
+    facts["store.reachable"] = True
+
+
 def _store_facts(facts: dict[str, Any], url: str) -> None:
     from pipetune.store import open_backend
 
     facts["store.url"] = url
+    path = _sqlite_path(url)
+    if path is not None:
+        _sqlite_facts(facts, path)
+        return
     try:
         backend = open_backend(url, timeout_s=3.0)
         try:

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--objective", metavar="OBJ",
                    help="records of which objective (default: the objective setting)")
     r.add_argument("--seed", type=int, default=0, help="random seed of the clusterer")
+    r.add_argument("--force", action="store_true",
+                   help="replace an output file that cannot be read as a model "
+                        "(by default such a file is kept and the retrain refused)")
     s = sub.add_parser("show", help="print a model file")
     s.add_argument("path", metavar="PATH", help="model file")
 
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     store = open_store(settings.store, spool_root=settings.spool_dir)
     try:
         model = retrain(store, out, objective=objective, k=args.k, clusterer=args.clusterer,
-                        seed=args.seed)
+                        seed=args.seed, force=args.force)
     finally:
         store.close()
     print(model.describe())

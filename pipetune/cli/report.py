@@ -56,8 +56,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for r in reports:
         energy = "n/a" if r.energy_j is None else f"{r.energy_j:.1f} J ({r.energy_method})"
         best = "n/a" if r.best_value is None else f"{r.best_value:.4f}"
+        status = " PARTIAL (interrupted)" if r.interrupted else " PARTIAL" if r.partial else ""
         print(
-            f"{r.job} ({r.mode}){' PARTIAL' if r.partial else ''}: tuning {r.tuning_s:.1f} s, "
+            f"{r.job} ({r.mode}){status}: tuning {r.tuning_s:.1f} s, "
             f"best {r.metric} {best}, energy of the trials {energy}"
         )
     print(f"report: {path}")

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from dataclasses import asdict
 
 from pipetune.config import Settings
 from pipetune.errors import ConfigError
+from pipetune.types import SystemSpace
 
 COMMAND = "tune"
 HELP = "run a tuning job on a bundled workload (modes: pipetune, v1, v2)"
@@ -33,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--space",
         nargs="+",
         metavar="KEY=V1,V2",
-        help="system space, e.g. cores=1,2 memory_mb=1024,none",
+        help="system space, e.g. cores=1,2 memory_mb=1024,none (a dimension left out "
+        "keeps its default: cores 1 and all CPUs, no memory limit, 0 GPUs)",
     )
     parser.add_argument(
         "--set",
@@ -65,11 +68,12 @@ def _parse_set(items: list[str]) -> dict[str, object]:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from pipetune.tune.job import JobSpec, run_job
-    from pipetune.types import SystemSpace
 
     kwargs = {}
     if args.space:
-        kwargs["space"] = SystemSpace.parse(args.space)
+        kwargs["space"] = space = _space(args.space)
+        if not args.json:
+            print(f"system space: {_describe(space)}")
     spec = JobSpec(
         workload=args.workload,
         mode=args.mode,
@@ -91,11 +95,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         result = run_job(spec, settings, verbose=1)
     if args.json:
         print(json.dumps(asdict(result), indent=2, default=str))
-        return 0
+        return 130 if result.interrupted else 0
     print(
         f"\njob {result.job} ({result.mode}, {result.workload}): "
         f"{len(result.trials)} trials in {result.tuning_s:.1f} s; store {result.store}"
     )
+    if result.spooled:
+        print(
+            f"{result.spooled} points wait in the spool (the store was unreachable); "
+            "the next pipetune command that opens the store replays them"
+        )
     header = (
         f"{'trial':<14} {'system config':<14} {'chosen by':<10} {'metric':>8} "
         f"{'epochs':>6} {'time s':>7}  hyperparameters"
@@ -109,11 +118,54 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         hp = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["hparams"].items()
         )
+        # A trial that failed or was stopped before its first result has no
+        # metric, epochs or time: show "-", never format None.
+        shown = "-" if metric is None else f"{metric:.4f}"
+        seconds = t["seconds"]
+        secs = f"{seconds:.1f}" if isinstance(seconds, (int, float)) else "-"
         print(
-            f"{str(t['trial']):<14} {str(t['config']):<14} {str(t['how']):<10} "
-            f"{metric if metric is None else f'{metric:.4f}':>8} {str(t['epochs']):>6} "
-            f"{(t['seconds'] or 0):>7.1f}  {hp}" + (f"  FAILED: {t['error']}" if t["error"] else "")
+            f"{_cell(t['trial']):<14} {_cell(t['config']):<14} {_cell(t['how']):<10} "
+            f"{shown:>8} {_cell(t['epochs']):>6} {secs:>7}  {hp}"
+            + (f"  FAILED: {_one_line(t['error'])}" if t["error"] else "")
         )
     if result.best:
         print(f"best: {result.best['trial']} ({result.best['config']})")
+    if result.interrupted:
+        print(f"job {result.job} was interrupted: the store records it as interrupted")
+        return 130
     return 0
+
+
+def _space(items: list[str]) -> SystemSpace:
+    """``--space`` as given; a dimension it leaves out keeps the job's default
+    (cores 1 and all of this node's), never the bare type's 1 core:
+    ``--space memory_mb=64`` must not quietly mean one core."""
+    space = SystemSpace.parse(items)
+    given = {item.partition("=")[0].strip().replace("-", "_") for item in items}
+    if "cores" not in given:
+        space = SystemSpace(
+            cores=tuple(sorted({1, os.cpu_count() or 1})),
+            memory_mb=space.memory_mb,
+            gpus=space.gpus,
+            default=space.default if "default" in given else None,
+        )
+    return space
+
+
+def _describe(space: SystemSpace) -> str:
+    def values(vs: tuple[int | None, ...]) -> str:
+        return ",".join("none" if v is None else str(v) for v in vs)
+
+    return (
+        f"cores={values(space.cores)} memory_mb={values(space.memory_mb)} "
+        f"gpus={values(space.gpus)}; {len(space)} configs, default {space.default}"
+    )
+
+
+def _cell(v: object) -> str:
+    return "-" if v is None else str(v)
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -27,7 +27,14 @@ from pipetune.groundtruth.model import (
     make_clusterer,
     similarity,
 )
-from pipetune.groundtruth.persist import SCHEMA_VERSION, load_model, load_or_empty, save_model
+from pipetune.groundtruth.persist import (
+    SCHEMA_VERSION,
+    ModelFileError,
+    check_overwritable,
+    load_model,
+    load_or_empty,
+    save_model,
+)
 from pipetune.groundtruth.retrain import retrain
 
 __all__ = [
@@ -39,6 +46,8 @@ __all__ = [
     "GroundTruth",
     "GroundTruthRecord",
     "Match",
+    "ModelFileError",
+    "check_overwritable",
     "check_threshold",
     "cluster_labels",
     "fit_groundtruth",

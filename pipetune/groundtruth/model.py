@@ -140,6 +140,31 @@ def similarity(distance: float, radius: float) -> float:
     return float(SCORE_AT_TWO_RADII ** ((distance / (2.0 * radius)) ** 2))
 
 
+def _labels_samples(cls: type) -> bool:
+    """Whether ``cls`` is a clusterer that gives each *record* a label:
+    ``fit_predict`` or ``predict``.  Biclusterers (rows and columns at once)
+    and ``FeatureAgglomeration`` (groups features) have neither; a property
+    that raises (``FeatureAgglomeration.fit_predict``) does not count."""
+    return any(callable(getattr(cls, m, None)) for m in ("fit_predict", "predict"))
+
+
+def known_clusterers() -> list[str]:
+    """Every ``clusterer`` name that :func:`fit_groundtruth` can use: the
+    aliases and the lower-case class names of ``sklearn.cluster`` and
+    ``sklearn.mixture`` that label records (no functions such as
+    ``estimate_bandwidth``, no biclusterers)."""
+    import sklearn.cluster
+    import sklearn.mixture
+
+    names = set(CLUSTERER_ALIASES)
+    for module in (sklearn.cluster, sklearn.mixture):
+        for attr in module.__all__:
+            obj = getattr(module, attr, None)
+            if inspect.isclass(obj) and hasattr(obj, "fit") and _labels_samples(obj):
+                names.add(attr.lower())
+    return sorted(names)
+
+
 def _resolve_clusterer(name: str) -> type:
     key = name.strip().lower()
     target = CLUSTERER_ALIASES.get(key)
@@ -153,9 +178,13 @@ def _resolve_clusterer(name: str) -> type:
         for attr in dir(module):
             obj = getattr(module, attr)
             if attr.lower() == key and inspect.isclass(obj) and hasattr(obj, "fit"):
+                if not _labels_samples(obj):
+                    raise ConfigError(
+                        f"clusterer {name!r}: {attr} does not give each record a cluster "
+                        f"(no fit_predict or predict); use one of: {', '.join(known_clusterers())}"
+                    )
                 return obj
-    known = sorted({*CLUSTERER_ALIASES, *(a.lower() for a in sklearn.cluster.__all__)})
-    raise ConfigError(f"clusterer {name!r}: unknown (known: {', '.join(known)})")
+    raise ConfigError(f"clusterer {name!r}: unknown (known: {', '.join(known_clusterers())})")
 
 
 def make_clusterer(name: str, k: int | None, seed: int = 0) -> Any:

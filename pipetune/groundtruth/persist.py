@@ -70,44 +70,85 @@ def save_model(model: ClusterGroundTruth, path: str | Path) -> Path:
     return path
 
 
+class ModelFileError(GroundTruthError):
+    """A model file exists but cannot be used: unreadable, corrupt, not a
+    model, or of a newer schema.  ``reason`` says which, without the path."""
+
+    def __init__(self, path: Path, reason: str, advice: str = "") -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"model {str(path)!r}: {reason}" + (f"; {advice}" if advice else ""))
+
+
 def load_model(path: str | Path) -> ClusterGroundTruth:
     """Read a model file.
 
     Raises:
-        GroundTruthError: missing, unreadable, corrupt, or written by a newer
-            pipetune (the message says which and what to do).
+        GroundTruthError: missing.
+        ModelFileError: unreadable, corrupt, or written by a newer pipetune
+            (the message says which and what to do).
     """
     path = Path(path).expanduser()
+    rebuild = "rebuild it with `pipetune groundtruth retrain`"
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise GroundTruthError(
             f"model {str(path)!r}: no such file (run `pipetune groundtruth retrain`)"
         ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise GroundTruthError(f"model {str(path)!r}: cannot read: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ModelFileError(path, f"cannot read: not text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise ModelFileError(path, f"cannot read: {e.strerror or e}") from e
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
-        raise GroundTruthError(
-            f"model {str(path)!r}: corrupt (not JSON: {e.msg} at line {e.lineno}); "
-            "rebuild it with `pipetune groundtruth retrain`"
+        raise ModelFileError(
+            path, f"corrupt (not JSON: {e.msg} at line {e.lineno})", rebuild
         ) from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise GroundTruthError(f"model {str(path)!r}: not a pipetune ground-truth model")
+        raise ModelFileError(path, "not a pipetune ground-truth model")
     version = doc.get("schema_version")
     if not isinstance(version, int) or version < 1:
-        raise GroundTruthError(f"model {str(path)!r}: corrupt (schema_version {version!r})")
+        raise ModelFileError(path, f"corrupt (schema_version {version!r})", rebuild)
     if version > SCHEMA_VERSION:
-        raise GroundTruthError(
-            f"model {str(path)!r}: schema version {version} is newer than this pipetune "
-            f"reads ({SCHEMA_VERSION}); upgrade pipetune or retrain the model"
+        raise ModelFileError(
+            path,
+            f"schema version {version} is newer than this pipetune reads ({SCHEMA_VERSION})",
+            "upgrade pipetune or retrain the model",
         )
     try:
         return ClusterGroundTruth.from_dict(doc["model"])
     except (KeyError, TypeError, ValueError, ConfigError, GroundTruthError) as e:
         detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
-        raise GroundTruthError(f"model {str(path)!r}: corrupt ({detail})") from e
+        raise ModelFileError(path, f"corrupt ({detail})", rebuild) from e
+
+
+def check_overwritable(path: str | Path) -> None:
+    """Refuse to replace a file at ``path`` that is not a model this
+    pipetune reads: a truncated or binary file, another program's file, a
+    newer pipetune's model.  It may be the user's only copy; a refit must
+    not silently turn it into something else.  No file, or a readable model
+    (an older refit), may be replaced.
+
+    Raises:
+        ModelFileError: the file is there and cannot be read as a model; the
+            message says why and how to go on.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ModelFileError(p, "is a folder, not a model file")
+    if not p.exists():
+        return
+    try:
+        load_model(p)
+    except ModelFileError as e:
+        raise ModelFileError(
+            p,
+            e.reason,
+            "kept as it is, not overwritten: move it away (or retrain with --force) "
+            "to write a new model there",
+        ) from e
 
 
 def load_or_empty(path: str | Path | None) -> tuple[GroundTruth, str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -146,9 +147,21 @@ def is_gauge(name: str) -> bool:
     return name in GAUGES
 
 
+#: An event modifier suffix: ``task-clock:u`` is what perf prints for
+#: ``task-clock`` when perf_event_paranoid=2 lets it count user space only
+#: (``cycles:u``, ``cpu/mem-loads/:pp``).  A tracepoint's own colon
+#: (``sched:sched_switch``) is not one: the part before a modifier has no colon.
+_MODIFIER = re.compile(r"^(?P<base>[^:]+|.+/):[ukhHGIpPSDWe]{1,8}$")
+
+
 def canonical(event: str) -> str:
-    """perf's main name for ``event`` (``cs`` → ``context-switches``)."""
-    return ALIASES.get(event.strip(), event.strip())
+    """perf's main name for ``event`` (``cs`` → ``context-switches``), without
+    a modifier suffix perf added (``task-clock:u`` → ``task-clock``)."""
+    name = event.strip()
+    m = _MODIFIER.match(name)
+    if m:
+        name = m.group("base")
+    return ALIASES.get(name, name)
 
 
 @dataclass(frozen=True)
@@ -170,6 +183,9 @@ class EventSupport:
     reason: str = ""
     perf_binary: str = "perf"
     perf_version: str = ""
+    #: Why no tracepoint works, when perf does (e.g. a non-root user at
+    #: perf_event_paranoid=2: tracefs is not readable).
+    tracepoints_reason: str = ""
 
     @property
     def all(self) -> tuple[str, ...]:
@@ -260,6 +276,10 @@ def _probe(perf_binary: str, sysfs_root: Path, timeout_s: float) -> EventSupport
     hardware = tuple(e for e in usable if e in PMU_EVENTS or e.startswith("cpu/"))
     software = tuple(e for e in usable if e in SOFTWARE_EVENTS)
     tracepoints = tuple(e for e in usable if e in TRACEPOINT_EVENTS)
+    tracepoints_reason = ""
+    if not tracepoints:
+        _, _, why = _try_events(path, TRACEPOINT_EVENTS[:1], timeout_s)
+        tracepoints_reason = why or "perf counted none of them here"
     return EventSupport(
         True,
         pmu=bool(hardware),
@@ -269,6 +289,7 @@ def _probe(perf_binary: str, sysfs_root: Path, timeout_s: float) -> EventSupport
         unsupported=tuple(e for e in candidates if statuses.get(e) != "counted"),
         perf_binary=perf_binary,
         perf_version=version,
+        tracepoints_reason=tracepoints_reason,
     )
 
 
@@ -276,8 +297,19 @@ def _forbidden_reason(event: str, err: str) -> str:
     paranoid = "?"
     with contextlib.suppress(OSError):
         paranoid = Path("/proc/sys/kernel/perf_event_paranoid").read_text().strip()
-    text = (f"perf may not count {event} (kernel.perf_event_paranoid={paranoid}; "
-            "run as root, grant CAP_PERFMON, or lower it to <= 2 for per-process counting)")
+    try:
+        level = int(paranoid)
+    except ValueError:
+        level = None
+    if level is not None and level > 2:
+        # Debian's extra level: no perf at all for non-root users.
+        fix = ("lower it to 2 for user-space counts of your own processes, "
+               "run as root, or grant CAP_PERFMON")
+    else:
+        # At <= 2 a user counts its own processes' software events already;
+        # what is left (tracepoints, kernel-side counts) needs privilege.
+        fix = "run as root or grant CAP_PERFMON (tracepoints and kernel counts need it)"
+    text = f"perf may not count {event} (kernel.perf_event_paranoid={paranoid}; {fix})"
     return f"{text}: {err}" if err else text
 
 

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipetune.errors import PerfUnavailableError, ProfilerError
-from pipetune.procs import end_child
+from pipetune.procs import end_child, signals_unblocked
 from pipetune.profiler.events import canonical
 
 log = logging.getLogger(__name__)
@@ -363,11 +363,14 @@ class PerfStatSampler:
         try:
             cmd = self.command(ctl_r, ack_w, log_w)
             log.debug("starting %s", " ".join(cmd))
-            self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=self._stderr_file, pass_fds=(ctl_r, ack_w, log_w), close_fds=True,
-                start_new_session=True,  # a Ctrl-C to our terminal must not end perf early
-            )
+            # Unblocked: Ray's trial threads block SIGINT, and perf would
+            # inherit that and never see the SIGINT that stop() sends.
+            with signals_unblocked():
+                self._proc = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=self._stderr_file, pass_fds=(ctl_r, ack_w, log_w), close_fds=True,
+                    start_new_session=True,  # a Ctrl-C to our terminal must not end perf early
+                )
         except OSError as e:
             for fd in (ctl_r, ctl_w, ack_r, ack_w, log_r, log_w):
                 os.close(fd)
@@ -486,9 +489,12 @@ class PerfStatSampler:
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
-        # SIGINT makes perf print the last partial interval and exit.
+        # SIGINT makes perf print the last partial interval and exit.  perf
+        # is started with SIGINT unblocked (see start()); should it still not
+        # end, it is our own child: killed by PID, and no news for the user.
         if not end_child(proc, sig=signal.SIGINT, timeout_s=timeout_s):
-            log.warning("perf %d ignored SIGINT; killed it", proc.pid)
+            log.debug("perf %d did not end on SIGINT within %.0f s; killed it",
+                      proc.pid, timeout_s)
 
     def _close_fds(self) -> None:
         for name in ("_ctl_w", "_ack_r", "_log_r"):

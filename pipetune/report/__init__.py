@@ -56,17 +56,28 @@ def build_report(
     (default the store's own).
 
     Raises:
-        UsageError: an unknown format, no job named.
+        UsageError: an unknown format, no job named, an ``out_dir`` that
+            cannot be created or written (exit 2).
         UnknownJobError: a job the store does not hold.
     """
-    from pipetune.report import plots
-    from pipetune.report.render import build_blocks, to_html, to_markdown
-
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: must be one of {', '.join(FORMATS)}")
     if not jobs:
         raise UsageError("name at least one job")
     reports = [load_job(store, job) for job in jobs]
+    try:
+        return _write(reports, out_dir, fmt, store_url or str(store.url)), reports
+    except OSError as e:
+        # An --out the user cannot write (/proc/foo, a read-only disk, a file
+        # in the way) is a usage error, not a bug: one line, exit 2.
+        where = f" {str(e.filename)!r}" if e.filename and str(e.filename) != str(out_dir) else ""
+        raise UsageError(f"--out {str(out_dir)!r}: cannot write{where}: {e.strerror or e}") from e
+
+
+def _write(reports: list[JobReport], out_dir: Path, fmt: str, store_url: str) -> Path:
+    from pipetune.report import plots
+    from pipetune.report.render import build_blocks, to_html, to_markdown
+
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pipetune-report-") as tmp:
         fig_dir = out_dir if fmt == "md" else Path(tmp)
@@ -80,14 +91,14 @@ def build_report(
         for i, r in enumerate(reports):
             made[f"profile:{r.job}"] = plots.plot_profile(r, fig_dir / f"profile_{i + 1}.png")
         figures = {k: p for k, p in made.items() if p is not None}
-        blocks = build_blocks(reports, figures, store_url=store_url or str(store.url))
+        blocks = build_blocks(reports, figures, store_url=store_url)
         if fmt == "md":
             path = out_dir / "report.md"
             path.write_text(to_markdown(blocks, out_dir), encoding="utf-8")
         else:
             path = out_dir / "report.html"
             path.write_text(to_html(blocks), encoding="utf-8")
-    return path, reports
+    return path
 
 
 class _CallableReportModule(types.ModuleType):

@@ -85,8 +85,10 @@ class JobReport:
     """One tuning job as the store holds it.
 
     ``partial`` is True when the job has a start point but no end point: it
-    is still running, or it died; the figures are then those of the points
-    written so far and ``tuning_s`` runs to the last of them."""
+    is still running, or it died, or it was interrupted (``interrupted``:
+    its driver wrote an ``interrupted`` point instead of ``end``); the figures
+    are then those of the points written so far and ``tuning_s`` runs to the
+    last of them."""
 
     job: str
     mode: str
@@ -107,6 +109,7 @@ class JobReport:
     probe_s: float
     epochs: pd.DataFrame = field(repr=False, compare=False)
     decisions: pd.DataFrame = field(repr=False, compare=False)
+    interrupted: bool = False
 
     @property
     def best(self) -> TrialReport | None:
@@ -128,8 +131,7 @@ def load_job(store: Any, job: str) -> JobReport:
     decisions = store.decisions(job)
     trials_df = store.query("trial", {"job": job})
     if jobs.empty and epochs.empty and trials_df.empty and decisions.empty:
-        known = store.query("job")
-        names = sorted({str(j) for j in known["job"]}) if "job" in known.columns else []
+        names = known_jobs(store)
         if not names:
             raise UnknownJobError(f"job {job!r}: the store {store.url} holds no job (empty store)")
         shown = ", ".join(names[:10]) + (f" … ({len(names)} in all)" if len(names) > 10 else "")
@@ -137,6 +139,7 @@ def load_job(store: Any, job: str) -> JobReport:
 
     start = _event(jobs, "start")
     end = _event(jobs, "end")
+    stopped = _event(jobs, "interrupted")
     times = [int(df["time"].min()) for df in (jobs, epochs, trials_df, decisions) if not df.empty]
     last = [int(df["time"].max()) for df in (jobs, epochs, trials_df, decisions) if not df.empty]
     start_ns = int(start["time"]) if start is not None else min(times)
@@ -193,7 +196,21 @@ def load_job(store: Any, job: str) -> JobReport:
         probe_s=sum(t.probe_s for t in trials),
         epochs=epochs,
         decisions=decisions,
+        interrupted=end is None and stopped is not None,
     )
+
+
+def known_jobs(store: Any) -> list[str]:
+    """Every job name the store holds a point of: ``job`` points (written by
+    ``pipetune tune`` and :class:`~pipetune.tune.callback.PipeTuneCallback`),
+    and trials, epochs and decisions (a user's own script may write only
+    those).  Samples are left out: they are many, and never alone."""
+    names: set[str] = set()
+    for measurement in ("job", "trial", "epoch", "decision"):
+        df = store.query(measurement)
+        if "job" in df.columns:
+            names.update(str(j) for j in df["job"] if not _missing(j) and str(j))
+    return sorted(names)
 
 
 # -- pieces ---------------------------------------------------------------------------------

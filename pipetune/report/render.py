@@ -99,7 +99,16 @@ def build_blocks(
         ),
     ]
     for r in reports:
-        if r.partial:
+        if r.interrupted:
+            blocks.append(
+                Para(
+                    f"PARTIAL: job {r.job} was interrupted (Ctrl-C) before all its trials "
+                    f"ended. Its figures cover the points written until then "
+                    f"({fmt_s(r.tuning_s)} s after its start).",
+                    warn=True,
+                )
+            )
+        elif r.partial:
             blocks.append(
                 Para(
                     f"PARTIAL: job {r.job} has a start but no end in the store: it is still "
@@ -138,7 +147,14 @@ def _summary_table(reports: Sequence[JobReport]) -> Table:
         rows.append((name, *(f(r) for r in reports)))
 
     row("workload", lambda r: r.workload)
-    row("status", lambda r: "PARTIAL (no end point)" if r.partial else "complete")
+    row(
+        "status",
+        lambda r: "PARTIAL (interrupted)"
+        if r.interrupted
+        else "PARTIAL (no end point)"
+        if r.partial
+        else "complete",
+    )
     row("tuning time (s)", lambda r: fmt_s(r.tuning_s))
     row(
         "trials (failed)",

@@ -128,6 +128,20 @@ class Spool:
                 self.path.unlink(missing_ok=True)
 
 
+def spooled_points(root: str | Path, url: str) -> int:
+    """Points waiting in every spool file of ``url`` under ``root`` (every
+    writer's, alive or gone), without creating anything: what a job's summary
+    says is still to be replayed."""
+    n = 0
+    for path in spool_dir_for(root, url).glob("spool-*.jsonl"):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                n += sum(1 for line in fh if line.strip())
+        except FileNotFoundError:
+            continue  # replayed and deleted meanwhile
+    return n
+
+
 def _batches(points: Sequence[Point], size: int) -> Iterator[Sequence[Point]]:
     for i in range(0, len(points), size):
         yield points[i : i + size]

@@ -62,6 +62,7 @@ class Store:
         self._stop = threading.Event()
         self._down_until = 0.0  # monotonic time before which we do not retry
         self._orphans_checked = False
+        self._outage = False  # between a failed write and the next one that works
         self.written = 0
         self.spooled = 0
         self.rejected = 0
@@ -100,15 +101,17 @@ class Store:
         return len(self._spool)
 
     def drain_spool(self, timeout_s: float = 30.0) -> bool:
-        """Retry the spool now (after an outage) and wait until it is empty."""
+        """Retry the spool now (after an outage) and wait until it is empty:
+        this process's points, and the files of writers that ended meanwhile."""
         self._down_until = 0.0
+        self._orphans_checked = False
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.flush(max(0.0, deadline - time.monotonic()))
-            if len(self._spool) == 0:
+            if len(self._spool) == 0 and self._orphans_checked:
                 return True
             time.sleep(0.1)
-        return len(self._spool) == 0
+        return len(self._spool) == 0 and self._orphans_checked
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Flush, try a last replay, stop the writer.  What could not be sent
@@ -162,6 +165,7 @@ class Store:
         try:
             self.backend.write_points(batch)
             self.written += len(batch)
+            self._mark_up()
         except StoreUnavailableError as e:
             self._mark_down(e)
             self._spool.append(batch)
@@ -177,10 +181,13 @@ class Store:
     def _replay(self) -> None:
         if time.monotonic() < self._down_until:
             return
-        if len(self._spool) == 0 and self._orphans_checked:
+        if len(self._spool) == 0 and self._orphans_checked and not self._outage:
             return
         try:
+            if self._outage and len(self._spool) == 0:
+                self.backend.ping()  # nothing to replay: is it back?
             n = self._spool.replay_own(self.backend.write_points, self._batch_size)
+            self._mark_up()
             if n:
                 log.info("store %s is back: replayed %d spooled points", self.url, n)
             self.written += n
@@ -193,14 +200,31 @@ class Store:
             self._mark_down(e)
 
     def _mark_down(self, e: Exception) -> None:
-        if self._down_until == 0.0 or time.monotonic() >= self._down_until:
-            log.warning(
-                "store %s unavailable (%s); spooling, retry in %.0f s",
-                self.url,
-                e,
-                self._retry_interval_s,
-            )
+        # Said once per outage: every retry failing again is DEBUG, and the
+        # end of the outage is said when a write or replay goes through.
+        level = logging.DEBUG if self._outage else logging.WARNING
+        log.log(
+            level,
+            "store %s unavailable (%s); spooling, retry every %.0f s",
+            self.url,
+            e,
+            self._retry_interval_s,
+        )
+        self._outage = True
         self._down_until = time.monotonic() + self._retry_interval_s
+
+    def _mark_up(self) -> None:
+        if self._outage:
+            self._outage = False
+            # Writers that ended during the outage (trials) left their spool
+            # files behind: look for them again now.
+            self._orphans_checked = False
+            log.info("store %s answers again", self.url)
+
+    @property
+    def outage(self) -> bool:
+        """True from a failed write until one goes through again."""
+        return self._outage
 
     # -- typed writes (DESIGN §11) ---------------------------------------------------
 

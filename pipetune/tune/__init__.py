@@ -208,7 +208,8 @@ def wrap(
             session.close(error)
             if store is not None:
                 if getattr(policy, "learned", False):
-                    refit_groundtruth(store, settings, job=ref.job)
+                    refit_groundtruth(store, settings.model, objective=settings.objective,
+                                      job=ref.job)
                 store.close()
 
     return trainable

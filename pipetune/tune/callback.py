@@ -6,7 +6,8 @@ ground truth when they taught it something (:func:`pipetune.wrap`), so a
 user's own script needs no callback.  What only the driver knows — when the
 job started and ended, how long the tuning took, which trial was best, a
 trial whose process died — goes to the store's ``job`` measurement from
-here; ``pipetune tune`` adds it, and a user's script may.
+here; ``pipetune tune`` adds it, and a user's script may.  With
+``model_path`` it also retries a trial's refit that a store outage stopped.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from ray.tune import Callback
 from pipetune.store.base import Point
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two checks whether the store is back for a pending refit.
+REFIT_RETRY_S = 2.0
 
 
 class PipeTuneCallback(Callback):
@@ -35,6 +39,8 @@ class PipeTuneCallback(Callback):
         workload: str = "",
         metric: str = "accuracy",
         metric_mode: str = "max",
+        model_path: str | None = None,
+        objective: str = "runtime",
     ) -> None:
         self.store_url = store_url
         self.spool_dir = spool_dir
@@ -44,9 +50,14 @@ class PipeTuneCallback(Callback):
         self.workload = workload
         self.metric = metric
         self.metric_mode = metric_mode
+        self.model_path = model_path
+        self.objective = objective
+        self.model_updates = 0
+        self._refit_pending = False
         self.start_s = time.time()
         self.end_s: float | None = None
         self.trials: dict[str, dict[str, Any]] = {}
+        self.interrupted = False
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state: no live store.
@@ -88,6 +99,50 @@ class PipeTuneCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.trials.setdefault(trial.trial_id, {"epochs": 0})["status"] = "done"
+        if self.model_path:
+            # The trial refit the model at its end; if the store was down then,
+            # that refit failed: retry it from on_step_end once the store answers.
+            from pipetune.errors import StoreError
+
+            try:
+                self.store.backend.ping()
+            except StoreError:
+                self._refit_pending = True
+
+    def _learn(self) -> None:
+        """Refit the ground truth from every record so far (what a trial
+        does at its end), for a refit the store's outage stopped."""
+        if not self.model_path:
+            return
+        from pipetune.tune.learn import Refit, refit_groundtruth
+
+        outcome = refit_groundtruth(self.store, self.model_path, objective=self.objective,
+                                    job=self.job)
+        # Store down: the records are safe (spooled), the refit is not lost
+        # either: on_step_end retries it once the store answers.
+        self._refit_pending = outcome is Refit.STORE_DOWN
+        if outcome is Refit.DONE:
+            self.model_updates += 1
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """Retry a refit that the store's outage stopped, every few seconds,
+        once the store answers: first replay what was spooled meanwhile (ours
+        and trials' that ended during the outage), so the refit sees it."""
+        if not getattr(self, "_refit_pending", False):
+            return
+        now = time.monotonic()
+        if now < getattr(self, "_refit_retry_at", 0.0):
+            return
+        self._refit_retry_at = now + REFIT_RETRY_S
+        from pipetune.errors import StoreError
+
+        try:
+            self.store.backend.ping()
+        except StoreError as e:
+            log.debug("job %s: refit still waits for the store: %s", self.job, e)
+            return
+        self.store.drain_spool(timeout_s=10.0)
+        self._learn()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # The trial writes its own end status, unless its process died: say it here.
@@ -106,9 +161,14 @@ class PipeTuneCallback(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.end_s = time.time()
+        # Tune calls this hook on Ctrl-C too, after marking the running trials
+        # TERMINATED without on_trial_complete: a trial that neither completed
+        # nor failed here means the job was interrupted, not complete.
+        ended = {tid for tid, t in self.trials.items() if t.get("status") in ("done", "failed")}
+        self.interrupted = any(str(t.trial_id) not in ended for t in trials)
         best, value = self.best_trial()
         fields: dict[str, Any] = {
-            "event": "end",
+            "event": "interrupted" if self.interrupted else "end",
             "tuning_s": self.end_s - self.start_s,
             "trials": len(self.trials),
             "failed": sum(1 for t in self.trials.values() if t.get("status") == "failed"),

@@ -37,7 +37,9 @@ class JobSpec:
     samples: int = 4
     epochs: int = 3
     scheduler: str = "fifo"
-    space: SystemSpace = field(default_factory=lambda: SystemSpace(cores=(1, os.cpu_count() or 1)))
+    space: SystemSpace = field(
+        default_factory=lambda: SystemSpace(cores=tuple(sorted({1, os.cpu_count() or 1})))
+    )
     concurrent: int = 1
     job: str = ""
     seed: int = 0
@@ -149,6 +151,11 @@ class JobResult:
     trials: list[dict[str, Any]]
     best: dict[str, Any] | None
     store: str
+    #: Stopped before every trial ended (Ctrl-C); the store records it so.
+    interrupted: bool = False
+    #: Points still in the spool at the end (the store was down): replayed
+    #: by the next process that opens the store once it answers.
+    spooled: int = 0
 
 
 def _scheduler(name: str, epochs: int, metric: str, mode: str) -> Any:
@@ -168,10 +175,15 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
 
     import pipetune.tune as pt
     from pipetune.store import open_store
+    from pipetune.store.spool import spooled_points
     from pipetune.tune.callback import PipeTuneCallback
     from workloads import get_workload
 
     cls = get_workload(spec.workload)  # UsageError for an unknown workload, before Ray starts
+    if hasattr(cls, "resolve_hparams"):
+        # --set: an unknown key or a bad value (lr=abc) is a ConfigError now, not
+        # a failed trial after Ray started (or a key silently dropped).
+        cls.resolve_hparams(spec.fixed_hparams)
     spec.space.validate()
     # Opening the store first fails early, with a clear line, on a bad URL.
     store = open_store(settings.store, spool_root=settings.spool_dir)
@@ -219,6 +231,8 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
             workload=spec.workload,
             metric=metric,
             metric_mode=metric_mode,
+            model_path=settings.model if spec.mode == "pipetune" else None,
+            objective=settings.objective,
         )
         tuner = tune.Tuner(
             trainable,
@@ -278,6 +292,8 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
         trials,
         best,
         settings.store,
+        interrupted=callback.interrupted,
+        spooled=spooled_points(settings.spool_dir, settings.store),
     )
 
 

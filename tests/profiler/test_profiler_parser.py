@@ -138,3 +138,17 @@ def test_more_lines_than_events_are_learnt():
     done = asm.feed("2.0;50;;cycles;1;50.00;;")
     assert len(done) == 1 and done[0].counts() == {"cycles": 150}
     assert done[0].running_pct() == {"cycles": 50.0}
+
+
+def test_user_space_modifier_is_not_part_of_the_name() -> None:
+    """perf prints ``task-clock:u`` at perf_event_paranoid=2 (non-root): the
+    same event as ``task-clock``; a tracepoint's colon is its own."""
+    from pipetune.profiler.events import canonical
+    from pipetune.profiler.perf_stat import parse_line
+
+    rec = parse_line("     0.504181484;2.01;msec;task-clock:u;2011294;100.00;0.502;CPUs utilized")
+    assert rec is not None and rec.event == "task-clock" and rec.value == 2.01
+    assert canonical("cycles:u") == "cycles" and canonical("cs:u") == "context-switches"
+    assert canonical("cpu/mem-loads/:pp") == "cpu/mem-loads/"
+    for tp in ("sched:sched_switch", "syscalls:sys_enter_read", "irq:softirq_entry"):
+        assert canonical(tp) == tp

@@ -294,3 +294,39 @@ def test_owner_exit_without_stop_leaves_no_perf(tmp_path):
     finally:
         target.kill()
         target.wait()
+
+
+def _sig_blocked(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1], 16) for line in fh if line.startswith("SigBlk"))
+
+
+def test_perf_started_from_a_thread_with_sigint_blocked_still_ends_on_sigint(spawn, caplog):
+    """Ray runs a trial's training function in a thread with SIGINT blocked
+    (SigBlk 0x2); perf inherited that and was killed at every trial end."""
+    import logging
+    import signal
+    import threading
+
+    p = spawn("threads", 1, 30)
+    got: dict = {}
+
+    def trial_thread() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        s = PerfStatSampler(["task-clock"], pids=[p.pid], interval_ms=100)
+        s.start()
+        got["sampler"] = s
+        got["perf_blocked"] = _sig_blocked(s.pid)
+        got["thread_blocked"] = _sig_blocked(threading.get_native_id())
+        with caplog.at_level(logging.DEBUG, logger="pipetune"):
+            s.stop(timeout_s=10)
+
+    t = threading.Thread(target=trial_thread)
+    t.start()
+    t.join()
+    s = got["sampler"]
+    assert got["thread_blocked"] & (1 << (signal.SIGINT - 1)), "the thread keeps its mask"
+    assert not got["perf_blocked"] & (1 << (signal.SIGINT - 1))
+    assert s._proc.returncode != -signal.SIGKILL, "perf had to be killed"
+    assert not [r for r in caplog.records if "killed" in r.getMessage()]
+    assert p.poll() is None, "stopping the profiler must not touch the target"
