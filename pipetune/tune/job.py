@@ -102,6 +102,7 @@ def _workload_train_fn(workload: str, epochs: int, seed: int) -> Any:
         from ray import tune
 
         import pipetune.tune as pt
+        from pipetune import stages
         from workloads import get_workload
 
         cls = get_workload(workload)
@@ -116,6 +117,8 @@ def _workload_train_fn(workload: str, epochs: int, seed: int) -> Any:
                     state = pickle.load(fh)  # noqa: S301
                 w.load_state_dict(state["workload"])
                 start = state["epoch"] + 1
+        # In a stage run: skip (and replay) the prefix other trials trained.
+        start = stages.resume(w.load_state_dict, start)
         for epoch in range(start, epochs):
             steps = getattr(w, "steps_per_epoch", 0)
             window = max(1, steps // 4) if isinstance(steps, int) and steps >= 4 else None
@@ -130,8 +133,9 @@ def _workload_train_fn(workload: str, epochs: int, seed: int) -> Any:
             with tempfile.TemporaryDirectory() as d:
                 with open(Path(d) / "state.pkl", "wb") as fh:
                     pickle.dump({"epoch": epoch, "workload": w.state_dict()}, fh)
-                pt.report(
+                stages.report(
                     metrics,
+                    state=w.state_dict,
                     steps=int(stats.get("steps", 0)),
                     checkpoint=tune.Checkpoint.from_directory(d),
                 )
