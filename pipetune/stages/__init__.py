@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from pipetune.stages.run import StageRunner, plan_for
 from pipetune.stages.schedules import (
     KINDS,
     Constant,
@@ -26,7 +27,6 @@ from pipetune.stages.schedules import (
     step_decay,
     value,
 )
-from pipetune.stages.run import StageRunner, plan_for
 from pipetune.stages.session import StageSession, report, resume
 from pipetune.stages.store import Acquired, StageStore
 from pipetune.stages.tree import Stage, StageNode, StageTree, TrialPlan

@@ -43,6 +43,11 @@ class JobSpec:
     seed: int = 0
     address: str | None = None
     fixed_hparams: Mapping[str, Any] = field(default_factory=dict)
+    #: ``--schedule`` words (see pipetune.stages.flags): their grid replaces
+    #: the sampled trials.
+    schedules: tuple[str, ...] = ()
+    #: Stage-tree execution: shared prefixes are trained once.
+    stages: bool = False
 
     def __post_init__(self) -> None:
         from pipetune.tune import MODES
@@ -56,6 +61,10 @@ class JobSpec:
         for name in ("samples", "epochs", "concurrent"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name}={getattr(self, name)}: must be >= 1")
+        if self.schedules:
+            from pipetune.stages.flags import schedule_grid
+
+            schedule_grid(self.schedules)  # ConfigError now, before Ray starts
         if not self.job:
             self.job = f"{self.workload}-{self.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -73,7 +82,13 @@ def sample_trials(workload_cls: type, spec: JobSpec) -> list[dict[str, Any]]:
     rng = np.random.default_rng(spec.seed)
     hp = workload_cls.hyperparameters
     trials = []
-    for _ in range(spec.samples):
+    if spec.schedules:
+        # A schedule grid: the other hyperparameters stay at --set or the
+        # workload's defaults (random ones would leave no prefix to share).
+        from pipetune.stages.flags import schedule_grid
+
+        trials = [{**spec.fixed_hparams, **combo} for combo in schedule_grid(spec.schedules)]
+    for _ in range(0 if spec.schedules else spec.samples):
         t: dict[str, Any] = {}
         if "lr" in hp:
             t["lr"] = float(10 ** rng.uniform(-3, -1))
@@ -198,10 +213,15 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
         except ConnectionError as e:
             raise UsageError(f"no Ray cluster at {address!r}: {e}") from e
         started_ray = True
+    stage_runner = None
     try:
-        param_space = {"trial": tune.grid_search(sample_trials(cls, spec))}
+        trials = sample_trials(cls, spec)
+        param_space = {"trial": tune.grid_search(trials)}
+        train_fn = _workload_train_fn(spec.workload, spec.epochs, spec.seed)
+        if spec.stages:
+            stage_runner, train_fn = _stage_runner(spec, cls, trials, train_fn, settings)
         trainable = pt.wrap(
-            _workload_train_fn(spec.workload, spec.epochs, spec.seed),
+            train_fn,
             spec.space,
             mode=spec.mode,
             settings=settings,
@@ -239,12 +259,19 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
             run_config=tune.RunConfig(
                 name=spec.job,
                 storage_path=str(settings.home / "ray_results"),
-                callbacks=[callback],
+                callbacks=[callback] + ([stage_runner.callback()] if stage_runner else []),
                 verbose=verbose,
             ),
         )
         results = tuner.fit()
+        if stage_runner is not None:
+            stats = stage_runner.stats()
+            log.info("job %s: stage tree of %d nodes; %d epochs trained, %d replayed",
+                     spec.job, stats["tree_nodes"], stats["epochs_trained"],
+                     stats["epochs_replayed"])
     finally:
+        if stage_runner is not None:
+            stage_runner.close()
         if power is not None:
             power.stop()
         store.close()
@@ -284,6 +311,29 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
         best,
         settings.store,
     )
+
+
+def _stage_runner(spec: JobSpec, cls: type, trials: list[dict[str, Any]], train_fn: Any,
+                  settings: Settings) -> tuple[Any, Any]:
+    """A stage runner for the job with the grid registered, and the train
+    function wrapped by it (checkpoints under the job's Tune folder)."""
+    from pipetune.stages import StageRunner, plan_for
+
+    namespace = f"{spec.workload}/seed={spec.seed}"
+    runner = StageRunner(
+        settings.home / "ray_results" / spec.job / "stages",
+        prune_safe=spec.scheduler != "fifo",
+    )
+    hp = set(cls.hyperparameters)
+
+    def hparams(config: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in config["trial"].items() if k in hp}
+
+    runner.register(
+        plan_for({k: v for k, v in t.items() if k in hp}, spec.epochs, namespace=namespace)
+        for t in trials
+    )
+    return runner, runner.wrap(train_fn, spec.epochs, namespace=namespace, hparams=hparams)
 
 
 def _trial_values(config: Mapping[str, Any]) -> Mapping[str, Any]:
