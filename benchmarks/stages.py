@@ -133,20 +133,22 @@ def run_job(name: str, trials: list[dict[str, Any]], epochs: int, storage: Path
     }
 
 
-def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float]:
+def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, int]:
     """(max relative diff of final accuracy/loss, max over every epoch and
-    metric) between two jobs' trials that ran every epoch in both."""
-    final, every = 0.0, 0.0
+    metric, trials compared) between two jobs' trials that ran every epoch
+    in both."""
+    final, every, compared = 0.0, 0.0, 0
     for trial, rows in a["per_trial"].items():
         other = b["per_trial"].get(trial)
         if other is None or len(other) != len(rows):
             continue
+        compared += 1
         for key in ("accuracy", "loss"):
             final = max(final, rel_diff(rows[-1][key], other[-1][key]))
         for x, y in zip(rows, other, strict=True):
             for key in ("accuracy", "loss", "test_loss"):
                 every = max(every, rel_diff(x[key], y[key]))
-    return final, every
+    return final, every, compared
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
 
-    final_diff, epoch_diff = compare(out["trial"], out["stage"])
+    final_diff, epoch_diff, compared = compare(out["trial"], out["stage"])
+    if compared != len(trials):
+        raise RuntimeError(f"only {compared} of {len(trials)} trials ran every epoch in both")
     t, s = out["trial"], out["stage"]
     figures: dict[str, Any] = {
         "grid": {"trials": len(trials), "epochs": epochs, "workload": WORKLOAD},
@@ -192,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs_ratio": t["epochs_trained"] / s["epochs_trained"],
         "max_rel_metric_diff": final_diff,
         "max_rel_epoch_diff": epoch_diff,
+        "trials_compared": compared,
         "best_accuracy_trial": t["best_accuracy"],
         "best_accuracy_stage": s["best_accuracy"],
         "jobs": {k: {f: v for f, v in j.items() if f != "per_trial"} for k, j in out.items()},
@@ -203,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<11} {j['cpu_s']:8.1f} {j['e2e_s']:7.1f} {j['epochs_trained']:6d} "
               f"{acc:>8}")
     print(f"trial/stage: compute {figures['compute_ratio']:.2f}x (ideal {ideal:.2f}x), "
-          f"end-to-end {figures['e2e_ratio']:.2f}x; final metrics max rel diff "
-          f"{final_diff:.2e} (every epoch {epoch_diff:.2e})")
+          f"end-to-end {figures['e2e_ratio']:.2f}x; final metrics of {compared} trials: max rel "
+          f"diff {final_diff:.2e} (every epoch {epoch_diff:.2e})")
     if "stage+asha" in out:
         sa, ta = out["stage+asha"], out["trial+asha"]
         figures["asha_compute_ratio_vs_trial"] = t["cpu_s"] / sa["cpu_s"]
