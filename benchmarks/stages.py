@@ -43,6 +43,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 WORKLOAD = "deepcnn-mnist"
 JOBS = ("trial", "stage", "trial+asha", "stage+asha")
+#: Trials at once (one torch thread each, on a 2-core machine).
+LANES = 2
 
 
 def grid(quick: bool) -> tuple[list[dict[str, Any]], int]:
@@ -73,10 +75,13 @@ def run_job(name: str, trials: list[dict[str, Any]], epochs: int, storage: Path
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from pipetune.stages import StageRunner, plan_for
+    from pipetune.stages import StageRunner, order_trials, plan_for
     from pipetune.tune.job import _workload_train_fn
 
     share, asha = name.startswith("stage"), name.endswith("asha")
+    # Both modes run the grid in the order that suits stage-based execution
+    # (two lanes of depth-first subtrees): the same order for both.
+    trials = order_trials(trials, epochs, LANES, namespace=WORKLOAD)
     inner = _workload_train_fn(WORKLOAD, epochs, 0)
 
     def train(config: dict[str, Any]) -> None:
@@ -100,7 +105,7 @@ def run_job(name: str, trials: list[dict[str, Any]], epochs: int, storage: Path
             ),
             param_space={"trial": tune.grid_search(trials)},
             tune_config=tune.TuneConfig(metric="accuracy", mode="max", scheduler=scheduler,
-                                        max_concurrent_trials=2, reuse_actors=True),
+                                        max_concurrent_trials=LANES, reuse_actors=True),
             run_config=tune.RunConfig(name=name.replace("+", "-"), storage_path=str(storage),
                                       verbose=0, callbacks=[runner.callback()]),
         )
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
           f"trial epochs (ideal compute ratio {ideal:.2f})", flush=True)
     jobs = JOBS[:2] if args.no_asha else JOBS
     out: dict[str, dict[str, Any]] = {}
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=LANES, include_dashboard=False, log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory(prefix="pipetune-bench-stages-") as tmp:
             for name in jobs:

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from pipetune.stages.run import StageRunner, plan_for
+from pipetune.stages.run import StageRunner, order_trials, plan_for
 from pipetune.stages.schedules import (
     KINDS,
     Constant,
@@ -32,7 +32,8 @@ from pipetune.stages.store import Acquired, StageStore
 from pipetune.stages.tree import Stage, StageNode, StageTree, TrialPlan
 
 __all__ = [
-    "KINDS", "Acquired", "Constant", "StageRunner", "StageSession", "StageStore", "plan_for",
+    "KINDS", "Acquired", "Constant", "StageRunner", "StageSession", "StageStore", "order_trials",
+    "plan_for",
     "report", "resume", "GrowingBatch", "Schedule", "Stage", "StageNode", "StageTree",
     "StepDecay", "TrialPlan", "constant", "growing_batch", "is_schedule", "parse",
     "step_decay", "value",

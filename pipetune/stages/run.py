@@ -49,7 +49,7 @@ from pipetune.stages.tree import TrialPlan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StageRunner", "plan_for"]
+__all__ = ["StageRunner", "order_trials", "plan_for"]
 
 
 def plan_for(
@@ -61,6 +61,29 @@ def plan_for(
     return TrialPlan(
         probe.epoch_keys()[-1], epochs, probe.static, probe.schedules, probe.namespace
     )
+
+
+def order_trials(
+    trials: Iterable[Mapping[str, Any]],
+    epochs: int,
+    lanes: int,
+    *,
+    namespace: str = "",
+    ignore: Iterable[str] = (),
+) -> list[Mapping[str, Any]]:
+    """``trials`` (hyperparameter dicts, e.g. a grid) reordered so that
+    ``lanes`` trials running at once rarely wait for each other's prefixes
+    (:meth:`StageTree.order`); give the result to ``tune.grid_search``."""
+    from pipetune.stages.tree import StageTree
+
+    tree = StageTree()
+    by_plan: dict[str, list[Mapping[str, Any]]] = {}
+    ignored = tuple(ignore)
+    for t in trials:
+        plan = plan_for(t, epochs, namespace=namespace, ignore=ignored)
+        tree.add(plan)
+        by_plan.setdefault(plan.trial_id, []).append(t)
+    return [t for pid in tree.order(lanes) for t in by_plan[pid]]
 
 
 class StageRunner:

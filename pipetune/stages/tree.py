@@ -235,6 +235,49 @@ class StageTree:
             if len(n.children) > 1 or (n.children and n.ending)
         ]
 
+    def order(self, lanes: int) -> list[str]:
+        """Trial ids in an order that keeps ``lanes`` concurrent trials busy.
+
+        Trials run in list order, ``lanes`` at a time.  Two that share an
+        untrained prefix would run it once while the other waits, so the
+        tree is cut into at least ``lanes`` subtrees (widest first), the
+        subtrees are dealt to lanes by work (largest first, to the least
+        loaded), each lane lists its trials depth-first (a trial's parent
+        stages are trained before the trials that resume from them) and the
+        lanes are interleaved.  Deterministic for a given tree.
+        """
+        if lanes < 1:
+            raise ConfigError(f"lanes={lanes}: must be >= 1")
+
+        def work(n: StageNode) -> int:
+            return sum(x.epochs for x in n.walk())
+
+        frontier = [self.root]
+        # Trials that end at a node cut off the frontier go with its first child.
+        carry: dict[int, list[str]] = {}
+        while len(frontier) < lanes:
+            wide = [n for n in frontier if n.children]
+            if not wide:
+                break
+            widest = max(wide, key=work)
+            frontier.remove(widest)
+            frontier.extend(widest.children)
+            carry.setdefault(id(widest.children[0]), []).extend(
+                carry.pop(id(widest), []) + sorted(widest.ending)
+            )
+        loads = [0] * lanes
+        lane_trials: list[list[str]] = [[] for _ in range(lanes)]
+        for sub in sorted(frontier, key=lambda n: (-work(n), n.first_key)):
+            i = loads.index(min(loads))
+            loads[i] += work(sub)
+            lane_trials[i].extend(carry.get(id(sub), []))
+            for node in sub.walk():
+                lane_trials[i].extend(sorted(node.ending))
+        out: list[str] = []
+        for k in range(max(len(t) for t in lane_trials)):
+            out.extend(t[k] for t in lane_trials if k < len(t))
+        return out
+
     def trial_epochs(self) -> int:
         """Epochs trial-based execution trains (every trial from scratch)."""
         return sum(p.epochs for p in self.plans.values())

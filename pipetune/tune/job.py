@@ -216,10 +216,10 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
     stage_runner = None
     try:
         trials = sample_trials(cls, spec)
-        param_space = {"trial": tune.grid_search(trials)}
         train_fn = _workload_train_fn(spec.workload, spec.epochs, spec.seed)
         if spec.stages:
-            stage_runner, train_fn = _stage_runner(spec, cls, trials, train_fn, settings)
+            stage_runner, train_fn, trials = _stage_runner(spec, cls, trials, train_fn, settings)
+        param_space = {"trial": tune.grid_search(trials)}
         trainable = pt.wrap(
             train_fn,
             spec.space,
@@ -314,10 +314,11 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
 
 
 def _stage_runner(spec: JobSpec, cls: type, trials: list[dict[str, Any]], train_fn: Any,
-                  settings: Settings) -> tuple[Any, Any]:
-    """A stage runner for the job with the grid registered, and the train
-    function wrapped by it (checkpoints under the job's Tune folder)."""
-    from pipetune.stages import StageRunner, plan_for
+                  settings: Settings) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """A stage runner for the job with the grid registered, the train
+    function wrapped by it (checkpoints under the job's Tune folder), and the
+    trials in an order that keeps ``--concurrent`` trials from waiting."""
+    from pipetune.stages import StageRunner, order_trials, plan_for
 
     namespace = f"{spec.workload}/seed={spec.seed}"
     runner = StageRunner(
@@ -333,7 +334,12 @@ def _stage_runner(spec: JobSpec, cls: type, trials: list[dict[str, Any]], train_
         plan_for({k: v for k, v in t.items() if k in hp}, spec.epochs, namespace=namespace)
         for t in trials
     )
-    return runner, runner.wrap(train_fn, spec.epochs, namespace=namespace, hparams=hparams)
+    ordered = order_trials(
+        trials, spec.epochs, spec.concurrent, namespace=namespace,
+        ignore=[k for t in trials for k in t if k not in hp],
+    )
+    wrapped = runner.wrap(train_fn, spec.epochs, namespace=namespace, hparams=hparams)
+    return runner, wrapped, [dict(t) for t in ordered]
 
 
 def _trial_values(config: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -130,3 +130,26 @@ def test_same_trial_twice_is_one_plan_and_a_changed_plan_is_refused() -> None:
     assert tree.trial_epochs() == 6
     with pytest.raises(ConfigError, match="already"):
         tree.add(_plan("a", StepDecay(0.1, 0.5, (3,))))
+
+
+def test_order_deals_subtrees_to_lanes_and_lists_each_depth_first() -> None:
+    tree = StageTree()
+    for lr0 in (0.1, 0.05):
+        for rate in (0.1, 0.2):
+            for a in (2, 3):
+                tree.add(_plan(f"{lr0}-{rate}-{a}", StepDecay(lr0, rate, (a,)), 6))
+    order = tree.order(2)
+    assert sorted(order) == sorted(tree.plans)
+    # Neighbours in the list run at the same time: they start in different subtrees.
+    for x, y in zip(order[::2], order[1::2], strict=True):
+        assert x.split("-")[0] != y.split("-")[0]
+    # One lane: depth first, so a subtree's trials are contiguous and each
+    # trial after a subtree's first resumes from an earlier trial's stage.
+    one = tree.order(1)
+    assert [t.split("-")[0] for t in one] == ["0.1"] * 4 + ["0.05"] * 4 or \
+        [t.split("-")[0] for t in one] == ["0.05"] * 4 + ["0.1"] * 4
+    for i, trial in enumerate(one):
+        if i % 4:
+            assert any(set(tree.path(trial)) & set(tree.path(t)) for t in one[:i])
+    with pytest.raises(ConfigError, match="lanes"):
+        tree.order(0)
