@@ -110,13 +110,51 @@ class Workload(abc.ABC):
         seed: int = 0,
         data_dir: Path | None = None,
     ) -> None:
-        self.hparams: dict[str, Any] = self.resolve_hparams(hparams)
+        #: Hyperparameters given as schedules (see :mod:`pipetune.stages`):
+        #: ``hparams`` holds their epoch-0 value until :meth:`apply_schedules`.
+        self.schedules: dict[str, Any] = self.split_schedules(hparams)
+        plain = {**(hparams or {}), **{k: s.at_epoch(0) for k, s in self.schedules.items()}}
+        self.hparams: dict[str, Any] = self.resolve_hparams(plain)
         self.seed = int(seed)
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         #: One line saying which data this instance trains on (set by the loader).
         self.data_source: str = ""
 
     # -- hyperparameters ---------------------------------------------------------------
+
+    #: Hyperparameters that may be schedules (a value per epoch).
+    schedulable: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def split_schedules(cls, hparams: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The schedule-valued hyperparameters, parsed.
+
+        Raises:
+            ConfigError: a schedule for a hyperparameter that cannot change
+                between epochs, or a malformed schedule.
+        """
+        from pipetune.stages.schedules import is_schedule, parse
+
+        out = {}
+        for key, value in (hparams or {}).items():
+            if is_schedule(value):
+                if key not in cls.schedulable:
+                    can = ", ".join(sorted(cls.schedulable)) or "none"
+                    raise ConfigError(
+                        f"workload {cls.name!r}: hyperparameter {key!r} cannot be a schedule "
+                        f"(schedulable: {can})"
+                    )
+                out[key] = parse(value)
+        return out
+
+    def apply_schedules(self, epoch: int) -> dict[str, Any]:
+        """Put every scheduled hyperparameter's value for ``epoch`` in force
+        (in :attr:`hparams`; subclasses also where training reads it).
+        Returns the values set."""
+        values = {k: s.at_epoch(epoch) for k, s in self.schedules.items()}
+        if values:
+            self.hparams.update(self.resolve_hparams({**self.hparams, **values}))
+        return values
 
     @classmethod
     def resolve_hparams(cls, hparams: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -203,6 +241,7 @@ class TorchWorkload(Workload):
     """
 
     supports_parallel = True
+    schedulable: ClassVar[frozenset[str]] = frozenset({"lr", "batch_size"})
 
     def __init__(
         self,
@@ -249,6 +288,21 @@ class TorchWorkload(Workload):
             return torch.optim.Adam(params, lr=lr)
         return torch.optim.SGD(params, lr=lr, momentum=self.hparams.get("momentum", 0.9))
 
+    def apply_schedules(self, epoch: int) -> dict[str, Any]:
+        """Also sets the optimizer's learning rate (a restored optimizer
+        state carries the rate of the epoch it was saved in) and checks the
+        batch size against the training set."""
+        values = super().apply_schedules(epoch)
+        if "lr" in values:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.hparams["lr"]
+        if "batch_size" in values and self.batch_size > len(self.x_train):
+            raise ConfigError(
+                f"epoch {epoch}: batch_size={self.batch_size} from its schedule is larger than "
+                f"the {len(self.x_train)} training samples"
+            )
+        return values
+
     @staticmethod
     def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
@@ -294,6 +348,7 @@ class TorchWorkload(Workload):
         window_steps: int | None = None,
     ) -> dict[str, Any]:
         self._check_window(window_steps)
+        self.apply_schedules(epoch)
         total, steps, samples = 0.0, 0, 0
         for x, y in self.train_batches(epoch):
             with self.rng_scope():

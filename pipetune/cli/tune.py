@@ -50,6 +50,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job", default="", help="job name (default WORKLOAD-MODE-TIME)")
     parser.add_argument("--seed", type=int, default=0, help="seed for hyperparameters and data")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    parser.add_argument(
+        "--schedule",
+        nargs="+",
+        default=[],
+        metavar="KEY=KIND:…",
+        help="hyperparameter schedules as a grid (replaces --samples), e.g. "
+        "lr=step:0.1,0.05/rate=0.1,0.2/at=2,3/at=5,6 or batch_size=batch:32/factor=2/at=3",
+    )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="stage-tree execution: prefixes trials share are trained once",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -85,6 +98,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         address=args.address,
         fixed_hparams=_parse_set(args.set),
+        schedules=tuple(args.schedule),
+        stages=args.stages,
         **kwargs,
     )
     if args.json:

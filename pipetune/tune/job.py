@@ -45,6 +45,11 @@ class JobSpec:
     seed: int = 0
     address: str | None = None
     fixed_hparams: Mapping[str, Any] = field(default_factory=dict)
+    #: ``--schedule`` words (see pipetune.stages.flags): their grid replaces
+    #: the sampled trials.
+    schedules: tuple[str, ...] = ()
+    #: Stage-tree execution: shared prefixes are trained once.
+    stages: bool = False
 
     def __post_init__(self) -> None:
         from pipetune.tune import MODES
@@ -58,6 +63,10 @@ class JobSpec:
         for name in ("samples", "epochs", "concurrent"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name}={getattr(self, name)}: must be >= 1")
+        if self.schedules:
+            from pipetune.stages.flags import schedule_grid
+
+            schedule_grid(self.schedules)  # ConfigError now, before Ray starts
         if not self.job:
             self.job = f"{self.workload}-{self.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -75,7 +84,13 @@ def sample_trials(workload_cls: type, spec: JobSpec) -> list[dict[str, Any]]:
     rng = np.random.default_rng(spec.seed)
     hp = workload_cls.hyperparameters
     trials = []
-    for _ in range(spec.samples):
+    if spec.schedules:
+        # A schedule grid: the other hyperparameters stay at --set or the
+        # workload's defaults (random ones would leave no prefix to share).
+        from pipetune.stages.flags import schedule_grid
+
+        trials = [{**spec.fixed_hparams, **combo} for combo in schedule_grid(spec.schedules)]
+    for _ in range(0 if spec.schedules else spec.samples):
         t: dict[str, Any] = {}
         if "lr" in hp:
             t["lr"] = float(10 ** rng.uniform(-3, -1))
@@ -104,6 +119,7 @@ def _workload_train_fn(workload: str, epochs: int, seed: int) -> Any:
         from ray import tune
 
         import pipetune.tune as pt
+        from pipetune import stages
         from workloads import get_workload
 
         cls = get_workload(workload)
@@ -118,6 +134,8 @@ def _workload_train_fn(workload: str, epochs: int, seed: int) -> Any:
                     state = pickle.load(fh)  # noqa: S301
                 w.load_state_dict(state["workload"])
                 start = state["epoch"] + 1
+        # In a stage run: skip (and replay) the prefix other trials trained.
+        start = stages.resume(w.load_state_dict, start)
         for epoch in range(start, epochs):
             steps = getattr(w, "steps_per_epoch", 0)
             window = max(1, steps // 4) if isinstance(steps, int) and steps >= 4 else None
@@ -132,8 +150,9 @@ def _workload_train_fn(workload: str, epochs: int, seed: int) -> Any:
             with tempfile.TemporaryDirectory() as d:
                 with open(Path(d) / "state.pkl", "wb") as fh:
                     pickle.dump({"epoch": epoch, "workload": w.state_dict()}, fh)
-                pt.report(
+                stages.report(
                     metrics,
+                    state=w.state_dict,
                     steps=int(stats.get("steps", 0)),
                     checkpoint=tune.Checkpoint.from_directory(d),
                 )
@@ -206,10 +225,15 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
         except ConnectionError as e:
             raise UsageError(f"no Ray cluster at {address!r}: {e}") from e
         started_ray = True
+    stage_runner = None
     try:
-        param_space = {"trial": tune.grid_search(sample_trials(cls, spec))}
+        trials = sample_trials(cls, spec)
+        train_fn = _workload_train_fn(spec.workload, spec.epochs, spec.seed)
+        if spec.stages:
+            stage_runner, train_fn, trials = _stage_runner(spec, cls, trials, train_fn, settings)
+        param_space = {"trial": tune.grid_search(trials)}
         trainable = pt.wrap(
-            _workload_train_fn(spec.workload, spec.epochs, spec.seed),
+            train_fn,
             spec.space,
             mode=spec.mode,
             settings=settings,
@@ -247,12 +271,19 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
             run_config=tune.RunConfig(
                 name=spec.job,
                 storage_path=str(settings.home / "ray_results"),
-                callbacks=[callback],
+                callbacks=[callback] + ([stage_runner.callback()] if stage_runner else []),
                 verbose=verbose,
             ),
         )
         results = tuner.fit()
+        if stage_runner is not None:
+            stats = stage_runner.stats()
+            log.info("job %s: stage tree of %d nodes; %d epochs trained, %d replayed",
+                     spec.job, stats["tree_nodes"], stats["epochs_trained"],
+                     stats["epochs_replayed"])
     finally:
+        if stage_runner is not None:
+            stage_runner.close()
         if power is not None:
             power.stop()
         store.close()
@@ -309,6 +340,35 @@ def _history(result: Any) -> list[dict[str, Any]]:
 
 def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
+
+
+def _stage_runner(spec: JobSpec, cls: type, trials: list[dict[str, Any]], train_fn: Any,
+                  settings: Settings) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """A stage runner for the job with the grid registered, the train
+    function wrapped by it (checkpoints under the job's Tune folder), and the
+    trials in an order that keeps ``--concurrent`` trials from waiting."""
+    from pipetune.stages import StageRunner, order_trials, plan_for
+
+    namespace = f"{spec.workload}/seed={spec.seed}"
+    runner = StageRunner(
+        settings.home / "ray_results" / spec.job / "stages",
+        prune_safe=spec.scheduler != "fifo",
+    )
+    hp = set(cls.hyperparameters)
+
+    def hparams(config: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in config["trial"].items() if k in hp}
+
+    runner.register(
+        plan_for({k: v for k, v in t.items() if k in hp}, spec.epochs, namespace=namespace)
+        for t in trials
+    )
+    ordered = order_trials(
+        trials, spec.epochs, spec.concurrent, namespace=namespace,
+        ignore=[k for t in trials for k in t if k not in hp],
+    )
+    wrapped = runner.wrap(train_fn, spec.epochs, namespace=namespace, hparams=hparams)
+    return runner, wrapped, [dict(t) for t in ordered]
 
 
 def _trial_values(config: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -1,0 +1,216 @@
+"""The trial side of stage-tree execution: three calls in a training loop.
+
+::
+
+    start = stages.resume(model.load_state_dict)           # before the loop
+    for epoch in range(start, epochs):
+        lr = stages.value(config["lr"], epoch)              # per scheduled value
+        ...
+        stages.report(metrics, state=model.state_dict)      # instead of tune.report
+
+- :func:`resume` — asks the stage store for the longest prefix of this
+  trial's epochs that is already trained (waiting while another trial is
+  training it), loads that prefix's checkpoint through the caller's
+  ``load`` function, replays the prefix's recorded per-epoch metrics to Tune
+  (so Tune sees the trial as if it had trained them) and returns the first
+  epoch left to train.
+- :func:`report` — records the epoch's metrics under its prefix key, writes
+  a checkpoint where the stage tree branches (``state()`` is only called
+  then), and forwards the metrics to :func:`pipetune.tune.report` (so a
+  trial wrapped by :func:`pipetune.wrap` keeps its system tuner).
+
+Outside a stage run (no :class:`StageSession`), :func:`resume` returns
+``start`` and :func:`report` is :func:`pipetune.tune.report`: the same
+training function runs trial-based unchanged.
+
+Checkpoints are written with ``torch.save`` and read with
+``torch.load(weights_only=True)``: a state may hold tensors, numbers,
+strings and containers of them (what ``state_dict()`` returns), never
+arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pipetune.stages.tree import TrialPlan
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StageSession", "current", "report", "resume", "set_current"]
+
+_current: StageSession | None = None
+
+
+def current() -> StageSession | None:
+    """The stage session of the trial running in this process, if any."""
+    return _current
+
+
+def set_current(session: StageSession | None) -> None:
+    # Called through the module (``session.set_current``) from the wrapped
+    # trainable: Ray pickles closures by value with a copy of the globals
+    # they name, so the global must live in a module the trial imports.
+    global _current
+    _current = session
+
+
+class StageSession:
+    """One trial's view of the stage store; see the module docstring.
+
+    Args:
+        store: the stage store actor handle (or a :class:`StageStore` for
+            tests; calls are made through :meth:`_call`).
+        trial: the Tune trial id.
+        plan: the trial's plan (its ``trial_id`` is the plan id in the tree).
+        checkpoint_dir: where stage checkpoints are written (shared by every
+            trial of the job; on one node, or a shared file system).
+        report_fn: where metrics go (default :func:`pipetune.tune.report`);
+            replays go to ``replay_fn`` (default ``ray.tune.report``) so a
+            system tuner never sees a replayed epoch as a trained one.
+        poll_s: how often a waiting trial asks again.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        trial: str,
+        plan: TrialPlan,
+        checkpoint_dir: Path,
+        *,
+        report_fn: Callable[..., Any] | None = None,
+        replay_fn: Callable[[dict[str, Any]], Any] | None = None,
+        poll_s: float = 0.2,
+    ) -> None:
+        self.store = store
+        self.trial = trial
+        self.plan = plan
+        self.keys = plan.epoch_keys()
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self._report_fn = report_fn
+        self._replay_fn = replay_fn
+        self.poll_s = poll_s
+        self.epoch = 0
+        self.waited_s = 0.0
+        self._cpu_mark = time.process_time()
+        self._wall_mark = time.time()
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        fn = getattr(self.store, method)
+        if hasattr(fn, "remote"):
+            import ray
+
+            return ray.get(fn.remote(*args, **kwargs))
+        return fn(*args, **kwargs)
+
+    def _cpu_since_mark(self) -> float:
+        now = time.process_time()
+        spent, self._cpu_mark = now - self._cpu_mark, now
+        return spent
+
+    def resume(self, load: Callable[[Any], Any] | None, start: int = 0) -> int:
+        """See :func:`resume`."""
+        while True:
+            got = self._call("acquire", self.trial, self.plan, start)
+            if got.wait_for is None:
+                break
+            log.debug("trial %s waits for trial %s", self.trial, got.wait_for)
+            time.sleep(self.poll_s)
+            self.waited_s += self.poll_s
+        if got.resume_epoch < 0:
+            self.epoch = start
+            return start
+        if got.checkpoint is not None and load is not None:
+            import torch
+
+            load(torch.load(got.checkpoint, weights_only=True))
+        replay = self._replay_fn or _tune_report
+        for i, metrics in enumerate(got.replay):
+            epoch = got.first_replayed + i
+            replay({**metrics, "epoch": epoch, "pt_stage_replayed": True})
+        log.info("trial %s resumes after epoch %d from stage checkpoint %s",
+                 self.trial, got.resume_epoch, got.checkpoint)
+        self.epoch = got.resume_epoch + 1
+        self._wall_mark = time.time()
+        return self.epoch
+
+    def report(self, metrics: Mapping[str, Any], *, state: Callable[[], Any] | None = None,
+               steps: int = 0, checkpoint: Any = None) -> Any:
+        """See :func:`report`."""
+        epoch = metrics.get("epoch", self.epoch)
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < len(self.keys):
+            epoch = self.epoch
+        key = self.keys[epoch] if epoch < len(self.keys) else None
+        path = None
+        if key is not None and state is not None and self._call(
+            "wants_checkpoint", self.trial, self.plan.trial_id, epoch, key
+        ):
+            import torch
+
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            final = self.checkpoint_dir / f"stage-{key}.pt"
+            tmp = final.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(state(), tmp)
+            os.replace(tmp, final)  # a reader never sees half a checkpoint
+            path = str(final)
+        now = time.time()
+        if key is not None:
+            plain = {k: v for k, v in metrics.items()
+                     if isinstance(v, (int, float, str, bool)) or v is None}
+            self._call("record", self.trial, key, plain, seconds=now - self._wall_mark,
+                       cpu_s=self._cpu_since_mark(), checkpoint=path)
+        self._wall_mark = now
+        self.epoch = epoch + 1
+        out = {**metrics, "pt_stage_replayed": False}
+        if self._report_fn is not None:
+            return self._report_fn(out, steps=steps, checkpoint=checkpoint)
+        import pipetune.tune as pt
+
+        return pt.report(out, steps=steps, checkpoint=checkpoint)
+
+    def close(self) -> None:
+        """Hand back unrecorded CPU time and every claim still held."""
+        try:
+            self._call("add_cpu", self.trial, self._cpu_since_mark())
+            self._call("release", self.trial)
+        except Exception as e:  # noqa: BLE001 - the callback releases too
+            log.debug("trial %s: stage store unreachable at close: %s", self.trial, e)
+
+
+def _tune_report(metrics: dict[str, Any]) -> None:
+    from ray import tune
+
+    tune.report(metrics)
+
+
+def resume(load: Callable[[Any], Any] | None = None, start: int = 0) -> int:
+    """The first epoch this trial must train; see the module docstring.
+
+    Args:
+        load: called with the stage checkpoint's state (what ``state()``
+            returned to :func:`report` in the trial that trained the prefix).
+        start: the epoch the loop would start from anyway (after restoring
+            the trial's own Tune checkpoint, e.g. on a HyperBand resume).
+    """
+    session = current()
+    return start if session is None else session.resume(load, start)
+
+
+def report(metrics: Mapping[str, Any], *, state: Callable[[], Any] | None = None,
+           steps: int = 0, checkpoint: Any = None) -> Any:
+    """End an epoch: record it for the stage tree, then report to Tune.
+
+    ``metrics["epoch"]`` (0-based), when given, says which epoch ended.
+    ``state`` returns the training state to checkpoint (called only where
+    another trial will resume from it)."""
+    session = current()
+    if session is None:
+        import pipetune.tune as pt
+
+        return pt.report(metrics, steps=steps, checkpoint=checkpoint)
+    return session.report(metrics, state=state, steps=steps, checkpoint=checkpoint)

@@ -1,0 +1,185 @@
+"""The stage store: which epochs of which prefixes are trained, by whom, and
+where their checkpoints are.
+
+:class:`StageStore` is a plain class so it can be tested without Ray; the
+executor runs one instance as a Ray actor (``num_cpus=0``) per tuning job,
+so its methods are called one at a time (an actor is single-threaded) and
+need no locks.
+
+Records are keyed by *epoch key* (:meth:`TrialPlan.epoch_keys`): the record
+of key ``k`` holds the metrics of the epoch that ends the prefix ``k`` and,
+where one was written, the checkpoint after it.  A trial *claims* the keys it
+is about to train; another trial that needs a claimed key waits for it
+instead of training it again.  Claims end when the key is recorded, when the
+trial ends (the Tune callback, or the trial's own ``finally``), or when the
+claimer has not been heard of for a lease (a paused or vanished trial must
+not block the others forever).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pipetune.stages.tree import StageTree, TrialPlan
+
+__all__ = ["Acquired", "StageStore"]
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """The answer to :meth:`StageStore.acquire`.
+
+    ``wait_for`` is the trial to wait for (then nothing else is set), else:
+    resume from ``checkpoint`` (a path; None = from the trial's own state),
+    which holds the state after epoch ``resume_epoch`` (-1 = none), replay
+    ``replay`` (the recorded metrics of epochs ``first_replayed`` ..
+    ``resume_epoch``) and train from ``resume_epoch + 1``.
+    """
+
+    wait_for: str | None = None
+    resume_epoch: int = -1
+    checkpoint: str | None = None
+    first_replayed: int = 0
+    replay: tuple[dict[str, Any], ...] = ()
+
+
+class StageStore:
+    """See the module docstring.  ``share=False`` makes every trial train
+    alone (trial-based execution through the same code path, for fair
+    comparisons); ``prune_safe`` also checkpoints every epoch of a stage
+    that live trials share, so a trial stopped by a scheduler in the middle
+    of a shared stage leaves its work to the others."""
+
+    def __init__(self, *, share: bool = True, prune_safe: bool = False,
+                 lease_s: float = 60.0) -> None:
+        self.share = share
+        self.prune_safe = prune_safe
+        self.lease_s = lease_s
+        self.tree = StageTree()
+        self.records: dict[str, dict[str, Any]] = {}
+        self.claims: dict[str, str] = {}  # key -> Tune trial id
+        self.heard: dict[str, float] = {}  # Tune trial id -> last time heard of
+        self.plan_of: dict[str, str] = {}  # Tune trial id -> plan id
+        self.finished: set[str] = set()  # plan ids no longer running
+        self.cpu_s: dict[str, float] = {}
+        self.trained: dict[str, int] = {}
+        self.replayed: dict[str, int] = {}
+        self.longest_epoch_s = 0.0
+
+    # -- plans ---------------------------------------------------------------------
+
+    def register(self, plans: list[TrialPlan]) -> int:
+        """Add plans to the tree (the driver registers a grid before Tune
+        starts, so the first trial already checkpoints where later ones
+        branch off).  Returns the number of nodes."""
+        for plan in plans:
+            self.tree.add(plan)
+        return len(self.tree)
+
+    # -- claims --------------------------------------------------------------------
+
+    def _alive(self, trial: str, now: float) -> bool:
+        lease = max(self.lease_s, 10 * self.longest_epoch_s)
+        return now - self.heard.get(trial, 0.0) < lease
+
+    def acquire(self, trial: str, plan: TrialPlan, from_epoch: int = 0) -> Acquired:
+        """Where ``trial`` (a Tune trial id running ``plan``, already restored
+        to its own state up to ``from_epoch - 1``) should start; claims the
+        epochs it is to train.  Called again after a wait."""
+        now = time.time()
+        self.heard[trial] = now
+        self.plan_of[trial] = plan.trial_id
+        self.tree.add(plan)
+        keys = plan.epoch_keys()
+        done = -1
+        if self.share:
+            while done + 1 < len(keys) and keys[done + 1] in self.records:
+                done += 1
+            nxt = done + 1
+            if nxt < len(keys) and nxt >= from_epoch:
+                owner = self.claims.get(keys[nxt])
+                if owner is not None and owner != trial and self._alive(owner, now):
+                    return Acquired(wait_for=owner)
+        if done == len(keys) - 1 and done >= from_epoch:
+            resume = done  # all trained already: replay, nothing to load or train
+        else:
+            resume = max(
+                (e for e in range(from_epoch, done + 1) if self.records[keys[e]].get("checkpoint")),
+                default=-1,
+            )
+        for key in keys[max(resume + 1, from_epoch):]:
+            if key not in self.records and self.claims.get(key) in (None, trial):
+                self.claims[key] = trial
+        if resume < 0:
+            return Acquired()
+        replay = tuple(self.records[keys[e]]["metrics"] for e in range(from_epoch, resume + 1))
+        self.replayed[trial] = self.replayed.get(trial, 0) + len(replay)
+        return Acquired(
+            resume_epoch=resume,
+            checkpoint=self.records[keys[resume]]["checkpoint"],
+            first_replayed=from_epoch,
+            replay=replay,
+        )
+
+    def wants_checkpoint(self, trial: str, plan_id: str, epoch: int, key: str) -> bool:
+        """Whether the state after ``epoch`` must be saved for other trials:
+        the tree branches (or another trial ends) there, or, with
+        ``prune_safe``, a live trial shares the next epoch too."""
+        self.heard[trial] = time.time()
+        if not self.share or key in self.records and self.records[key].get("checkpoint"):
+            return False
+        if epoch in self.tree.boundaries(plan_id):
+            return True
+        if self.prune_safe:
+            node = next((n for n in self.tree.path(plan_id) if n.start <= epoch < n.stop), None)
+            return node is not None and bool(node.trials - {plan_id} - self.finished)
+        return False
+
+    def record(self, trial: str, key: str, metrics: dict[str, Any], *, seconds: float,
+               cpu_s: float, checkpoint: str | None) -> None:
+        """Epoch ``key`` is trained: keep its metrics (and checkpoint path)."""
+        self.heard[trial] = time.time()
+        self.longest_epoch_s = max(self.longest_epoch_s, seconds)
+        old = self.records.get(key)
+        if old is None or (checkpoint and not old.get("checkpoint")):
+            self.records[key] = {"metrics": dict(metrics), "trial": trial,
+                                 "checkpoint": checkpoint or (old or {}).get("checkpoint")}
+        if self.claims.get(key) == trial:
+            del self.claims[key]
+        self.trained[trial] = self.trained.get(trial, 0) + 1
+        self.add_cpu(trial, cpu_s)
+
+    def add_cpu(self, trial: str, cpu_s: float) -> None:
+        """CPU-seconds the trial's process spent (training, loading, replaying)."""
+        self.cpu_s[trial] = self.cpu_s.get(trial, 0.0) + float(cpu_s)
+
+    def release(self, trial: str) -> int:
+        """The trial ended (completed, stopped, failed): drop its claims.
+        Returns how many it held."""
+        mine = [k for k, t in self.claims.items() if t == trial]
+        for k in mine:
+            del self.claims[k]
+        if trial in self.plan_of:
+            self.finished.add(self.plan_of[trial])
+        return len(mine)
+
+    # -- figures -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Totals for benchmarks and reports (plain data)."""
+        return {
+            "trials": len(self.plan_of),
+            "epochs_trained": sum(self.trained.values()),
+            "epochs_replayed": sum(self.replayed.values()),
+            "cpu_s": sum(self.cpu_s.values()),
+            "cpu_s_by_trial": dict(self.cpu_s),
+            "tree_nodes": len(self.tree),
+            "tree_unique_epochs": self.tree.unique_epochs(),
+            "tree_trial_epochs": self.tree.trial_epochs(),
+            "checkpoints": sum(1 for r in self.records.values() if r.get("checkpoint")),
+        }
+
+    def tree_rows(self) -> list[dict[str, Any]]:
+        return self.tree.describe()
