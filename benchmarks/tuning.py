@@ -1,4 +1,5 @@
-"""A whole tuning job, side by side: Tune V1, Tune V2, pipetune and an oracle.
+"""A whole tuning job, side by side: Tune V1 (alone and packed), Tune V2,
+pipetune and an oracle.
 
 Same workload, hyperparameter samples (drawn once from the seed), scheduler
 and seeds for every mode; the jobs run interleaved in one Ray session (the
@@ -15,6 +16,12 @@ affinity set to the config's cores) and the fastest per-epoch time picks that
 trial's config; then the oracle job is a real Tune job (mode ``v2``) whose
 trial *i* runs at its oracle config from the start.  pipetune's distance to
 the oracle is what profiling + probing cost it.
+
+**V1 packed**: V1 with every trial on the space's smallest config, Ray
+running as many at once as those reservations fit (``--space cores=1
+--concurrent 0`` by hand).  On a node where one trial cannot use every core
+well, it is the fixed packing to beat; pipetune reserves the smallest config
+too and lets the node allocator share the CPUs out by measured speed-up.
 
 Per job: best accuracy, tuning wall time, training time of the best trial
 (Tune's ``time_total_s``), energy twice, each the same method in every mode:
@@ -50,7 +57,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-MODES = ("v1", "v2", "pipetune", "oracle")
+MODES = ("v1", "v1-packed", "v2", "pipetune", "oracle")
 #: Decision kinds after which a trial runs at its final config.
 FINAL_KINDS = ("settled", "matched", "fallback", "fixed", "degraded")
 FIGURES = ("accuracy", "tuning_s", "best_train_s", "energy_j", "node_energy_j", "search_epochs")
@@ -324,14 +331,20 @@ def run_one(mode: str, base: Any, home: Path, *, warm_home: Path | None,
 
     from pipetune.config import Settings
     from pipetune.tune.job import run_job
+    from pipetune.types import SystemSpace
     from workloads import get_workload
 
     if mode == "pipetune" and warm_home is not None:
         shutil.copytree(warm_home, home, ignore=shutil.ignore_patterns("ray_results"))
     home.mkdir(parents=True, exist_ok=True)
     settings = Settings(home=home)
-    spec = replace(base, mode="v2" if mode == "oracle" else mode,
-                   job=f"bench-{mode}-{repeat}", space=base.space)
+    space = base.space
+    if mode == "v1-packed":
+        # V1 packed by hand: every trial on the smallest config, Ray running
+        # as many at once as those reservations fit on the node.
+        space = SystemSpace(cores=(min(base.space.cores),))
+    spec = replace(base, mode={"oracle": "v2", "v1-packed": "v1"}.get(mode, mode),
+                   job=f"bench-{mode}-{repeat}", space=space)
     ctx = _oracle_cores(oracle_cores) if mode == "oracle" else contextlib.nullcontext()
     t0 = time.monotonic()
     with ctx, contextlib.redirect_stdout(sys.stderr):
@@ -375,7 +388,8 @@ def _run_modes(args: argparse.Namespace, base: Any, trials: Sequence[Mapping[str
     oracle_cores: list[int] = []
     if "oracle" in modes:
         print("oracle sweep (in-process, every config of the space):", flush=True)
-        sweep = oracle_sweep(args.workload, trials, space, epochs=args.sweep_epochs,
+        sweep = oracle_sweep(args.workload, trials, space,
+                             epochs=args.sweep_epochs or (1 if args.quick else 2),
                              seed=args.seed)
         from pipetune.types import SystemConfig
 
@@ -413,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # profile for a tuner to do anything; LeNet-5's 0.2-0.3 s epochs make a
     # 4-epoch trial ~1 s of training, which no system tuning can improve.
     p.add_argument("--workload", default="deepcnn-mnist")
-    p.add_argument("--samples", type=int, help="trials per job (quick 3, else 4)")
+    p.add_argument("--samples", type=int, help="trials per job (default 6)")
     p.add_argument("--epochs", type=int, help="epochs per trial (quick 4, else 6)")
     p.add_argument("--max-train-samples", type=int,
                    help="training samples per epoch (quick 1024, else 2048; 0 = all)")
@@ -422,7 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--space", nargs="+", default=None, metavar="KEY=V1,V2",
                    help="system space (default cores=1..N of this host)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sweep-epochs", type=int, default=2, help="epochs per config in the sweep")
+    p.add_argument("--sweep-epochs", type=int, help="epochs per config in the sweep (quick 1, "
+                   "else 2)")
     p.add_argument("--modes", default=",".join(MODES), help="comma list of " + ",".join(MODES))
     p.add_argument("--warm", action="store_true",
                    help="pipetune starts from the ground truth of one earlier pipetune job")
@@ -438,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipetune.types import SystemSpace
     from workloads import get_workload
 
-    samples = args.samples or (3 if args.quick else 4)
+    samples = args.samples or 6
     epochs = args.epochs or (4 if args.quick else 6)
     mts = args.max_train_samples if args.max_train_samples is not None else (
         1024 if args.quick else 2048)
@@ -468,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     summary = summarize(runs)
     ratio_rows = {}
-    for den in ("v1", "v2", "oracle"):
+    for den in ("v1", "v1-packed", "v2", "oracle"):
         if "pipetune" in summary and den in summary:
             ratio_rows[f"pipetune/{den}"] = ratios(summary, "pipetune", den)
     print()

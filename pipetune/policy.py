@@ -66,6 +66,10 @@ class SystemPolicy(abc.ABC):
         nothing confines it (dry run, degraded, not applied yet)."""
         return None
 
+    def rebalance(self) -> None:  # noqa: B027 - optional hook
+        """A boundary: take the share of the node the allocator gives this
+        trial now (other trials started or ended)."""
+
     def reassert(self) -> None:  # noqa: B027 - optional hook
         """The trial's limits were lifted from outside (a restarted daemon
         released the groups of the one that died): apply them again."""
@@ -103,6 +107,7 @@ class FixedPolicy(SystemPolicy):
         phase: str = "fixed",
     ) -> None:
         self._config = config
+        self._asked = config
         self._trial_id = trial_id
         self._controller: Any = controller if not isinstance(controller, str) else None
         self._controller_kind = controller if isinstance(controller, str) else ""
@@ -118,6 +123,9 @@ class FixedPolicy(SystemPolicy):
                 self._controller = detect_controller(self._controller_kind or "auto")
             self._handle = self._controller.open_trial(self._trial_id, pids)
             self._applied = applied = self._controller.apply(self._handle, self._config)
+            in_force = getattr(applied, "config", None)
+            if isinstance(in_force, SystemConfig):
+                self._config = in_force  # the node allocator's share may be smaller
             where = getattr(applied, "cpus", None)
             on = f" on cpus {','.join(map(str, where))}" if where else ""
             self.reason = f"{self.phase}: {self._config}{on} via {self._controller.name}"
@@ -141,13 +149,28 @@ class FixedPolicy(SystemPolicy):
     def applied_cpus(self) -> tuple[int, ...] | None:
         return enforced_cpus(self._applied) if self.phase != "degraded" else None
 
+    def rebalance(self) -> None:
+        fn = getattr(self._controller, "rebalance", None)
+        if fn is None or self._handle is None or self.phase == "degraded":
+            return
+        try:
+            applied = fn(self._handle)
+        except Exception as e:  # noqa: BLE001 - the share stays as it was
+            log.warning("trial %s: node share not updated: %s", self._trial_id, e)
+            return
+        if applied is not None:
+            self._applied = applied
+            self._config = applied.config
+            self.reason = f"{self.phase}: {self._asked}, share of the node now {applied.config}"
+
     def reassert(self) -> None:
         if self._controller is None or self._handle is None or self.phase == "degraded":
             return
         try:
             log.warning("trial %s: its limits were lifted from outside (a restarted daemon "
                         "released it?): %s applied again", self._trial_id, self._config)
-            self._applied = self._controller.apply(self._handle, self._config)
+            self._applied = self._controller.apply(self._handle, self._asked)
+            self._config = getattr(self._applied, "config", self._config)
         except Exception as e:  # noqa: BLE001 - never fail the trial for the system side
             self._degrade(f"limits lifted from outside and {self._config} could not be "
                           f"applied again: {e}")

@@ -181,6 +181,7 @@ class _Kind(enum.Enum):
     WINDOW_END = "window_end"
     EPOCH_END = "epoch_end"
     REASSERT = "reassert"
+    REBALANCE = "rebalance"
     CLOSE = "close"
 
 
@@ -318,6 +319,7 @@ class SystemTuner:
         self.best: tuple[SystemConfig, float] | None = None
         self.recorded = False  # a ground-truth record was written for this trial
         self.applied: Any = None  # what the last apply put in force (control.Applied)
+        self._speeds: dict[int, float] = {}  # cores -> steps/s measured by probes
         self._config = self.default  # in force (read by the training thread)
         self.started_at: float | None = None  # clock() at trial start
         self.settled_at: float | None = None  # clock() when a config was settled
@@ -393,6 +395,11 @@ class SystemTuner:
     def epoch_end(self, epoch: int, steps: int, metrics: Mapping[str, float] | None = None) -> None:
         """``epoch`` ended after ``steps`` training steps."""
         self._post(_Kind.EPOCH_END, epoch, steps, metrics)
+
+    def rebalance(self) -> None:
+        """A boundary: take the node share the allocator gives now (other
+        trials started or ended), so threads follow at this boundary."""
+        self._post(_Kind.REBALANCE)
 
     def reassert(self) -> None:
         """Apply the config in force again: the trial's limits were lifted
@@ -525,6 +532,9 @@ class SystemTuner:
         if ev.kind is _Kind.START:
             if self.state is TunerState.START:
                 self._begin()
+            return
+        if ev.kind is _Kind.REBALANCE:
+            self._rebalance()
             return
         if ev.kind is _Kind.REASSERT:
             if self._trial_handle is not None:
@@ -803,6 +813,13 @@ class SystemTuner:
         configs = self.space.configs()
         safe, unsafe = safe_candidates(configs, peak, self.memory_margin)
         note = f"; {len(unsafe)} configs below memory peak {peak:.0f} MB skipped" if unsafe else ""
+        capacity = self._capacity()
+        if capacity is not None and capacity < max(self.space.cores):
+            # Other trials share the node: a config beyond this trial's share
+            # could not be put in force, so it cannot be measured either.
+            safe = [c for c in safe if c.cores <= capacity]
+            note += (f"; the node is shared: at most {capacity} core(s) for this trial now, "
+                     "more when the other trials end")
         # Hint first: what the nearest known workload won is the likeliest winner.
         order = ([hint] if hint in safe else []) + [c for c in safe if c != hint]
         if len(order) < 2:
@@ -957,6 +974,9 @@ class SystemTuner:
             self.objective = Objective.RUNTIME
             value = self.objective.cost(m, self.space)
         strategy.observe(slot.config, value)
+        if m.seconds > 0 and m.steps > 0 and slot.config.memory_mb is None:
+            self._speeds[slot.config.cores] = max(self._speeds.get(slot.config.cores, 0.0),
+                                                  m.steps / m.seconds)
         log.info("trial %s: probed %s: %s = %.6g over %d steps", self.ref.trial, slot.config,
                  self.objective.value, value, m.steps)
 
@@ -980,6 +1000,7 @@ class SystemTuner:
         learnable = self.profile is not None and bool(self.profile.rates)
         if self.profile is not None and not learnable:
             note += "; no ground-truth record: the profile was empty"
+        self._publish_speeds()
         self._transition(TunerState.SETTLED, f"best of {len(measured)} probed")
         self._decide(
             DecisionKind.SETTLED, cfg, ev.epoch,
@@ -1052,7 +1073,49 @@ class SystemTuner:
 
     def _apply(self, cfg: SystemConfig) -> None:
         self.applied = self.controller.apply(self._trial_handle, cfg)
-        self._config = cfg
+        # A node allocator may give fewer cores than asked (the trial's share
+        # of a node other trials use too): what is in force is what counts.
+        in_force = getattr(self.applied, "config", None)
+        self._config = in_force if isinstance(in_force, SystemConfig) else cfg
+
+    def _rebalance(self) -> None:
+        """Take the share of the node the allocator gives this trial now
+        (other trials started or ended).  Never inside a probe: that slot
+        measures one config, so the share waits for the probe's end."""
+        fn = getattr(self.controller, "rebalance", None)
+        if fn is None or self._trial_handle is None or self._slot is not None:
+            return
+        applied = fn(self._trial_handle)
+        if applied is None:
+            return
+        before, self.applied = self._config, applied
+        self._config = applied.config
+        log.info("trial %s: share of the node moved: %s -> %s on cpus %s", self.ref.trial,
+                 before, self._config, format_cpus(applied.cpus))
+
+    def _capacity(self) -> int | None:
+        """Cores this trial would get now if it asked for the space's most
+        (None: the controller does not share a node)."""
+        fn = getattr(self.controller, "capacity", None)
+        if fn is None or self._trial_handle is None:
+            return None
+        try:
+            return int(fn(self._trial_handle, max(self.space.cores)))
+        except Exception as e:  # advisory: without it, probe the whole space
+            log.debug("trial %s: capacity unknown: %s", self.ref.trial, e)
+            return None
+
+    def _publish_speeds(self) -> None:
+        """Tell the node allocator how this trial's speed grows with cores
+        (steps per second measured by its probes), so it shares the node by
+        marginal speed-up."""
+        fn = getattr(self.controller, "set_speedup", None)
+        if fn is None or self._trial_handle is None or len(self._speeds) < 2:
+            return
+        try:
+            fn(self._trial_handle, dict(self._speeds))
+        except Exception as e:  # advisory
+            log.debug("trial %s: speed-up not published: %s", self.ref.trial, e)
 
     def _usage(self) -> Any:
         try:
@@ -1272,6 +1335,10 @@ class TunerPolicy(SystemPolicy):
     def reassert(self) -> None:
         if self.tuner is not None:
             self.tuner.reassert()
+
+    def rebalance(self) -> None:
+        if self.tuner is not None:
+            self.tuner.rebalance()
 
     @property
     def controller_name(self) -> str:

@@ -45,7 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="fix a hyperparameter for every trial",
     )
-    parser.add_argument("--concurrent", type=int, default=1, help="trials at once (default 1)")
+    parser.add_argument("--concurrent", type=int, default=0,
+                        help="trials at once (default 0: as many as their Ray reservations "
+                             "fit: v1 reserves the default config, v2 the sampled one, "
+                             "pipetune the smallest and packs)")
     parser.add_argument("--store", metavar="URL", help="store URL (default: embedded SQLite)")
     parser.add_argument("--job", default="", help="job name (default WORKLOAD-MODE-TIME)")
     parser.add_argument("--seed", type=int, default=0, help="seed for hyperparameters and data")

@@ -1,10 +1,14 @@
-"""Node allocator: which CPUs each concurrent trial on a node gets.
+"""Node allocator: how many CPUs each concurrent trial on a node gets, and which.
 
-:class:`NodeAllocator` hands out disjoint CPU sets while the node has free
-CPUs, picking them topology-aware (one NUMA node / package first, one thread
-per physical core before SMT siblings).  When the node is oversubscribed it
-shares the least-loaded CPUs and says so: :class:`Allocation` carries the
-trials it shares with, and a WARNING is logged for the decision log.
+:class:`NodeAllocator` hands out disjoint CPU sets, picking them
+topology-aware (one NUMA node / package first, one thread per physical core
+before SMT siblings).  :meth:`NodeAllocator.share` packs the trials that
+share a node: each gets its share of the CPUs by :func:`water_fill`
+(marginal speed-up from the trials' own probes), up to what it would use,
+and a trial that starts or ends moves the others' shares.
+:meth:`NodeAllocator.allocate` gives exactly what is asked; when the node is
+oversubscribed it shares the least-loaded CPUs and says so:
+:class:`Allocation` carries the trials it shares with.
 :func:`read_topology` reads the layout from sysfs (``sysfs_root`` is an
 argument so tests can give a fake tree).
 """
@@ -80,6 +84,51 @@ def read_topology(cpus: Sequence[int] | None = None, *,
     return out
 
 
+def _gain(curve: Mapping[int, float], cores: int) -> float:
+    """What one more core adds to a trial at ``cores``, relative to its speed
+    at its fewest known cores: measured points, linear in between; unknown
+    beyond the last point (0: no core is given on a guess).  No curve at
+    all: a core adds as much as the first (linear)."""
+    known = sorted(c for c, v in curve.items() if v and v > 0)
+    if not known:
+        return 1.0
+    base = curve[known[0]]
+    lo = max((c for c in known if c <= cores), default=None)
+    hi = min((c for c in known if c > cores), default=None)
+    if lo is None or hi is None:
+        return 0.0
+    return (curve[hi] - curve[lo]) / (hi - lo) / base
+
+
+def water_fill(wants: Mapping[str, int], ncpus: int,
+               speedups: Mapping[str, Mapping[int, float]] | None = None) -> dict[str, int]:
+    """Cores per trial that maximise the node's training throughput.
+
+    Every trial gets one core (the node runs them all: Ray admitted them);
+    each remaining core goes to the trial whose next core adds the most of
+    its own speed (``speedups``: trial -> {cores: speed}, from its probes),
+    never beyond what the trial wants; a core that speeds nobody up stays
+    idle.  Fluid packs trials onto GPUs the same way.  Without curves, cores
+    are shared out evenly.  More trials than CPUs: one each (shared).
+    """
+    trials = sorted(wants)
+    if not trials:
+        return {}
+    cores = {t: 1 for t in trials}
+    left = ncpus - len(trials)
+    curves = speedups or {}
+    while left > 0:
+        open_ = [t for t in trials if cores[t] < wants[t]]
+        if not open_:
+            break
+        best = max(open_, key=lambda t: (_gain(curves.get(t) or {}, cores[t]), -cores[t]))
+        if _gain(curves.get(best) or {}, cores[best]) <= 0:
+            break
+        cores[best] += 1
+        left -= 1
+    return cores
+
+
 class NodeAllocator:
     """Disjoint CPU sets for the trials of one node.  Thread safe.
 
@@ -99,6 +148,10 @@ class NodeAllocator:
             raise ControlInputError("node allocator: no CPUs to hand out")
         self._topo = {t.cpu: t for t in topo}
         self._held: dict[str, tuple[int, ...]] = {}
+        # Trials that share the node (:meth:`share`): the cores each would
+        # use and its measured speed-ups, for the water-filling.
+        self._wants: dict[str, int] = {}
+        self._speedups: dict[str, dict[int, float]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -148,18 +201,113 @@ class NodeAllocator:
             log.info("trial %s gets cpus %s", trial_id, format_cpus(alloc.cpus))
         return alloc
 
-    def adopt(self, held: Mapping[str, Sequence[int]]) -> None:
+    # -- packing (the node's share of each trial) ---------------------------------
+
+    def share(self, trial_id: str, cores: int) -> list[int]:
+        """Give ``trial_id`` up to ``cores`` CPUs: its share of the node among
+        the trials sharing it, water-filled by the speed-ups they reported
+        (:func:`water_fill`, :meth:`set_speedup`).  Every other sharing
+        trial's CPUs are redistributed too (read them with :meth:`held`): a
+        trial that starts shrinks the others, one that ends lets them grow.
+        Raises ``ControlInputError`` for more cores than the node has."""
+        if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+            raise ControlInputError(f"cores={cores!r}: must be an integer >= 1")
+        if cores > len(self._topo):
+            raise ControlInputError(
+                f"{cores} cores asked for trial {trial_id}; the node has {len(self._topo)} "
+                f"({format_cpus(self._topo)})"
+            )
+        with self._lock:
+            self._wants[trial_id] = cores
+            self.rebalance()
+            got = list(self._held[trial_id])
+        log.info("trial %s gets cpus %s (%d of the %d it would use)", trial_id,
+                 format_cpus(got), len(got), cores)
+        return got
+
+    def capacity(self, trial_id: str, cores: int) -> int:
+        """How many of ``cores`` the trial would get if it asked now
+        (nothing changes): what its tuner may probe."""
+        with self._lock:
+            wants = dict(self._wants)
+            wants[trial_id] = min(max(1, cores), len(self._topo))
+            return water_fill(wants, len(self._topo), self._speedups)[trial_id]
+
+    def set_speedup(self, trial_id: str, curve: Mapping[int, float]) -> None:
+        """The trial's measured speed at each core count it probed (any
+        unit: only ratios count); the next redistribution uses it."""
+        with self._lock:
+            self._speedups[trial_id] = {int(c): float(v) for c, v in curve.items()}
+
+    def rebalance(self) -> None:
+        """Share the node out again among the sharing trials (call with the
+        lock held, or on an allocator no other thread uses)."""
+        self._assign(water_fill(self._wants, len(self._topo), self._speedups))
+
+    def assigned(self, trial_id: str) -> list[int] | None:
+        """The CPUs ``trial_id`` holds now (others' starts and ends move them)."""
+        with self._lock:
+            cpus = self._held.get(trial_id)
+        return list(cpus) if cpus is not None else None
+
+    def _assign(self, shares: Mapping[str, int]) -> None:
+        """Disjoint CPU sets of the sizes ``shares``, each trial keeping what it
+        can of its current CPUs (no needless migration); shared CPUs only when
+        the node has fewer CPUs than trials."""
+        old = self._held
+        new: dict[str, list[int]] = {}
+        taken: set[int] = set()
+        for t in sorted(shares, key=lambda t: (-shares[t], t)):
+            keep = [c for c in old.get(t, ()) if c in self._topo and c not in taken]
+            new[t] = keep[: shares[t]]
+            taken |= set(new[t])
+        self._held = {t: tuple(c) for t, c in new.items()}
+        for t in sorted(shares, key=lambda t: (-shares[t], t)):
+            need = shares[t] - len(new[t])
+            if need <= 0:
+                continue
+            free = [c for c in self._topo if c not in taken]
+            picked = self._pick(free, need, new[t])
+            if len(picked) < need:  # more trials than CPUs: share the least loaded
+                load = self._load()
+                busy = sorted((c for c in self._topo if c not in new[t] + picked),
+                              key=lambda c: (load.get(c, 0), self._order_key(c)))
+                picked += busy[: need - len(picked)]
+            new[t] += picked
+            taken |= set(picked)
+            self._held[t] = tuple(sorted(new[t]))
+        self._held = {t: tuple(sorted(c)) for t, c in new.items()}
+
+    def adopt(self, held: Mapping[str, Sequence[int]],
+              wants: Mapping[str, int] | None = None,
+              speedups: Mapping[str, Mapping[int, float]] | None = None) -> None:
         """Take over what other holders already hold (a shared table read
-        back, a restarted daemon's trials); CPUs this allocator may not hand
-        out are left out."""
+        back), and what the sharing ones want; CPUs this allocator may not
+        hand out are left out."""
         with self._lock:
             for trial_id, cpus in held.items():
                 self._held[str(trial_id)] = tuple(sorted(c for c in cpus if c in self._topo))
+            for trial_id, n in (wants or {}).items():
+                self._wants[str(trial_id)] = int(n)
+            for trial_id, curve in (speedups or {}).items():
+                self._speedups[str(trial_id)] = {int(c): float(v) for c, v in curve.items()}
 
     def release(self, trial_id: str) -> None:
-        """Give back what ``trial_id`` holds (nothing when it holds nothing)."""
+        """Give back what ``trial_id`` holds (nothing when it holds nothing);
+        the trials sharing the node grow into it."""
         with self._lock:
             self._held.pop(trial_id, None)
+            self._speedups.pop(trial_id, None)
+            if self._wants.pop(trial_id, None) is not None and self._wants:
+                self.rebalance()
+
+    def wants(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._wants)
+
+    def speedups(self) -> dict[str, dict[int, float]]:
+        with self._lock:
+            return {t: dict(c) for t, c in self._speedups.items()}
 
     def held(self) -> dict[str, tuple[int, ...]]:
         with self._lock:

@@ -160,6 +160,17 @@ class DaemonClient:
     def usage(self, trial_id: str) -> dict[str, Any]:
         return self.request("GET", f"/trials/{_q(trial_id)}/usage")
 
+    def rebalance(self, trial_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/trials/{_q(trial_id)}/rebalance", {})
+
+    def capacity(self, trial_id: str, cores: int) -> int:
+        return int(self.request("GET", f"/trials/{_q(trial_id)}/capacity?cores={int(cores)}")
+                   ["cores"])
+
+    def speedup(self, trial_id: str, curve: Mapping[int, float]) -> dict[str, Any]:
+        return self.request("POST", f"/trials/{_q(trial_id)}/speedup",
+                            {"curve": {str(c): float(v) for c, v in curve.items()}})
+
     def close(self, trial_id: str) -> dict[str, Any]:
         return self.request("DELETE", f"/trials/{_q(trial_id)}")
 
@@ -228,12 +239,29 @@ class DaemonController(Controller):
             self.open_trial(handle.trial_id, self._pids.get(handle.trial_id, []))
             answer = self._call("apply", self.client.apply, handle.trial_id, config,
                                 cpu_quota=cpu_quota)
+        return self._applied(handle, answer)
+
+    def _applied(self, handle: TrialHandle, answer: Mapping[str, Any]) -> Applied:
         return Applied(
-            trial_id=handle.trial_id, controller=self.name, config=config,
+            trial_id=handle.trial_id, controller=self.name,
+            config=SystemConfig.parse(str(answer["config"])),
             cpus=tuple(int(c) for c in answer.get("cpus") or ()),
             cpu_quota=answer.get("cpu_quota"), memory_mb=answer.get("memory_mb"),
             skipped=dict(answer.get("skipped") or {}),
         )
+
+    def rebalance(self, handle: TrialHandle) -> Applied | None:
+        """Apply the trial's share again if others moved it (see
+        :meth:`~pipetune.control.AllocatingController.rebalance`)."""
+        answer = self._call("rebalance", self.client.rebalance, handle.trial_id)
+        applied = answer.get("applied")
+        return self._applied(handle, applied) if applied else None
+
+    def capacity(self, handle: TrialHandle, cores: int) -> int:
+        return self._call("capacity", self.client.capacity, handle.trial_id, cores)
+
+    def set_speedup(self, handle: TrialHandle, curve: Mapping[int, float]) -> None:
+        self._call("speedup", self.client.speedup, handle.trial_id, curve)
 
     def usage(self, handle: TrialHandle) -> Usage:
         answer = self._call("usage", self.client.usage, handle.trial_id)

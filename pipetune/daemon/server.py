@@ -24,6 +24,9 @@ cleans up after trials and after a daemon that died.
       POST   /v2/trials/<id>/pids            {pids}: more processes (DDP ranks ...)
       POST   /v2/trials/<id>/apply           {config, cpu_quota?} -> what is in force
       GET    /v2/trials/<id>/usage           CPU seconds, memory peak, OOM kills ...
+      POST   /v2/trials/<id>/rebalance       apply its share again if others moved it
+      GET    /v2/trials/<id>/capacity?cores=N  cores it would get now
+      POST   /v2/trials/<id>/speedup         {curve: {cores: speed}} from its probes
       DELETE /v2/trials/<id>                 processes back, group removed
 
 The caller's identity comes from ``SO_PEERCRED``: a caller may only register
@@ -55,7 +58,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pipetune import __version__
 from pipetune.config import Settings
@@ -728,6 +731,59 @@ class Daemon:
                  list(applied.cpus), self.controller_name)
         return applied.to_dict()
 
+    def rebalance(self, caller: PeerCredentials, trial_id: str) -> dict[str, Any]:
+        """Apply the trial's share of the node again if other trials' starts
+        or ends moved it (``POST /v2/trials/<id>/rebalance``, at the trial's
+        boundaries, so its threads follow at the same moment)."""
+        trial = self._get(caller, trial_id)
+        with trial.lock:
+            if trial.handle is None:
+                raise UnknownTrialError(f"trial {trial_id!r} has no open group")
+            fn = getattr(self._controller, "rebalance", None)
+            applied = fn(trial.handle) if fn is not None else None
+            if applied is not None:
+                self._check_still_owned(caller, trial)
+                trial.applied = applied
+                log.info("trial %s (job %s): share moved: %s on cpus %s", trial_id,
+                         trial.ref.job, applied.config, list(applied.cpus))
+        return {"applied": None if applied is None else applied.to_dict()}
+
+    def capacity(self, caller: PeerCredentials, trial_id: str,
+                 query: Mapping[str, list[str]]) -> dict[str, Any]:
+        """Cores the trial would get now if it asked ``?cores=N``."""
+        trial = self._get(caller, trial_id)
+        try:
+            cores = int(query.get("cores", [""])[0])
+        except ValueError:
+            raise BadRequestError("query 'cores': an integer is required") from None
+        if cores < 1:
+            raise BadRequestError(f"query 'cores': {cores} must be >= 1")
+        fn = getattr(self._controller, "capacity", None)
+        with trial.lock:
+            return {"cores": fn(trial.handle, cores) if fn is not None else cores}
+
+    def speedup(self, caller: PeerCredentials, trial_id: str,
+                body: Mapping[str, Any]) -> dict[str, Any]:
+        """The trial's measured speed per core count (``{"curve": {"1": s, "2": s}}``),
+        for the node's water-filling."""
+        trial = self._get(caller, trial_id)
+        raw = _field(body, "curve", dict)
+        curve: dict[int, float] = {}
+        for k, v in raw.items():
+            try:
+                c, speed = int(k), float(v)
+            except (TypeError, ValueError):
+                raise BadRequestError(f"field 'curve': {k!r}: {v!r} is not cores: speed") \
+                    from None
+            if c < 1 or not math.isfinite(speed) or speed <= 0:
+                raise BadRequestError(f"field 'curve': {k!r}: {v!r} out of range")
+            curve[c] = speed
+        fn = getattr(self._controller, "set_speedup", None)
+        with trial.lock:
+            if fn is not None and trial.handle is not None:
+                fn(trial.handle, curve)
+        return {"trial": trial_id, "curve": {str(c): v for c, v in curve.items()}}
+
     def usage(self, caller: PeerCredentials, trial_id: str) -> dict[str, Any]:
         """What the trial's group used so far (``GET /v2/trials/<id>/usage``)."""
         trial = self._get(caller, trial_id)
@@ -923,7 +979,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if parts[2] == "usage":
                 allow("GET")
                 return 200, daemon.usage(caller, parts[1])
-            actions = {"pids": daemon.add_pids, "apply": daemon.apply}
+            if parts[2] == "capacity":
+                allow("GET")
+                return 200, daemon.capacity(caller, parts[1], parse_qs(urlsplit(self.path).query))
+            if parts[2] == "rebalance":
+                allow("POST")
+                return 200, daemon.rebalance(caller, parts[1])
+            actions = {"pids": daemon.add_pids, "apply": daemon.apply, "speedup": daemon.speedup}
             action = actions.get(parts[2])
             if action is not None:
                 allow("POST")

@@ -40,7 +40,7 @@ class JobSpec:
     space: SystemSpace = field(
         default_factory=lambda: SystemSpace(cores=tuple(sorted({1, os.cpu_count() or 1})))
     )
-    concurrent: int = 1
+    concurrent: int = 0  # trials at once; 0: as many as their Ray reservations fit
     job: str = ""
     seed: int = 0
     address: str | None = None
@@ -60,7 +60,9 @@ class JobSpec:
             raise UsageError(
                 f"scheduler {self.scheduler!r}: must be one of {', '.join(SCHEDULERS)}"
             )
-        for name in ("samples", "epochs", "concurrent"):
+        if self.concurrent < 0:
+            raise ConfigError(f"--concurrent={self.concurrent}: must be >= 0 (0: as many as fit)")
+        for name in ("samples", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name}={getattr(self, name)}: must be >= 1")
         if self.schedules:
@@ -246,7 +248,12 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
         elif spec.mode == "v1":
             trainable = tune.with_resources(trainable, {"cpu": spec.space.default.cores})
         else:
-            trainable = tune.with_resources(trainable, {"cpu": max(spec.space.cores)})
+            # Ray stays the scheduler: each pipetune trial reserves the
+            # space's smallest config, so Ray runs as many trials at once as
+            # fit on a node that way; the node allocator then gives each its
+            # share of the CPUs by measured speed-up (all of them to a trial
+            # alone), and moves the shares as trials start and end.
+            trainable = tune.with_resources(trainable, {"cpu": min(spec.space.cores)})
         callback = PipeTuneCallback(
             settings.store,
             settings.spool_dir,
@@ -266,7 +273,8 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
                 mode=metric_mode,
                 num_samples=1,  # the grid holds the job's samples
                 scheduler=_scheduler(spec.scheduler, spec.epochs, metric, metric_mode),
-                max_concurrent_trials=spec.concurrent,
+                # 0: as many as the trials' Ray reservations allow
+                max_concurrent_trials=spec.concurrent or None,
             ),
             run_config=tune.RunConfig(
                 name=spec.job,
@@ -364,7 +372,8 @@ def _stage_runner(spec: JobSpec, cls: type, trials: list[dict[str, Any]], train_
         for t in trials
     )
     ordered = order_trials(
-        trials, spec.epochs, spec.concurrent, namespace=namespace,
+        trials, spec.epochs, spec.concurrent or max(1, os.cpu_count() or 1),
+        namespace=namespace,
         ignore=[k for t in trials for k in t if k not in hp],
     )
     wrapped = runner.wrap(train_fn, spec.epochs, namespace=namespace, hparams=hparams)

@@ -174,6 +174,7 @@ class TrialSession:
         """A step window of the current epoch ended (see pipetune.window)."""
         try:
             self.policy.window_end(self.epoch, steps)
+            self.policy.rebalance()
             self.policy.wait_decision(self._decision_wait_s)
         except Exception as e:  # noqa: BLE001
             log.warning("trial %s: system policy failed at a window: %s", self.ref.trial, e)
@@ -213,6 +214,7 @@ class TrialSession:
         self.history.append(result)
         try:
             self.policy.epoch_end(result)
+            self.policy.rebalance()
             self.policy.wait_decision(self._decision_wait_s)
         except Exception as e:  # noqa: BLE001
             log.warning("trial %s: system policy failed at epoch end: %s", self.ref.trial, e)

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 HOLDER = textwrap.dedent("""
     import sys, time
     from pipetune.control import SharedNodeAllocator
-    cpus = SharedNodeAllocator(sys.argv[1], cpus=[0, 1, 2, 3]).allocate(sys.argv[2], 2)
+    cpus = SharedNodeAllocator(sys.argv[1], cpus=[0, 1, 2, 3]).share(sys.argv[2], 2)
     print(",".join(map(str, cpus)), flush=True)
     sys.stdin.readline()  # hold the CPUs until told to go
 """)
@@ -54,7 +54,7 @@ def test_trials_in_other_processes_get_disjoint_cpus_until_they_die(tmp_path: Pa
             b.kill()
             b.wait()
         # b died without releasing: its CPUs are free again, a keeps its own.
-        got = set(mine.allocate("c", 2))
+        got = set(mine.share("c", 2))
         assert got == cpus_b
         assert set(mine.held()) == {"a", "c"}
         mine.release("c")
@@ -68,7 +68,7 @@ def test_an_unreadable_table_starts_afresh(tmp_path: Path) -> None:
     table = tmp_path / "node.cpus.json"
     table.write_text("{not json")
     alloc = SharedNodeAllocator(table, cpus=[0, 1])
-    assert alloc.allocate("x", 1) == [0]
+    assert alloc.share("x", 1) == [0]
     assert json.loads(table.read_text())["held"]["x"]["cpus"] == [0]
 
 
@@ -76,7 +76,7 @@ def test_a_table_in_an_unwritable_place_is_a_control_error(tmp_path: Path) -> No
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(ControlError, match="node allocator table"):
-        SharedNodeAllocator(blocker / "sub" / "t.json", cpus=[0]).allocate("x", 1)
+        SharedNodeAllocator(blocker / "sub" / "t.json", cpus=[0]).share("x", 1)
 
 
 def _refuse(*args: object, **kwargs: object) -> None:
@@ -133,5 +133,80 @@ def test_allocating_affinity_controller_confines_each_trial_to_its_own_cpu(
             ctl.close_trial(h)
     finally:
         for p in sleepers:
+            p.kill()
+            p.wait()
+
+
+# -- packing: the node's share of each trial -------------------------------------------
+
+
+def test_water_filling_gives_cores_where_they_speed_a_trial_up_most() -> None:
+    from pipetune.control.allocator import water_fill
+
+    # Alone, a trial gets what it would use; two trials on 2 CPUs one each.
+    assert water_fill({"a": 2}, 2) == {"a": 2}
+    assert water_fill({"a": 2, "b": 2}, 2) == {"a": 1, "b": 1}
+    # Unknown speed-ups: an even split, never beyond what a trial would use.
+    assert water_fill({"a": 16, "b": 16}, 16) == {"a": 8, "b": 8}
+    assert water_fill({"a": 2, "b": 16}, 16) == {"a": 2, "b": 14}
+    # Measured: a scales almost linearly to 8, b gains little past 2 cores.
+    curves = {"a": {1: 1.0, 2: 1.9, 4: 3.6, 8: 6.8}, "b": {1: 1.0, 2: 1.6, 4: 1.8, 8: 1.9}}
+    got = water_fill({"a": 8, "b": 8}, 10, curves)
+    assert got["a"] == 8 and got["b"] == 2, got
+    # A core that speeds nobody up stays idle.
+    flat = {"a": {1: 1.0, 2: 1.0}}
+    assert water_fill({"a": 2}, 4, flat) == {"a": 1}
+    # More trials than CPUs: one each (shared).
+    assert water_fill({"a": 2, "b": 2, "c": 2}, 2) == {"a": 1, "b": 1, "c": 1}
+
+
+def test_a_trial_that_starts_shrinks_the_others_and_one_that_ends_lets_them_grow(
+    tmp_path: Path,
+) -> None:
+    table = tmp_path / "node.cpus.json"
+    mine = SharedNodeAllocator(table, cpus=[0, 1, 2, 3])
+    assert len(mine.share("a", 4)) == 4  # alone: all it would use
+    assert mine.capacity("b", 4) == 2
+    got_b = mine.share("b", 4)
+    assert len(got_b) == 2
+    held = mine.held()
+    assert set(held["a"]).isdisjoint(held["b"]) and len(held["a"]) == 2
+    assert mine.assigned("a") == list(held["a"])
+    mine.set_speedup("b", {1: 1.0, 2: 1.05})  # b gains nothing from a second core
+    assert len(mine.share("b", 4)) == 1 and len(mine.assigned("a")) == 3
+    mine.release("b")
+    assert sorted(mine.assigned("a")) == [0, 1, 2, 3]
+
+
+def test_the_controller_puts_the_share_in_force_and_rebalances_at_a_boundary(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs")
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    table = tmp_path / "t.json"
+    ctl = AllocatingController(AffinityController(), SharedNodeAllocator(table, cpus=cpus))
+    other = AllocatingController(AffinityController(), SharedNodeAllocator(table, cpus=cpus))
+    a, b = (subprocess.Popen(["sleep", "30"]) for _ in range(2))
+    try:
+        ha = ctl.open_trial("a", [a.pid])
+        assert ctl.apply(ha, SystemConfig(2)).config == SystemConfig(2)
+        assert ctl.rebalance(ha) is None  # nothing moved
+        hb = other.open_trial("b", [b.pid])
+        applied_b = other.apply(hb, SystemConfig(2))
+        assert applied_b.config == SystemConfig(1)  # its share, not what it asked
+        assert len(os.sched_getaffinity(a.pid)) == 2  # a learns at its boundary
+        moved = ctl.rebalance(ha)
+        assert moved is not None and moved.config == SystemConfig(1)
+        assert os.sched_getaffinity(a.pid).isdisjoint(os.sched_getaffinity(b.pid))
+        other.close_trial(hb)
+        grown = ctl.rebalance(ha)
+        assert grown is not None and grown.config == SystemConfig(2)
+        assert len(os.sched_getaffinity(a.pid)) == 2
+        ctl.close_trial(ha)
+    finally:
+        for p in (a, b):
             p.kill()
             p.wait()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipetune.config import Settings
-from pipetune.control import Applied, Usage
+from pipetune.control import Applied, CpuTopo, NodeAllocator, Usage
 from pipetune.daemon import Daemon
 from pipetune.energy import RaplMeter
 from pipetune.types import SystemConfig
@@ -80,28 +80,6 @@ class RecordingController:
         return "recording"
 
 
-class LowestFreeAllocator:
-    """Disjoint CPUs, lowest free first (the allocator contract, no topology)."""
-
-    def __init__(self, cpus: Sequence[int]) -> None:
-        self.cpus = list(cpus)
-        self._held: dict[str, list[int]] = {}
-
-    def allocate(self, trial_id: str, cores: int) -> list[int]:
-        self._held.pop(trial_id, None)
-        busy = {c for held in self._held.values() for c in held}
-        free = [c for c in self.cpus if c not in busy]
-        picked = (free + [c for c in self.cpus if c in busy])[:cores]
-        self._held[trial_id] = picked
-        return picked
-
-    def release(self, trial_id: str) -> None:
-        self._held.pop(trial_id, None)
-
-    def held(self) -> dict[str, list[int]]:
-        return dict(self._held)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("socket")
@@ -119,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         settings,
         socket_mode=0o666,
         controller=RecordingController(args.record),
-        allocator=LowestFreeAllocator([int(c) for c in args.cpus.split(",")]),
+        allocator=NodeAllocator([int(c) for c in args.cpus.split(",")],
+                                topology=[CpuTopo(int(c)) for c in args.cpus.split(",")]),
         reap_interval_s=args.reap_interval_s,
         capabilities={"recording": True},
         meters=[RaplMeter(Path(args.rapl_root))] if args.rapl_root else None,

@@ -19,6 +19,7 @@ from pipetune.daemon import (
     DaemonLostError,
     daemon_controller,
 )
+from pipetune.errors import ConfigError
 from pipetune.types import SystemConfig
 
 
@@ -214,3 +215,31 @@ def test_the_daemon_reads_rapl_for_trials_that_may_not(
     wait_until(lambda: meters[0].read_j() - before >= 4.99, what="daemon sees the new count")
     energy = TrialEnergy(meters, [sleeper.pid])
     assert energy.interval()[1] == "rapl"
+
+
+def test_the_daemon_shares_the_node_and_each_trial_picks_up_its_share(
+    daemons: Daemons, sleeper: subprocess.Popen
+) -> None:
+    d = daemons.recording("--cpus", "0,1")
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        d.client.register(job="j", trial="a", pids=[sleeper.pid])
+        d.client.register(job="j", trial="b", pids=[other.pid])
+        alone = d.client.apply("a", SystemConfig(2))
+        assert (alone["config"], sorted(alone["cpus"])) == ("2c/-m/0g", [0, 1])
+        assert d.client.capacity("b", 2) == 1
+        shared = d.client.apply("b", SystemConfig(2))
+        assert shared["config"] == "1c/-m/0g"  # its share, not what it asked
+        # a learns of b at its next boundary: its share moves, disjoint from b's
+        moved = d.client.rebalance("a")["applied"]
+        assert moved["config"] == "1c/-m/0g" and set(moved["cpus"]).isdisjoint(shared["cpus"])
+        assert d.client.rebalance("a")["applied"] is None  # nothing moved since
+        assert d.client.speedup("a", {1: 1.0, 2: 1.8})["curve"] == {"1": 1.0, "2": 1.8}
+        with pytest.raises(ConfigError, match="out of range"):
+            d.client.speedup("a", {0: 1.0})
+        d.client.close("b")
+        grown = d.client.rebalance("a")["applied"]
+        assert grown["config"] == "2c/-m/0g" and sorted(grown["cpus"]) == [0, 1]
+    finally:
+        other.kill()
+        other.wait()

@@ -29,6 +29,7 @@ def _job(settings: Settings, name: str, samples: int) -> JobResult:
         job=name,
         space=SystemSpace.parse("cores=1,2"),
         fixed_hparams={"max_train_samples": 512},
+        concurrent=1,
     )
     result = run_job(spec, settings, verbose=0)
     assert [t["error"] for t in result.trials] == [None] * samples

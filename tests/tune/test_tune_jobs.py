@@ -132,6 +132,7 @@ def test_pipetune_job_probes_first_then_matches(tmp_path: Path, ray_session: Non
         job="t-pt",
         space=SystemSpace.parse("cores=1,2"),
         fixed_hparams={"max_train_samples": 2048},
+        concurrent=1,  # one at a time: each trial has the node to itself and probes
     )
     result = run_job(spec, settings, verbose=0)
     assert [t["error"] for t in result.trials] == [None] * 3

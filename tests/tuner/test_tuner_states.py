@@ -522,3 +522,79 @@ def test_context_manager_starts_and_closes():
         assert tuner.wait_idle()
         assert tuner.state is TunerState.PROFILING
     assert ctl.opened == [("t", [7])] and ctl.closed == ["handle-t"]
+
+
+class _Applied:
+    def __init__(self, config: SystemConfig) -> None:
+        self.config, self.cpus = config, tuple(range(config.cores))
+
+
+class SharingController(FakeController):
+    """A node shared with other trials: ``share`` cores at most, and a
+    share the others' starts and ends move (``moved``, picked up by
+    rebalance at a boundary)."""
+
+    def __init__(self, clock, share: int) -> None:  # noqa: ANN001
+        super().__init__(clock)
+        self.share = share
+        self.moved: _Applied | None = None
+
+    def apply(self, handle, config, **kw):  # noqa: ANN001, ANN003, ANN201
+        super().apply(handle, config, **kw)
+        return _Applied(SystemConfig(min(config.cores, self.share), config.memory_mb))
+
+    def capacity(self, handle, cores):  # noqa: ANN001, ANN201
+        return min(cores, self.share)
+
+    def rebalance(self, handle):  # noqa: ANN001, ANN201
+        moved, self.moved = self.moved, None
+        return moved
+
+
+def test_on_a_shared_node_the_tuner_probes_within_its_share_and_follows_it():
+    clock = FakeClock()
+    ctl = SharingController(clock, share=1)
+    tuner, clock, ctl, _, store = make(controller=ctl, clock=clock, total_epochs=6)
+    tuner.start()
+    assert tuner.wait_decided()
+    # The default (2 cores) was asked; the node's share (1 core) is in force.
+    assert ctl.applied == [C2] and tuner.config == C1 and tuner.threads_to_use() == 1
+    train(tuner, clock, range(2))
+    assert kinds(tuner) == [DecisionKind.FALLBACK]
+    assert "the node is shared: at most 1 core(s)" in tuner.decisions[0].reason
+    # The other trial ended: at the next boundary the share grows, threads follow.
+    ctl.share, ctl.moved = 2, _Applied(C2)
+    tuner.rebalance()
+    assert tuner.wait_decided()
+    assert tuner.config == C2 and tuner.threads_to_use() == 2
+    train(tuner, clock, range(2, 4))
+    assert [r.config for r, _, _ in store.epochs][-2:] == [C2, C2]
+    tuner.close()
+
+
+def test_the_training_thread_waits_for_the_decision_not_for_perf_to_stop():
+    release = threading.Event()
+    prof = FakeProfiler(RATES_A, on_stop=lambda: release.wait(10))
+    tuner, clock, ctl, _, _ = make(profiler=prof, total_epochs=6)
+    tuner.start()
+    assert tuner.wait_decided(5) and ctl.applied == [C2]
+    tuner.epoch_start(0)
+    clock.advance(10)
+    tuner.epoch_end(0, 10)
+    # Decided: the probe's config is in force, though perf has not stopped.
+    assert tuner.wait_decided(5)
+    assert tuner.config == C1 and tuner.threads_to_use() == 1
+    assert not tuner.wait_idle(0.2)  # the worker is still stopping perf
+    release.set()
+    assert tuner.wait_idle(5)
+    tuner.close()
+
+
+def test_reassert_applies_the_config_in_force_again():
+    tuner, clock, ctl, _, _ = make(total_epochs=6)
+    tuner.start()
+    assert tuner.wait_decided()
+    tuner.reassert()
+    assert tuner.wait_decided()
+    assert ctl.applied == [C2, C2]
+    tuner.close()
