@@ -307,6 +307,7 @@ class Daemon:
         self._model_path = Path(settings.model)
         self._model_mtime_ns: int | None = None
         self.model_version = 0
+        self.model_error = ""
         self.recovered: dict[str, Any] = {}
         self._closed = False
 
@@ -608,14 +609,27 @@ class Daemon:
         return dropped
 
     def _check_model(self) -> None:
-        """Track the ground-truth model file: a new mtime is a new version
-        (the loader that re-reads it lands with the tuner)."""
+        """Track the node's ground-truth model file (the trials' tuners load
+        it): a new mtime is a new version, and a file they cannot read is
+        said once, in the log and in health, so an operator sees it."""
         try:
             mtime = self._model_path.stat().st_mtime_ns
         except OSError:
             mtime = None
         if mtime != self._model_mtime_ns:
-            self._model_mtime_ns = mtime
+            error = ""
+            if mtime is not None:
+                try:
+                    from pipetune.groundtruth import load_model
+
+                    load_model(self._model_path)
+                except Exception as e:  # noqa: BLE001 - reported, never fatal
+                    error = str(e)
+                    log.warning("ground-truth model %s unreadable: %s (trials probe until "
+                                "it is fixed; it is never overwritten)", self._model_path, e)
+            # Both at once, after the check: health never shows a new version
+            # with the old verdict.
+            self._model_mtime_ns, self.model_error = mtime, error
             if mtime is not None:
                 self.model_version += 1
                 log.info("ground-truth model %s changed: version %d",
@@ -629,7 +643,7 @@ class Daemon:
         with self._lock:
             n = len(self._trials)
         return {
-            "status": "ok",
+            "status": "warning" if self.model_error else "ok",
             "version": __version__,
             "api_version": API_VERSION,
             "pid": os.getpid(),
@@ -646,6 +660,7 @@ class Daemon:
                 "path": str(self._model_path),
                 "version": self.model_version,
                 "mtime_ns": self._model_mtime_ns,
+                **({"error": self.model_error} if self.model_error else {}),
             },
             "model_version": self.model_version,
             "recovered": self.recovered,

@@ -105,6 +105,9 @@ def test_model_version_follows_the_file_mtime(daemons: Daemons, socket_dir: Path
     assert d.client.health()["model_version"] == 0
     model.write_text("{}")
     wait_until(lambda: d.client.health()["model_version"] == 1, what="model seen")
+    # An unreadable model is said in health, not called ok.
+    health = d.client.health()
+    assert health["status"] == "warning" and health["model"]["error"], health["model"]
     later = time.time() + 5
     os.utime(model, (later, later))
     wait_until(lambda: d.client.health()["model_version"] == 2, what="model change seen")
