@@ -1085,7 +1085,11 @@ class SystemTuner:
         fn = getattr(self.controller, "rebalance", None)
         if fn is None or self._trial_handle is None or self._slot is not None:
             return
-        applied = fn(self._trial_handle)
+        try:
+            applied = fn(self._trial_handle)
+        except Exception as e:  # advisory: the config in force stays in force
+            log.warning("trial %s: node share not updated: %s", self.ref.trial, e)
+            return
         if applied is None:
             return
         before, self.applied = self._config, applied

@@ -929,6 +929,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         daemon = self.server.daemon_ref
+        self._consumed = False
         try:
             caller = peer_credentials(self.request)
             status, payload = self._route(daemon, caller, method)
@@ -937,9 +938,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if status >= 500 and not isinstance(e, PipetuneError):
                 log.exception("daemon: %s %s failed", method, self.path)
             payload = {"error": str(e) or type(e).__name__, "type": type(e).__name__}
+        if not self._consumed:
+            # A body no endpoint read (an error answered first, an endpoint
+            # that takes none) is drained: closing on unread data resets the
+            # connection, and the client sees a broken pipe, not the answer.
+            with contextlib.suppress(Exception):
+                self._body()
         self._send(status, payload)
 
     def _body(self) -> dict[str, Any]:
+        self._consumed = True
         length_text = self.headers.get("Content-Length")
         if not length_text:
             return {}
