@@ -3,6 +3,8 @@
 - :func:`robust_sq_distance` — squared distances that one flaky counter
   cannot decide (:func:`trimmed_count` features left out);
 - :func:`own_spread` — a group's centroid and how far a *new* member lands;
+  :func:`run_noise2` — how far runs of one workload scatter, from the
+  named workloads with repeated runs;
 - :func:`similarity` — a distance in units of a cluster's radius as a
   score in [0, 1].
 
@@ -13,6 +15,7 @@ stays readable; the reasons for each choice are in their docstrings.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -79,3 +82,23 @@ def own_spread(
     # A member's distance to a centroid fitted on it underestimates a new
     # member's: E|new-mean|^2 / E|member-mean|^2 = (n+1)/(n-1).
     return centroid, ss * (n + 1) / (n - 1), n
+
+
+def run_noise2(
+    X: np.ndarray, workloads: Sequence[str], trim: bool = True
+) -> tuple[float, np.ndarray] | None:
+    """How far a new run lands from its own workload's centroid, from the
+    named workloads with repeated runs: (pooled expected squared distance,
+    per record its workload's own — the pooled one where the workload has a
+    single run or no name).  None with fewer than two repeated workloads (no
+    honest estimate)."""
+    groups: dict[str, list[int]] = {}
+    for i, w in enumerate(workloads):
+        if w:
+            groups.setdefault(w, []).append(i)
+    own = {w: own_spread(X, np.asarray(idx), trim) for w, idx in groups.items() if len(idx) > 1}
+    if len(own) < 2:
+        return None
+    pooled = sum(s2 * n for _, s2, n in own.values()) / sum(n for _, _, n in own.values())
+    per_record = np.array([own[w][1] if w in own else pooled for w in workloads])
+    return pooled, per_record

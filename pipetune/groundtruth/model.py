@@ -70,6 +70,7 @@ from pipetune.groundtruth.distance import (
     SCORE_AT_TWO_RADII,
     own_spread,
     robust_sq_distance,
+    run_noise2,
     similarity,
     trimmed_count,
 )
@@ -256,7 +257,7 @@ class ClusterGroundTruth(GroundTruth):
         trim = not scaler.weight  # learned weights replace trimming (robust_sq_distance)
         # 2. How far runs of one workload scatter, where the history shows it:
         #    it sets k (auto) and the smallest radius a cluster may have.
-        noise = _run_noise2(X, names, trim) if p.use_workloads else None
+        noise = run_noise2(X, names, trim) if p.use_workloads else None
         floor = math.sqrt(noise[0]) if noise is not None else float(
             np.sqrt(((p.noise_log * scaler.weights / np.asarray(scaler.std)) ** 2).sum()))
         # 3. The choice of k, and the groups.
@@ -430,26 +431,6 @@ def _choose_k(
     if best is None or best[0] < MIN_SILHOUETTE:
         return np.zeros(n, dtype=int), None if best is None else best[0]
     return best[1], best[0]
-
-
-def _run_noise2(
-    X: np.ndarray, workloads: Sequence[str], trim: bool = True
-) -> tuple[float, np.ndarray] | None:
-    """How far a new run lands from its own workload's centroid, from the
-    named workloads with repeated runs: (pooled expected squared distance,
-    per record its workload's own — the pooled one where the workload has a
-    single run or no name).  None with fewer than two repeated workloads (no
-    honest estimate)."""
-    groups: dict[str, list[int]] = {}
-    for i, w in enumerate(workloads):
-        if w:
-            groups.setdefault(w, []).append(i)
-    own = {w: own_spread(X, np.asarray(idx), trim) for w, idx in groups.items() if len(idx) > 1}
-    if len(own) < 2:
-        return None
-    pooled = sum(s2 * n for _, s2, n in own.values()) / sum(n for _, _, n in own.values())
-    per_record = np.array([own[w][1] if w in own else pooled for w in workloads])
-    return pooled, per_record
 
 
 def _merge_overlapping(
