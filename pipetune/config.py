@@ -148,11 +148,6 @@ class Settings:
     def spool_dir(self) -> Path:
         return self.home / "spool"
 
-    @property
-    def influx_token(self) -> str | None:
-        """Secrets come from the environment only, never from a file in the repo."""
-        return os.environ.get("PIPETUNE_INFLUX_TOKEN")
-
     @classmethod
     def load(
         cls,

@@ -12,7 +12,6 @@ memory and GPU power in place (DESIGN §10).
   :class:`SharedNodeAllocator` — the same across the trial processes of a
   node without a daemon; :class:`AllocatingController` — a controller whose
   CPUs come from one of them.
-- :class:`MemoryGuard`, :func:`memory_floor_mb` — memory safety.
 - :func:`sync_threads`, :func:`cores_in_force` — in-trial thread count.
 - GPU: :func:`visible_devices_env`, :class:`GpuAllocator`,
   :func:`power_limit_knob` / :class:`NvmlPowerLimit`.
@@ -49,7 +48,6 @@ from pipetune.control.gpu import (
     power_limit_knob,
     visible_devices_env,
 )
-from pipetune.control.memory import MemoryEvent, MemoryEventKind, MemoryGuard, memory_floor_mb
 from pipetune.control.node import AllocatingController, SharedNodeAllocator
 from pipetune.control.threads import cores_in_force, sync_threads
 from pipetune.errors import ConfigError, ControlError, PipetuneError, PrivilegeError
@@ -57,11 +55,11 @@ from pipetune.errors import ConfigError, ControlError, PipetuneError, PrivilegeE
 __all__ = [
     "AffinityController", "AllocatingController", "Allocation", "Applied", "CgroupFs", "CgroupInfo",
     "CgroupV1Controller", "CgroupV2Controller", "ControlInputError", "Controller", "CpuTopo",
-    "DryRunController", "GpuAllocator", "MemoryEvent", "MemoryEventKind", "MemoryGuard",
+    "DryRunController", "GpuAllocator",
     "NoPowerLimit", "NodeAllocator", "NvmlPowerLimit", "PowerLimitKnob", "SharedNodeAllocator",
     "TrialHandle", "Usage",
     "cgroup_controller", "cgroups_writable", "cores_in_force", "detect_cgroups",
-    "detect_controller", "format_cpus", "memory_floor_mb", "own_cgroups",
+    "detect_controller", "format_cpus", "own_cgroups",
     "parse_cpus", "parse_visible_devices", "power_limit_knob", "read_topology", "sync_threads",
     "visible_devices_env",
 ]

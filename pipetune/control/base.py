@@ -9,6 +9,11 @@
 - :class:`Usage` — what a trial has used so far (CPU seconds, memory, throttling,
   OOM kills).
 
+A trial's processes — a pid and its descendants, start ticks — are
+:mod:`pipetune.procs`'s; :func:`process_start_ticks` and
+:func:`with_descendants` are imported here under the names the backends,
+the node allocator and the daemon use.
+
 Contract shared by every backend:
 
 * Thread safe: the tuner thread, the daemon's request threads and the CLI may
@@ -34,10 +39,11 @@ import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipetune.errors import ControlError, NotSupportedError, PrivilegeError
+from pipetune.procs import process_start_ticks as process_start_ticks
+from pipetune.procs import with_descendants as with_descendants
 from pipetune.types import SystemConfig
 
 log = logging.getLogger(__name__)
@@ -303,22 +309,6 @@ def safe_name(trial_id: str, max_len: int = 80) -> str:
     return safe
 
 
-def process_start_ticks(pid: int, *, proc_root: Path = Path("/proc")) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (``/proc/PID/stat``
-    field 22), or ``None`` when it is gone.  PID + start time names a process
-    even after its PID is reused.  ``proc_root``: a fake procfs in tests."""
-    try:
-        data = (proc_root / str(pid) / "stat").read_bytes().decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
-        return None
-    # comm may contain spaces and parentheses: split after the last ')'.
-    fields = data[data.rfind(")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
 def group_name(trial_id: str, owner_pid: int | None = None) -> str:
     """``<safe trial>@<owner pid>.<owner start ticks>``: the owner is recorded
     in the name so :meth:`Controller.cleanup_stale` can tell whose group is
@@ -369,24 +359,6 @@ def check_pids(pids: Iterable[int]) -> list[int]:
             out.append(p)
     if not out:
         raise ControlInputError("no pids given")
-    return out
-
-
-def with_descendants(pids: Iterable[int]) -> list[int]:
-    """``pids`` and every live descendant of theirs (DataLoader workers,
-    DDP ranks already started), parents first."""
-    import psutil
-
-    out: list[int] = []
-    for p in pids:
-        if p not in out:
-            out.append(p)
-        try:
-            for child in psutil.Process(p).children(recursive=True):
-                if child.pid not in out:
-                    out.append(child.pid)
-        except psutil.Error:
-            continue
     return out
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from pipetune.procs import process_tree
+
 PidsSource = Iterable[int] | Callable[[], Iterable[int]]
 
 
@@ -89,15 +91,7 @@ class ProcessTreeCpu:
         self.sample()
 
     def _scan(self) -> dict[tuple[int, float], tuple[psutil.Process, int]]:
-        found: dict[int, psutil.Process] = {}
-        for pid in self._pids():
-            try:
-                root = psutil.Process(int(pid))
-                found.setdefault(root.pid, root)
-                for child in root.children(recursive=True):
-                    found.setdefault(child.pid, child)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-                continue
+        found = process_tree(self._pids())
         out: dict[tuple[int, float], tuple[psutil.Process, int]] = {}
         for proc in found.values():
             try:

@@ -4,8 +4,10 @@
   :class:`GroundTruthRecord`, :class:`EmptyGroundTruth`.
 - :mod:`.features` — :class:`FeatureScaler` (events both sides have, per
   CPU-second, log-scaled, standardised).
-- :mod:`.model` — :func:`fit_groundtruth`, :class:`ClusterGroundTruth`,
-  :func:`similarity`, any scikit-learn clusterer by name.
+- :mod:`.model` — :class:`ClusterGroundTruth` (an estimator: ``fit``,
+  ``match``) with its :class:`FitParams`; :func:`fit_groundtruth`.
+- :mod:`.clusterers` — any scikit-learn clusterer by name.
+- :mod:`.distance` — robust distances, spreads, :func:`similarity`.
 - :mod:`.persist` — versioned JSON files, atomic writes, no pickle.
 - :mod:`.retrain` — :func:`retrain`: store records → fitted model file.
 """
@@ -18,14 +20,15 @@ from pipetune.groundtruth.base import (
     check_threshold,
     records_from_frame,
 )
+from pipetune.groundtruth.clusterers import make_clusterer
+from pipetune.groundtruth.distance import similarity
 from pipetune.groundtruth.features import FeatureScaler
 from pipetune.groundtruth.model import (
     Cluster,
     ClusterGroundTruth,
+    FitParams,
     cluster_labels,
     fit_groundtruth,
-    make_clusterer,
-    similarity,
 )
 from pipetune.groundtruth.persist import (
     SCHEMA_VERSION,
@@ -43,6 +46,7 @@ __all__ = [
     "ClusterGroundTruth",
     "EmptyGroundTruth",
     "FeatureScaler",
+    "FitParams",
     "GroundTruth",
     "GroundTruthRecord",
     "Match",

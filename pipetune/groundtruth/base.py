@@ -4,7 +4,8 @@
   the system config that won its probing, and that config's objective value.
 - :class:`Match` — the answer to "have we seen this workload?": the nearest
   cluster, a similarity score in [0, 1] and the cluster's best config.
-- :class:`GroundTruth` — what the tuner needs from a model: ``match``.
+- :class:`GroundTruth` — a model: ``fit`` on records, ``match`` a profile
+  (what the tuner needs).
   :class:`EmptyGroundTruth` is the model of a host with no history: it knows
   nothing, says so, and every workload probes.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -73,8 +74,21 @@ class Match:
 
 
 class GroundTruth(abc.ABC):
-    """A model of past workloads.  ``match`` never raises for a profile it
-    cannot use: it returns a score-0 :class:`Match` with the reason."""
+    """A model of past workloads, fitted on their records and asked about a
+    new profile.  ``fit`` returns the model itself (scikit-learn's rule), so
+    ``Model(...).fit(records).match(profile)`` reads left to right; a fitted
+    model is read-only.  ``match`` never raises for a profile it cannot
+    use: it returns a score-0 :class:`Match` with the reason."""
+
+    @abc.abstractmethod
+    def fit(self, records: Sequence[GroundTruthRecord]) -> GroundTruth:
+        """Learn from past trials' ``records`` and return this model.
+
+        Raises:
+            GroundTruthError: the records cannot be fitted (none, mixed
+                objectives, the clustering failed).
+            ConfigError: the model's parameters do not fit these records.
+        """
 
     @abc.abstractmethod
     def match(self, profile: EpochProfile | Mapping[str, float]) -> Match:
@@ -93,6 +107,11 @@ class EmptyGroundTruth(GroundTruth):
 
     def __init__(self, reason: str = "no ground-truth model yet") -> None:
         self.reason = reason
+
+    def fit(self, records: Sequence[GroundTruthRecord]) -> EmptyGroundTruth:
+        """Learns nothing: this model stands for "no model" (fit a
+        :class:`~pipetune.groundtruth.model.ClusterGroundTruth` to learn)."""
+        return self
 
     def match(self, profile: EpochProfile | Mapping[str, float]) -> Match:
         return Match(cluster=None, score=0.0, config=None, reason=self.reason)

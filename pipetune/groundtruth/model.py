@@ -1,11 +1,13 @@
-"""The clustering ground-truth model: fit, match, similarity.
+"""The clustering ground-truth model: an estimator that fits and matches.
 
-- :func:`fit_groundtruth` — records → :class:`ClusterGroundTruth`: features
-  (:mod:`.features`), any scikit-learn clusterer by name (k-means by
-  default), ``k`` from the data (``"auto"``, see below), and per
-  cluster a calibrated radius and its best known config.
-- :class:`ClusterGroundTruth` — nearest-centroid matching with a similarity
-  score calibrated per cluster (:func:`similarity`).
+- :class:`ClusterGroundTruth` — built with its :class:`FitParams`,
+  ``.fit(records)`` learns in four steps: features and their weights
+  (:mod:`.features`), the run-to-run noise, the choice of k and the groups
+  (any scikit-learn clusterer by name, :mod:`.clusterers`; ``k="auto"``,
+  see below), and per cluster a calibrated radius and its best known
+  config.  ``.match(profile)`` is nearest-centroid matching with a
+  similarity score calibrated per cluster (:func:`.distance.similarity`).
+- :func:`fit_groundtruth` — the same as one call.
 
 Why not raw k-means with a fixed k: on a host without a PMU, profiles of
 different workloads sit close in a few features and far in others, and the
@@ -44,46 +46,47 @@ this VM: ``benchmarks/groundtruth_ari.py``.
 
 from __future__ import annotations
 
-import importlib
-import inspect
+import dataclasses
 import logging
 import math
-import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from pipetune.errors import ConfigError, GroundTruthError
 from pipetune.groundtruth.base import GroundTruth, GroundTruthRecord, Match, rates_of
+from pipetune.groundtruth.clusterers import (
+    CLUSTERER_ALIASES,
+    cluster_records,
+    known_clusterers,
+    make_clusterer,
+    resolve_clusterer,
+    takes_k,
+)
+from pipetune.groundtruth.distance import (
+    SCORE_AT_TWO_RADII,
+    own_spread,
+    robust_sq_distance,
+    run_noise2,
+    similarity,
+    trimmed_count,
+)
 from pipetune.groundtruth.features import FeatureScaler
 from pipetune.types import EpochProfile, SystemConfig
 
+# Re-exported: callers and tests know these names from this module.
+__all__ = [
+    "CLUSTERER_ALIASES", "SCORE_AT_TWO_RADII", "SILHOUETTE_SAMPLE", "Cluster",
+    "ClusterGroundTruth", "FitParams", "cluster_labels", "fit_groundtruth", "known_clusterers",
+    "make_clusterer", "own_spread", "robust_sq_distance", "similarity", "takes_k",
+    "trimmed_count",
+]
+
 log = logging.getLogger(__name__)
 
-#: Short names accepted for ``clusterer``; any class name of
-#: ``sklearn.cluster`` (or ``GaussianMixture``) works too, case-insensitive.
-CLUSTERER_ALIASES: dict[str, str] = {
-    "kmeans": "sklearn.cluster.KMeans",
-    "k-means": "sklearn.cluster.KMeans",
-    "minibatchkmeans": "sklearn.cluster.MiniBatchKMeans",
-    "agglomerative": "sklearn.cluster.AgglomerativeClustering",
-    "ward": "sklearn.cluster.AgglomerativeClustering",
-    "spectral": "sklearn.cluster.SpectralClustering",
-    "birch": "sklearn.cluster.Birch",
-    "gmm": "sklearn.mixture.GaussianMixture",
-    "gaussianmixture": "sklearn.mixture.GaussianMixture",
-    "dbscan": "sklearn.cluster.DBSCAN",
-    "hdbscan": "sklearn.cluster.HDBSCAN",
-    "meanshift": "sklearn.cluster.MeanShift",
-    "affinitypropagation": "sklearn.cluster.AffinityPropagation",
-}
-
-#: Similarity is this value at two cluster radii (and 1 at the centroid).
-SCORE_AT_TWO_RADII = 0.8
 #: Prior weight (in records) of the pooled spread when a cluster's own is estimated.
 PRIOR_RECORDS = 2.0
 #: Below this silhouette, the history has no real cluster structure: k = 1.
@@ -91,145 +94,6 @@ MIN_SILHOUETTE = 0.25
 #: ``k=auto`` with named workloads: a cluster may be this many times as wide
 #: (RMS) as its least repeatable member's runs before it is split further.
 TIGHT = 1.0
-
-
-def trimmed_count(dim: int) -> int:
-    """Features left out of a distance: the worst ~20 % (at least one from 5 on).
-
-    20 %, not 10 %: a trial's first epoch may read its data and libraries
-    from disk or from the page cache, and that moves a whole family of I/O
-    figures at once (bytes read, page-cache adds, block requests, major
-    faults: six of this host's 32) by orders of magnitude between two trials
-    of one workload (measured in a real Tune job: 945 kB/s vs 0.7 kB/s read).
-    """
-    return dim // 5 if dim >= 10 else (1 if dim >= 5 else 0)
-
-
-def robust_sq_distance(diff: np.ndarray, trim: bool = True) -> np.ndarray:
-    """Squared distances of the rows of ``diff`` with each row's worst
-    :func:`trimmed_count` features left out, scaled back to the full dimension.
-
-    Why: one flaky counter (page faults of an allocator that just changed its
-    mmap threshold, context switches on a busy node) can differ 10x between two
-    runs of the same workload and would alone decide the distance.  Different
-    workloads differ in many features, so leaving out the worst one or two does
-    not make them similar.
-
-    ``trim=False`` (plain squared distance) for learned feature weights: they
-    already silence the flaky counters, and the features trimming would drop
-    are then the heavily weighted ones that separate workloads.
-    """
-    diff = np.atleast_2d(diff)
-    dim = diff.shape[1]
-    t = trimmed_count(dim) if trim else 0
-    sq = diff**2
-    if t:
-        sq = np.sort(sq, axis=1)[:, : dim - t]
-    return sq.sum(axis=1) * (dim / max(dim - t, 1))
-
-
-def similarity(distance: float, radius: float) -> float:
-    """Score in [0, 1]: 1 at the centroid, ~0.95 at one radius, 0.8 at two,
-    0.41 at four.  ``radius`` is the cluster's calibrated spread (the RMS
-    distance a new member is expected at), so the same distance means more
-    in a tight cluster than in a loose one."""
-    if not math.isfinite(distance):
-        return 0.0
-    if radius <= 0 or not math.isfinite(radius):
-        return 1.0 if distance == 0 else 0.0
-    return float(SCORE_AT_TWO_RADII ** ((distance / (2.0 * radius)) ** 2))
-
-
-def _labels_samples(cls: type) -> bool:
-    """Whether ``cls`` is a clusterer that gives each *record* a label:
-    ``fit_predict`` or ``predict``.  Biclusterers (rows and columns at once)
-    and ``FeatureAgglomeration`` (groups features) have neither; a property
-    that raises (``FeatureAgglomeration.fit_predict``) does not count."""
-    return any(callable(getattr(cls, m, None)) for m in ("fit_predict", "predict"))
-
-
-def known_clusterers() -> list[str]:
-    """Every ``clusterer`` name that :func:`fit_groundtruth` can use: the
-    aliases and the lower-case class names of ``sklearn.cluster`` and
-    ``sklearn.mixture`` that label records (no functions such as
-    ``estimate_bandwidth``, no biclusterers)."""
-    import sklearn.cluster
-    import sklearn.mixture
-
-    names = set(CLUSTERER_ALIASES)
-    for module in (sklearn.cluster, sklearn.mixture):
-        for attr in module.__all__:
-            obj = getattr(module, attr, None)
-            if inspect.isclass(obj) and hasattr(obj, "fit") and _labels_samples(obj):
-                names.add(attr.lower())
-    return sorted(names)
-
-
-def _resolve_clusterer(name: str) -> type:
-    key = name.strip().lower()
-    target = CLUSTERER_ALIASES.get(key)
-    if target is not None:
-        module, _, cls = target.rpartition(".")
-        return getattr(importlib.import_module(module), cls)
-    import sklearn.cluster
-    import sklearn.mixture
-
-    for module in (sklearn.cluster, sklearn.mixture):
-        for attr in dir(module):
-            obj = getattr(module, attr)
-            if attr.lower() == key and inspect.isclass(obj) and hasattr(obj, "fit"):
-                if not _labels_samples(obj):
-                    raise ConfigError(
-                        f"clusterer {name!r}: {attr} does not give each record a cluster "
-                        f"(no fit_predict or predict); use one of: {', '.join(known_clusterers())}"
-                    )
-                return obj
-    raise ConfigError(f"clusterer {name!r}: unknown (known: {', '.join(known_clusterers())})")
-
-
-def make_clusterer(name: str, k: int | None, seed: int = 0) -> Any:
-    """A scikit-learn estimator for ``name`` with ``k`` clusters where it takes one.
-
-    Raises:
-        ConfigError: unknown name, or ``k`` given to a clusterer that finds k itself.
-    """
-    cls = _resolve_clusterer(name)
-    params = inspect.signature(cls).parameters
-    kwargs: dict[str, Any] = {}
-    count_param = next((p for p in ("n_clusters", "n_components") if p in params), None)
-    if k is not None:
-        if count_param is None:
-            raise ConfigError(
-                f"clusterer {name!r} finds the number of clusters itself: use --k auto"
-            )
-        kwargs[count_param] = int(k)
-    if "random_state" in params:
-        kwargs["random_state"] = seed
-    if "n_init" in params and cls.__name__ in ("KMeans", "MiniBatchKMeans"):
-        kwargs["n_init"] = 10  # restarts: one bad seed must not split a workload
-    elif "n_init" in params and cls.__name__ == "GaussianMixture":
-        kwargs["n_init"] = 3
-    return cls(**kwargs)
-
-
-def takes_k(name: str) -> bool:
-    params = inspect.signature(_resolve_clusterer(name)).parameters
-    return "n_clusters" in params or "n_components" in params
-
-
-def _labels(name: str, k: int | None, X: np.ndarray, seed: int) -> np.ndarray:
-    est = make_clusterer(name, k, seed)
-    try:
-        # Ground-truth histories are small: BLAS/OpenMP threads only cost
-        # here (15x slower on a busy 2-core node), so fit single-threaded.
-        with threadpool_limits(1), warnings.catch_warnings():
-            # Scanning k asks some clusterers for more clusters than the data
-            # has; they warn and return fewer, which the silhouette then judges.
-            warnings.simplefilter("ignore", category=UserWarning)
-            labels = est.fit_predict(X) if hasattr(est, "fit_predict") else est.fit(X).predict(X)
-    except ValueError as e:
-        raise GroundTruthError(f"clusterer {name!r} could not fit {len(X)} records: {e}") from e
-    return np.asarray(labels, dtype=int)
 
 
 #: Records the silhouette is computed on at most: it is O(n^2) in time, so a
@@ -290,21 +154,129 @@ class Cluster:
         )
 
 
-class ClusterGroundTruth(GroundTruth):
-    """A fitted clustering model: scaler + clusters (see module docstring)."""
+@dataclass(frozen=True)
+class FitParams:
+    """How :meth:`ClusterGroundTruth.fit` fits: the hyperparameters, kept
+    apart from what a fit learns (scikit-learn's rule), so that fitting
+    again on a longer history starts from the same choices.
 
-    def __init__(
-        self,
-        scaler: FeatureScaler,
-        clusters: Sequence[Cluster],
-        *,
-        objective: str = "runtime",
-        clusterer: str = "kmeans",
-        silhouette: float | None = None,
-        n_records: int = 0,
-        min_shared: float = 0.5,
-        trim: bool = True,
-    ) -> None:
+    Attributes:
+        k: number of clusters, or ``"auto"`` (:func:`_choose_k`).
+        clusterer: ``"kmeans"`` or any scikit-learn clusterer name.
+        objective: which records to use; None: the one all records share.
+        seed: the clusterer's random state.
+        min_std: floor of a feature's standard deviation (log units).
+        noise_log: run-to-run noise of a rate (log units, 0.25 ≈ 28 %, what
+            contention on a shared node does to context switches); floors
+            each cluster's radius so a cluster of one record can still
+            match.  Used only when the history cannot show the noise itself:
+            with two or more named workloads run more than once, their
+            measured scatter is the floor and sets ``k="auto"``.
+        max_k: the largest k ``"auto"`` tries.
+        use_workloads: scale and weight features by the records' workload
+            names (:meth:`FeatureScaler.fit`); the clustering never sees them.
+    """
+
+    k: int | str = "auto"
+    clusterer: str = "kmeans"
+    objective: str | None = None
+    seed: int = 0
+    min_std: float = 0.25
+    noise_log: float = 0.25
+    max_k: int = 10
+    use_workloads: bool = True
+
+    def checked(self) -> FitParams:
+        """These parameters with ``k`` normalised (``"4"`` -> 4, ``"AUTO"`` ->
+        ``"auto"``).  Raises ConfigError for a bad ``k`` or an unknown
+        clusterer, before any record is looked at."""
+        k = self.k
+        if isinstance(k, str):
+            if k.strip().lower() != "auto":
+                try:
+                    k = int(k)
+                except ValueError:
+                    raise ConfigError(f"k={k!r}: must be a positive integer or 'auto'") from None
+            else:
+                k = "auto"
+        if not isinstance(k, str) and (isinstance(k, bool) or int(k) < 1):
+            raise ConfigError(f"k={k!r}: must be a positive integer or 'auto'")
+        resolve_clusterer(self.clusterer)
+        return dataclasses.replace(self, k=k)
+
+
+class ClusterGroundTruth(GroundTruth):
+    """The clustering ground truth, an estimator in scikit-learn's manner:
+    built with its hyperparameters (:class:`FitParams`), then :meth:`fit`
+    on records returns it fitted; :meth:`match` answers from what it
+    learned.  A model read from a file (:meth:`from_dict`) is fitted too.
+
+    Fitted attributes keep the names model files, reports and tests use
+    (``scaler``, ``clusters``, ``objective``, ``silhouette``, ``n_records``,
+    ``trim``), not scikit-learn's trailing underscore.  A fitted model is
+    read-only: ``match`` may run in any number of threads.
+    """
+
+    def __init__(self, *, min_shared: float = 0.5, **params: Any) -> None:
+        """``params``: the fields of :class:`FitParams`; ``min_shared``: the
+        share of the model's features a profile must have to be matched."""
+        self.params = FitParams(**params)
+        self.min_shared = min_shared
+        self.clusterer = self.params.clusterer
+        # What fit() learns (or from_dict() reads); empty until then.
+        self.scaler: FeatureScaler | None = None
+        self.clusters: tuple[Cluster, ...] = ()
+        self.objective = self.params.objective or "runtime"
+        self.silhouette: float | None = None
+        self.n_records = 0
+        self.trim = True
+        self._centroids = np.empty((0, 0))
+
+    # -- fitting ----------------------------------------------------------------------
+
+    def fit(self, records: Sequence[GroundTruthRecord]) -> ClusterGroundTruth:
+        """Learn the clusters of ``records``, in the steps the module docstring
+        gives the reasons for, and return this model.
+
+        Raises:
+            GroundTruthError: no records of the objective, several objectives
+                and none chosen, the clusterer failed.
+            ConfigError: unknown clusterer; ``k`` not a positive integer,
+                larger than the records, or given to a clusterer that finds k.
+        """
+        p = self.params.checked()
+        recs, objective = _records_of(records, p.objective)
+        if not isinstance(p.k, str) and p.k > len(recs):
+            raise ConfigError(f"k={p.k}: larger than the {len(recs)} records")
+        names = [r.workload for r in recs]
+        # 1. Features and their weights: per CPU-second, log-scaled, in units of
+        #    run-to-run noise, weighted by how well they separate the workloads.
+        scaler = FeatureScaler.fit([r.rates for r in recs], min_std=p.min_std,
+                                   labels=names if p.use_workloads else None)
+        X = scaler.transform_many([r.rates for r in recs])
+        trim = not scaler.weight  # learned weights replace trimming (robust_sq_distance)
+        # 2. How far runs of one workload scatter, where the history shows it:
+        #    it sets k (auto) and the smallest radius a cluster may have.
+        noise = run_noise2(X, names, trim) if p.use_workloads else None
+        floor = math.sqrt(noise[0]) if noise is not None else float(
+            np.sqrt(((p.noise_log * scaler.weights / np.asarray(scaler.std)) ** 2).sum()))
+        # 3. The choice of k, and the groups.
+        groups, sil = _group(X, p, None if noise is None else noise[1], floor, trim)
+        # 4. Per group, its radius and its best known config.
+        own = [own_spread(X, idx, trim) for idx in groups]
+        pooled = _pooled_spread(own)
+        clusters = [
+            _cluster(centroid, _radius(s2, n, pooled, floor), [recs[i] for i in idx])
+            for (centroid, s2, n), idx in zip(own, groups, strict=True)
+        ]
+        self._set_fitted(scaler, clusters, objective=objective, silhouette=sil,
+                         n_records=len(recs), trim=trim)
+        log.info("fitted %s", self.describe().splitlines()[0])
+        return self
+
+    def _set_fitted(self, scaler: FeatureScaler, clusters: Sequence[Cluster], *,
+                    objective: str, silhouette: float | None, n_records: int,
+                    trim: bool) -> None:
         if not clusters:
             raise GroundTruthError("a ground-truth model needs at least one cluster")
         dim = len(scaler.events)
@@ -316,20 +288,26 @@ class ClusterGroundTruth(GroundTruth):
         self.scaler = scaler
         self.clusters = tuple(clusters)
         self.objective = objective
-        self.clusterer = clusterer
         self.silhouette = silhouette
         self.n_records = n_records
-        self.min_shared = min_shared
         self.trim = trim
         self._centroids = np.array([c.centroid for c in clusters], dtype=float)
+
+    # -- matching ---------------------------------------------------------------------
 
     @property
     def n_clusters(self) -> int:
         return len(self.clusters)
 
+    def _fitted(self) -> FeatureScaler:
+        if self.scaler is None:
+            raise GroundTruthError("this ground-truth model is not fitted: call fit(records)")
+        return self.scaler
+
     def match(self, profile: EpochProfile | Mapping[str, float]) -> Match:
+        """The nearest cluster of ``profile``.  Raises GroundTruthError if not fitted."""
         rates = rates_of(profile)
-        z, mask = self.scaler.transform(rates)
+        z, mask = self._fitted().transform(rates)
         dim = len(mask)
         used = int(mask.sum())
         if used == 0 or used < self.min_shared * dim:
@@ -356,6 +334,8 @@ class ClusterGroundTruth(GroundTruth):
         )
 
     def describe(self) -> str:
+        if self.scaler is None:
+            return f"ground truth ({self.clusterer}), not fitted"
         sil = "n/a" if self.silhouette is None else f"{self.silhouette:.3f}"
         lines = [
             f"ground truth: {self.n_clusters} clusters from {self.n_records} records "
@@ -382,23 +362,27 @@ class ClusterGroundTruth(GroundTruth):
             "n_records": self.n_records,
             "min_shared": self.min_shared,
             "trim": self.trim,
-            "features": self.scaler.to_dict(),
+            "features": self._fitted().to_dict(),
             "clusters": [c.to_dict() for c in self.clusters],
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ClusterGroundTruth:
+        """A fitted model from :meth:`to_dict`'s form (a model file's body)."""
         sil = d.get("silhouette")
-        return cls(
+        objective = str(d.get("objective", "runtime"))
+        model = cls(objective=objective, clusterer=str(d.get("clusterer", "kmeans")),
+                    min_shared=float(d.get("min_shared", 0.5)))
+        model._set_fitted(
             FeatureScaler.from_dict(d["features"]),
             [Cluster.from_dict(c) for c in d["clusters"]],
-            objective=str(d.get("objective", "runtime")),
-            clusterer=str(d.get("clusterer", "kmeans")),
+            objective=objective,
             silhouette=None if sil is None else float(sil),
             n_records=int(d.get("n_records", 0)),
-            min_shared=float(d.get("min_shared", 0.5)),
             trim=bool(d.get("trim", True)),  # older files: trimmed
         )
+        return model
+
 
 
 def _choose_k(
@@ -428,9 +412,9 @@ def _choose_k(
     if noise2 is not None:
         labels = np.zeros(n, dtype=int)
         for k in range(1, min(max_k, n) + 1):
-            labels = labels if k == 1 else _labels(clusterer, k, X, seed)
+            labels = labels if k == 1 else cluster_records(clusterer, k, X, seed)
             excess = max(
-                _own_spread(X, idx, trim)[1] / (TIGHT**2 * max(float(noise2[idx].max()), 1e-12))
+                own_spread(X, idx, trim)[1] / (TIGHT**2 * max(float(noise2[idx].max()), 1e-12))
                 for idx in (np.where(labels == lab)[0] for lab in set(labels.tolist()))
             )
             log.debug("k=%d widest cluster at %.3g of its limit", k, math.sqrt(excess))
@@ -439,7 +423,7 @@ def _choose_k(
         return labels, _silhouette(X, labels)
     best: tuple[float, np.ndarray] | None = None
     for k in range(2, min(max_k, n - 1) + 1):
-        labels = _labels(clusterer, k, X, seed)
+        labels = cluster_records(clusterer, k, X, seed)
         s = _silhouette(X, labels)
         log.debug("k=%d silhouette=%s", k, s)
         if s is not None and (best is None or s > best[0] + 1e-9):
@@ -447,40 +431,6 @@ def _choose_k(
     if best is None or best[0] < MIN_SILHOUETTE:
         return np.zeros(n, dtype=int), None if best is None else best[0]
     return best[1], best[0]
-
-
-def _run_noise2(
-    X: np.ndarray, workloads: Sequence[str], trim: bool = True
-) -> tuple[float, np.ndarray] | None:
-    """How far a new run lands from its own workload's centroid, from the
-    named workloads with repeated runs: (pooled expected squared distance,
-    per record its workload's own — the pooled one where the workload has a
-    single run or no name).  None with fewer than two repeated workloads (no
-    honest estimate)."""
-    groups: dict[str, list[int]] = {}
-    for i, w in enumerate(workloads):
-        if w:
-            groups.setdefault(w, []).append(i)
-    own = {w: _own_spread(X, np.asarray(idx), trim) for w, idx in groups.items() if len(idx) > 1}
-    if len(own) < 2:
-        return None
-    pooled = sum(s2 * n for _, s2, n in own.values()) / sum(n for _, _, n in own.values())
-    per_record = np.array([own[w][1] if w in own else pooled for w in workloads])
-    return pooled, per_record
-
-
-def _own_spread(
-    X: np.ndarray, idx: np.ndarray, trim: bool = True
-) -> tuple[np.ndarray, float, int]:
-    """(centroid, expected squared distance of a *new* member, size)."""
-    centroid = X[idx].mean(axis=0)
-    n = len(idx)
-    if n < 2:
-        return centroid, 0.0, n
-    ss = float(robust_sq_distance(X[idx] - centroid, trim).mean())
-    # A member's distance to a centroid fitted on it underestimates a new
-    # member's: E|new-mean|^2 / E|member-mean|^2 = (n+1)/(n-1).
-    return centroid, ss * (n + 1) / (n - 1), n
 
 
 def _merge_overlapping(
@@ -495,7 +445,7 @@ def _merge_overlapping(
     """
     groups = list(groups)
     while len(groups) > 1:
-        stats = [_own_spread(X, idx, trim) for idx in groups]
+        stats = [own_spread(X, idx, trim) for idx in groups]
         radii = [max(math.sqrt(s2), floor) for _, s2, _ in stats]
         best: tuple[float, int, int] | None = None
         for i in range(len(groups)):
@@ -512,53 +462,11 @@ def _merge_overlapping(
     return groups
 
 
-def fit_groundtruth(
-    records: Sequence[GroundTruthRecord],
-    *,
-    k: int | str = "auto",
-    clusterer: str = "kmeans",
-    objective: str | None = None,
-    seed: int = 0,
-    min_std: float = 0.25,
-    noise_log: float = 0.25,
-    max_k: int = 10,
-    use_workloads: bool = True,
-) -> ClusterGroundTruth:
-    """Fit a model on past trials' records.
-
-    Args:
-        records: the (profile, winner, value) records; only those of
-            ``objective`` are used.
-        k: number of clusters, or ``"auto"`` (silhouette over 2..``max_k``).
-        clusterer: ``"kmeans"`` or any scikit-learn clusterer name.
-        objective: which records to use; default: the one all records share.
-        min_std: floor of a feature's standard deviation (log units).
-        use_workloads: scale features by their within-workload spread where
-            records name their workload (see :meth:`FeatureScaler.fit`); the
-            clustering itself never sees the names.
-        noise_log: run-to-run noise of a rate (log units, 0.25 ≈ 28 %, what
-            contention on a shared node does to context switches); floors each
-            cluster's radius so a cluster of one record can still match.  Used
-            only when the history cannot show the noise itself: with two or
-            more named workloads run more than once, their measured scatter
-            is the floor and sets ``k="auto"`` (:func:`_choose_k`).
-
-    Raises:
-        GroundTruthError: empty history, no common events, clustering failed.
-        ConfigError: unknown clusterer; ``k`` not a positive integer, larger
-            than the records, or given to a clusterer that finds k itself.
-    """
-    if isinstance(k, str):
-        if k.strip().lower() != "auto":
-            try:
-                k = int(k)
-            except ValueError:
-                raise ConfigError(f"k={k!r}: must be a positive integer or 'auto'") from None
-        else:
-            k = "auto"
-    if not isinstance(k, str) and (isinstance(k, bool) or int(k) < 1):
-        raise ConfigError(f"k={k!r}: must be a positive integer or 'auto'")
-    _resolve_clusterer(clusterer)  # unknown names fail before anything else
+def _records_of(
+    records: Sequence[GroundTruthRecord], objective: str | None
+) -> tuple[list[GroundTruthRecord], str]:
+    """The records a fit learns from: those of ``objective`` (None: the one
+    every record shares) that have rates; and that objective."""
     if objective is None:
         objectives = {r.objective for r in records}
         if len(objectives) > 1:
@@ -572,28 +480,28 @@ def fit_groundtruth(
             f"no ground-truth records for objective {objective!r}: run some trials "
             "(each one that probes writes a record) before retraining"
         )
-    if not isinstance(k, str) and k > len(recs):
-        raise ConfigError(f"k={k}: larger than the {len(recs)} records")
+    return recs, objective
 
-    names = [r.workload for r in recs]
-    labels = names if use_workloads else None
-    scaler = FeatureScaler.fit([r.rates for r in recs], min_std=min_std, labels=labels)
-    X = scaler.transform_many([r.rates for r in recs])
-    # How far runs of one workload scatter, where the history shows it: it
-    # sets k (auto) and the smallest radius a cluster may have.
-    trim = not scaler.weight  # learned weights replace trimming (robust_sq_distance)
-    noise = _run_noise2(X, names, trim) if use_workloads else None
-    if isinstance(k, str):
-        if takes_k(clusterer):
-            labels, sil = _choose_k(X, clusterer, seed, max_k,
-                                    None if noise is None else noise[1], trim)
+
+def _group(
+    X: np.ndarray, p: FitParams, noise2: np.ndarray | None, floor: float, trim: bool
+) -> tuple[list[np.ndarray], float | None]:
+    """The records' groups (row indices of ``X``) and their silhouette.
+
+    ``k="auto"``: k chosen from the data (:func:`_choose_k`; a clusterer that
+    finds k itself is left to it), then groups that overlap merged
+    (:func:`_merge_overlapping`).  A number: that many clusters.
+    """
+    if isinstance(p.k, str):
+        if takes_k(p.clusterer):
+            labels, sil = _choose_k(X, p.clusterer, p.seed, p.max_k, noise2, trim)
         else:
-            labels = _labels(clusterer, None, X, seed)
+            labels = cluster_records(p.clusterer, None, X, p.seed)
             sil = _silhouette(X, labels)
     else:
-        labels = np.zeros(len(X), dtype=int) if k == 1 else _labels(clusterer, k, X, seed)
+        labels = (np.zeros(len(X), dtype=int) if p.k == 1
+                  else cluster_records(p.clusterer, p.k, X, p.seed))
         sil = _silhouette(X, labels)
-
     # Noise points (label -1 of DBSCAN-like clusterers) become clusters of
     # their own: they are real workloads we have seen once.
     labels = labels.copy()
@@ -602,60 +510,80 @@ def fit_groundtruth(
         labels[i] = next_label
         next_label += 1
     groups = [np.where(labels == lab)[0] for lab in sorted(set(labels.tolist()))]
-
-    if noise is not None:
-        floor = math.sqrt(noise[0])
-    else:
-        floor = float(np.sqrt(((noise_log * scaler.weights / np.asarray(scaler.std)) ** 2).sum()))
-    if isinstance(k, str):
+    if isinstance(p.k, str):
         groups = _merge_overlapping(X, groups, floor, trim)
         if sil is not None:
             merged = np.empty(len(X), dtype=int)
             for lab, idx in enumerate(groups):
                 merged[idx] = lab
             sil = _silhouette(X, merged)
-    own = [_own_spread(X, idx, trim) for idx in groups]
+    return groups, sil
+
+
+def _pooled_spread(own: Sequence[tuple[np.ndarray, float, int]]) -> float:
+    """The expected squared distance of a new member, pooled over the groups
+    of more than one record (0 when there are none)."""
     multi = [(s2, n) for _, s2, n in own if n > 1]
-    pooled = sum(s2 * n for s2, n in multi) / sum(n for _, n in multi) if multi else 0.0
+    return sum(s2 * n for s2, n in multi) / sum(n for _, n in multi) if multi else 0.0
 
-    clusters = []
-    for (centroid, s2, n), idx in zip(own, groups, strict=True):
-        r2 = (n * s2 + PRIOR_RECORDS * pooled) / (n + PRIOR_RECORDS) if n > 1 else pooled
-        radius = max(math.sqrt(r2), floor)
-        members = [recs[i] for i in idx]
-        # Only probe winners vote; a cluster of observations alone has no
-        # known config (a trial matched to it probes, with no hint).
-        voters = [r for r in members if r.probed]
-        votes = Counter(str(r.config) for r in voters)
-        values: dict[str, list[float]] = {}
-        for r in voters:
-            if math.isfinite(r.value):
-                values.setdefault(str(r.config), []).append(r.value)
 
-        def rank(cfg: str, values: dict[str, list[float]] = values,
-                 votes: Counter[str] = votes) -> tuple[int, float]:
-            vals = values.get(cfg)
-            return (votes[cfg], -(sum(vals) / len(vals)) if vals else -math.inf)
+def _radius(s2: float, n: int, pooled: float, floor: float) -> float:
+    """A cluster's radius: its own spread shrunk toward the pooled one (a
+    small cluster's own is a poor estimate), never below ``floor``."""
+    r2 = (n * s2 + PRIOR_RECORDS * pooled) / (n + PRIOR_RECORDS) if n > 1 else pooled
+    return max(math.sqrt(r2), floor)
 
-        best = max(votes, key=rank) if votes else None
-        best_vals = values.get(best, []) if best else []
-        clusters.append(
-            Cluster(
-                centroid=tuple(float(x) for x in centroid),
-                radius=radius,
-                size=n,
-                config=SystemConfig.parse(best) if best else None,
-                value=sum(best_vals) / len(best_vals) if best_vals else math.nan,
-                votes=dict(votes),
-                workloads=dict(Counter(r.workload for r in members if r.workload)),
-            )
-        )
-    model = ClusterGroundTruth(
-        scaler, clusters, objective=objective, clusterer=clusterer, silhouette=sil,
-        n_records=len(recs), trim=trim,
+
+def _cluster(centroid: np.ndarray, radius: float,
+             members: Sequence[GroundTruthRecord]) -> Cluster:
+    """A cluster and its best known config: the config most of its probe
+    winners chose, ties broken by their mean objective value (lower wins).
+
+    Only probe winners vote; a cluster of observations alone has no known
+    config (a trial matched to it probes, with no hint)."""
+    voters = [r for r in members if r.probed]
+    votes = Counter(str(r.config) for r in voters)
+    values: dict[str, list[float]] = {}
+    for r in voters:
+        if math.isfinite(r.value):
+            values.setdefault(str(r.config), []).append(r.value)
+
+    def rank(cfg: str) -> tuple[int, float]:
+        vals = values.get(cfg)
+        return (votes[cfg], -(sum(vals) / len(vals)) if vals else -math.inf)
+
+    best = max(votes, key=rank) if votes else None
+    best_vals = values.get(best, []) if best else []
+    return Cluster(
+        centroid=tuple(float(x) for x in centroid),
+        radius=radius,
+        size=len(members),
+        config=SystemConfig.parse(best) if best else None,
+        value=sum(best_vals) / len(best_vals) if best_vals else math.nan,
+        votes=dict(votes),
+        workloads=dict(Counter(r.workload for r in members if r.workload)),
     )
-    log.info("fitted %s", model.describe().splitlines()[0])
-    return model
+
+
+def fit_groundtruth(
+    records: Sequence[GroundTruthRecord],
+    *,
+    k: int | str = "auto",
+    clusterer: str = "kmeans",
+    objective: str | None = None,
+    seed: int = 0,
+    min_std: float = 0.25,
+    noise_log: float = 0.25,
+    max_k: int = 10,
+    use_workloads: bool = True,
+) -> ClusterGroundTruth:
+    """A model fitted on past trials' records: ``ClusterGroundTruth(...).fit(records)``
+    (the arguments are :class:`FitParams`'s; raises what :meth:`~ClusterGroundTruth.fit`
+    raises)."""
+    return ClusterGroundTruth(
+        k=k, clusterer=clusterer, objective=objective, seed=seed, min_std=min_std,
+        noise_log=noise_log, max_k=max_k, use_workloads=use_workloads,
+    ).fit(records)
 
 
 def cluster_labels(model: ClusterGroundTruth, records: Sequence[GroundTruthRecord]) -> list[int]:

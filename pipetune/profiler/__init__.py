@@ -12,6 +12,7 @@
 """
 
 from pipetune.errors import PerfUnavailableError, ProfilerError
+from pipetune.procs import tree_pids
 from pipetune.profiler.epochs import epoch_profile, fixed_windows, marker_windows, sample_rates
 from pipetune.profiler.events import (
     GAUGES,
@@ -33,7 +34,7 @@ from pipetune.profiler.perf_stat import (
     perf_event_cgroup_available,
     perf_event_cgroup_root,
 )
-from pipetune.profiler.procfs import ProcTreeReader, tree_pids
+from pipetune.profiler.procfs import ProcTreeReader
 from pipetune.profiler.trial import TargetExitedError, TrialProfiler
 
 __all__ = [

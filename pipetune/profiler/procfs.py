@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import psutil
 
+from pipetune.procs import process_tree, stat_fields
 from pipetune.profiler.events import GAUGES, PROC_FIGURES
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,9 @@ _CUMULATIVE = tuple(f for f in PROC_FIGURES if f not in GAUGES)
 def _faults(pid: int) -> tuple[float, float] | None:
     """(minor, major) page faults of ``pid`` from ``/proc/PID/stat`` (psutil
     does not expose them); free for the trial, unlike perf's fault events."""
+    fields = stat_fields(pid)
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read()
-    except OSError:
-        return None
-    fields = text[text.rfind(b")") + 2:].split()
-    try:
-        return float(fields[7]), float(fields[9])
+        return (float(fields[7]), float(fields[9])) if fields is not None else None
     except (IndexError, ValueError):
         return None
 
@@ -68,17 +64,9 @@ class ProcTreeReader:
                 log.debug("procfs: pid %s is gone", pid)
 
     def processes(self) -> list[psutil.Process]:
-        seen: dict[int, psutil.Process] = {}
-        for root in self.roots.values():
-            try:
-                if not root.is_running() or root.status() == psutil.STATUS_ZOMBIE:
-                    continue
-                seen[root.pid] = root
-                for child in root.children(recursive=True):
-                    seen.setdefault(child.pid, child)
-            except psutil.Error:
-                continue
-        return list(seen.values())
+        """The roots that still run (zombies left out: their figures are
+        frozen) and their live descendants, found afresh at each call."""
+        return list(process_tree(self.roots.values(), zombies=False).values())
 
     def read(self) -> ProcReading:
         reading = ProcReading(time.time())
@@ -138,17 +126,3 @@ class ProcTreeReader:
                 counts[name] += max(0.0, value - base)
         counts.update(cur.gauges)
         return counts
-
-
-def tree_pids(pids: Iterable[int]) -> list[int]:
-    """``pids`` and all their living descendants (what perf ``-p`` must be given,
-    since children that exist before attach are not inherited)."""
-    out: list[int] = []
-    for pid in pids:
-        try:
-            proc = psutil.Process(int(pid))
-            out.append(proc.pid)
-            out.extend(c.pid for c in proc.children(recursive=True))
-        except psutil.Error:
-            continue
-    return sorted(set(out))

@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 
 from pipetune.errors import PerfUnavailableError, ProfilerError
+from pipetune.procs import tree_pids
 from pipetune.profiler.epochs import epoch_profile
 from pipetune.profiler.events import PROC_FIGURES, available_events, canonical
 from pipetune.profiler.perf_stat import PerfInterval, PerfStatSampler
-from pipetune.profiler.procfs import ProcReading, ProcTreeReader, tree_pids
+from pipetune.profiler.procfs import ProcReading, ProcTreeReader
 from pipetune.types import EpochProfile, Sample
 
 log = logging.getLogger(__name__)

@@ -1,24 +1,17 @@
-"""Node allocator and memory safety."""
+"""Node allocator."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
-from control_helpers import SLEEPER
 
 from pipetune.control import (
     ControlInputError,
     CpuTopo,
-    MemoryEventKind,
-    MemoryGuard,
     NodeAllocator,
-    Usage,
-    memory_floor_mb,
     read_topology,
 )
-from pipetune.types import SystemConfig
 
 # 2 NUMA nodes x 1 package each x 2 cores x 2 SMT threads; Linux numbers the
 # siblings apart (cpu0/cpu4 share core 0 of package 0).
@@ -96,63 +89,3 @@ def test_this_hosts_topology():
     topo = read_topology()
     assert [t.cpu for t in topo] == sorted(t.cpu for t in topo)
     assert len(topo) >= 1
-
-
-# -- memory -------------------------------------------------------------------
-
-
-def test_memory_floor():
-    assert memory_floor_mb(400, 1.25) == 500
-    assert memory_floor_mb(10) == 64  # never below the minimum
-    with pytest.raises(ControlInputError, match="margin"):
-        memory_floor_mb(100, 0.9)
-
-
-def test_guard_refuses_limits_below_the_floor():
-    g = MemoryGuard("t", margin=1.5)
-    assert g.observe(Usage(memory_current_mb=100, memory_peak_mb=300)) is None
-    assert g.floor_mb == 450
-    with pytest.raises(ControlInputError, match="below the safe floor 450 MB"):
-        g.check(SystemConfig(1, 400))
-    g.check(SystemConfig(1, 450))
-    g.check(SystemConfig(1, None))
-
-
-def test_guard_detects_pressure_and_reverts_on_fake_v2(fake_v2, spawn):
-    ctl, _fs = fake_v2
-    p = spawn(SLEEPER)
-    h = ctl.open_trial("pressure", [p.pid])
-    g = MemoryGuard("pressure", pressure_hits=5)
-    g.apply(ctl, h, SystemConfig(2, 2048))
-    g.apply(ctl, h, SystemConfig(1, 1024), cpus=[1])
-    assert g.poll(ctl, h) is None
-    events = Path(h.paths[0]) / "memory.events"
-    events.write_text("low 0\nhigh 9\nmax 3\noom 0\noom_kill 0\n")  # the kernel's report
-    ev = g.poll(ctl, h)
-    assert ev is not None and ev.kind is MemoryEventKind.PRESSURE and ev.count == 12
-    assert ev.reverted_to == SystemConfig(2, 2048)
-    assert ctl.limits(h) == {"cpus": (0, 1), "cpu_quota": None, "memory_mb": 2048}
-    assert (Path(h.paths[0]) / "memory.high").read_text().strip() == str(int(2048 * 2**20 * 0.9))
-    assert SystemConfig(1, 1024) in g.infeasible
-    assert g.poll(ctl, h) is None
-    events.write_text("low 0\nhigh 9\nmax 3\noom 1\noom_kill 1\n")
-    ev = g.poll(ctl, h)
-    assert ev.kind is MemoryEventKind.OOM_KILL
-    # The last safe config was the one in force: it is now infeasible too,
-    # and the guard falls back to no memory limit at the same cores.
-    assert ev.reverted_to == SystemConfig(2, None)
-    assert ctl.limits(h)["memory_mb"] is None
-    ctl.close_trial(h)
-
-
-def test_guard_reports_without_reverting_when_no_limit_was_set(fake_v2, spawn):
-    ctl, _ = fake_v2
-    h = ctl.open_trial("nolimit", [spawn(SLEEPER).pid])
-    g = MemoryGuard("nolimit")
-    g.apply(ctl, h, SystemConfig(1))
-    g.poll(ctl, h)
-    (Path(h.paths[0]) / "memory.events").write_text("oom_kill 2\n")
-    ev = g.poll(ctl, h)
-    assert ev.kind is MemoryEventKind.OOM_KILL and ev.reverted_to is None
-    assert not g.infeasible
-    ctl.close_trial(h)
