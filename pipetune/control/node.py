@@ -27,14 +27,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipetune.control.allocator import NodeAllocator
-from pipetune.control.base import (
-    Applied,
-    Controller,
-    TrialHandle,
-    Usage,
-    process_start_ticks,
-)
+from pipetune.control.base import Applied, Controller, TrialHandle, Usage
 from pipetune.errors import ControlError
+from pipetune.procs import process_start_ticks
 from pipetune.types import SystemConfig
 
 log = logging.getLogger(__name__)

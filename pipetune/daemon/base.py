@@ -10,8 +10,9 @@ the one table that maps an error to an HTTP status, and who owns a process.
 - :func:`http_status` — error -> HTTP status, from :data:`ERROR_STATUS`;
   :func:`error_from_body` — the client's inverse.
 - :func:`peer_credentials` — the caller's pid/uid/gid from ``SO_PEERCRED``;
-  :func:`process_uids`, :func:`process_start_ticks`, :func:`check_owner` — a
-  caller may only register or control processes it owns (root may do all).
+  :func:`process_uids`, :func:`check_owner` — a
+  caller may only register or control processes it owns (root may do all);
+  liveness and start ticks of a process are :mod:`pipetune.procs`'s.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipetune.control.base import process_start_ticks
 from pipetune.errors import (
     ConfigError,
     ControlError,
@@ -204,19 +204,3 @@ def check_owner(caller: PeerCredentials, pid: int, *, proc_root: Path = Path("/p
             f"pid {pid} belongs to uid {uids[0]} (effective {uids[1]}); "
             f"caller uid {caller.uid} may only register its own processes"
         )
-
-
-def pid_alive(pid: int, start_ticks: int | None, *, proc_root: Path = Path("/proc")) -> bool:
-    """Whether the process recorded as (``pid``, ``start_ticks``) still runs
-    (a reused PID with another start time does not count).  Zombies count as
-    gone: they run nothing a limit could act on."""
-    now = process_start_ticks(pid, proc_root=proc_root)
-    if now is None or (start_ticks is not None and now != start_ticks):
-        return False
-    try:
-        stat = (proc_root / str(pid) / "stat").read_text()
-    except OSError:
-        return False
-    state = stat[stat.rfind(")") + 2 :].split()[:1]
-    return state != ["Z"] and state != ["X"]
-

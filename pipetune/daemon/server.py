@@ -76,10 +76,9 @@ from pipetune.daemon.base import (
     check_owner,
     http_status,
     peer_credentials,
-    pid_alive,
-    process_start_ticks,
 )
 from pipetune.errors import ConfigError, ControlError, PipetuneError, PrivilegeError
+from pipetune.procs import pid_alive, process_start_ticks
 from pipetune.types import SystemConfig, TrialRef
 
 if TYPE_CHECKING:
