@@ -879,6 +879,14 @@ class SystemTuner:
             return
         ooms_before = self._oom_kills()
         self._apply(cfg)
+        if self._config.cores < cfg.cores:
+            # Another trial started meanwhile and the node's share is smaller
+            # than this probe: measuring it now would measure another config.
+            # A comparison it cannot finish teaches nothing: no winner, no record.
+            self._settle_default(ev, f"probe {cfg} cannot run: another trial started and "
+                                 f"this trial's share of the node is {self._config.cores} "
+                                 "core(s) now")
+            return
         self._slot = _Slot(cfg, self.clock(), self._strategy.slot_windows(), ooms_before)
         unit = ("epoch" if self._strategy.unit is ProbeUnit.EPOCH
                 else f"{self._slot.windows} window(s)")

@@ -12,6 +12,7 @@ a degraded state, logged once, and training goes on untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -200,6 +201,11 @@ class TrialSession:
         threads = self._threads_set
         cpus = _cpus_in_force()
         self._check_confinement(cpus)
+        if cpus and len(cpus) < config.cores:
+            # The kernel runs this trial on fewer CPUs than its config says
+            # (a share not picked up yet, a mask set from outside): report
+            # what was in force, as the threads already follow it.
+            config = dataclasses.replace(config, cores=len(cpus))
         energy_j, method = (None, None)
         if self._energy is not None:
             energy_j, method = self._energy_interval()

@@ -598,3 +598,18 @@ def test_reassert_applies_the_config_in_force_again():
     assert tuner.wait_decided()
     assert ctl.applied == [C2, C2]
     tuner.close()
+
+
+def test_a_probe_beyond_a_share_that_shrank_meanwhile_is_not_measured():
+    clock = FakeClock()
+    ctl = SharingController(clock, share=2)
+    tuner, clock, ctl, _, store = make(controller=ctl, clock=clock, total_epochs=6)
+    tuner.start()
+    train(tuner, clock, range(1))  # alone: profiled, probing 1c then 2c
+    assert kinds(tuner) == [DecisionKind.PROBE]
+    ctl.share = 1  # a second trial starts on the node
+    train(tuner, clock, range(1, 3))
+    assert kinds(tuner) == [DecisionKind.PROBE, DecisionKind.FALLBACK]
+    assert "share of the node is 1 core(s)" in tuner.decisions[-1].reason
+    assert tuner.best is None and all(r["probed"] is False for r in store.groundtruth)
+    tuner.close()
