@@ -435,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scheduler", default="fifo", help="hyperband | asha | fifo")
     p.add_argument("--space", nargs="+", default=None, metavar="KEY=V1,V2",
                    help="system space (default cores=1..N of this host)")
+    p.add_argument("--concurrent", type=int, default=0,
+                   help="trials at once (default 0: as many as their Ray reservations fit)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sweep-epochs", type=int, help="epochs per config in the sweep (quick 1, "
                    "else 2)")
@@ -466,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cores=tuple(range(1, (os.cpu_count() or 1) + 1)))
     base = JobSpec(workload=args.workload, samples=samples, epochs=epochs,
                    scheduler=args.scheduler, space=space, seed=args.seed,
+                   concurrent=args.concurrent,
                    fixed_hparams={"max_train_samples": mts} if mts else {})
     cls = get_workload(args.workload)
     trials = sample_trials(cls, base)
