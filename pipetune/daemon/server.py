@@ -78,7 +78,7 @@ from pipetune.daemon.base import (
     peer_credentials,
 )
 from pipetune.errors import ConfigError, ControlError, PipetuneError, PrivilegeError
-from pipetune.procs import pid_alive, process_start_ticks
+from pipetune.procs import pid_alive, process_start_ticks, with_descendants
 from pipetune.types import SystemConfig, TrialRef
 
 if TYPE_CHECKING:
@@ -89,6 +89,9 @@ log = logging.getLogger(__name__)
 STATE_SCHEMA_VERSION = 1
 MAX_BODY_BYTES = 1 << 20
 MAX_TRIAL_ID_CHARS = 200
+#: Trials one non-root user may hold open at once (a trial is a cgroup and
+#: CPUs of the node: a bound, so one caller cannot exhaust them).
+MAX_TRIALS_PER_CALLER = 64
 
 
 class MissingController:
@@ -688,9 +691,8 @@ class Daemon:
         trial_id = _trial_id(_field(body, "trial", str))
         job = _field(body, "job", str, required=False, default="job")
         pids = _pids(body)
-        for pid in pids:
-            check_owner(caller, pid)
-        self._check_free(trial_id)
+        _check_tree(caller, pids)
+        self._check_free(trial_id, caller, pids)
         if self._controller is None:
             raise ControlError("the daemon has no controller")
         trial = HostedTrial(
@@ -699,7 +701,7 @@ class Daemon:
             affinity={p: _affinity(p) for p in pids},
         )
         with self._lock:
-            self._check_free(trial_id)
+            self._check_free(trial_id, caller, pids)
             self._trials[trial_id] = trial
         with trial.lock:
             try:
@@ -720,12 +722,31 @@ class Daemon:
         """The controller's short name (``cgroup-v1``, ``affinity`` ...)."""
         return str(getattr(self._controller, "name", "none"))
 
-    def _check_free(self, trial_id: str) -> None:
+    def _check_free(self, trial_id: str, caller: PeerCredentials,
+                    pids: Sequence[int] = ()) -> None:
+        """Refuse a trial id in use, a process already in a trial, and a
+        caller at its limit of trials.  Another user's trial is named, never
+        described (its job and processes are not the caller's business)."""
         with self._lock:
             other = self._trials.get(trial_id)
-        if other is not None:
-            raise TrialConflictError(f"trial {trial_id!r} is already registered "
-                                     f"(job {other.ref.job}, pids {sorted(other.pids)})")
+            if other is not None:
+                if caller.root or caller.uid == other.owner.uid:
+                    raise TrialConflictError(f"trial {trial_id!r} is already registered "
+                                             f"(job {other.ref.job}, pids {sorted(other.pids)})")
+                raise TrialConflictError(f"trial {trial_id!r} is already registered")
+            self._check_pids_free(pids)
+            mine = sum(1 for t in self._trials.values() if t.owner.uid == caller.uid)
+        if not caller.root and mine >= MAX_TRIALS_PER_CALLER:
+            raise TrialConflictError(f"uid {caller.uid} already has {mine} trials open "
+                                     f"(at most {MAX_TRIALS_PER_CALLER} per user)")
+
+    def _check_pids_free(self, pids: Sequence[int]) -> None:
+        with self._lock:
+            for t in self._trials.values():
+                taken = sorted(set(t.pids) & set(pids))
+                if taken:
+                    raise TrialConflictError(f"pid(s) {taken} already belong to a trial: a "
+                                             "process is in one trial at a time")
 
     def apply(self, caller: PeerCredentials, trial_id: str,
               body: Mapping[str, Any]) -> dict[str, Any]:
@@ -807,10 +828,20 @@ class Daemon:
             return self._controller.usage(trial.handle).to_dict()
 
     def _check_still_owned(self, caller: PeerCredentials, trial: HostedTrial) -> None:
-        # Ownership is checked again at every limit: a PID may have been
-        # reused by someone else's process since registration.
+        """Ownership is checked again at every limit, for every process the
+        limit would act on: a PID may have been reused since registration,
+        and a child may have changed user (a setuid program) since."""
         for pid, start in trial.pids.items():
             if pid_alive(pid, start):
+                check_owner(caller, pid)
+        if caller.root or trial.handle is None:
+            return
+        try:
+            members = self._controller.members(trial.handle)
+        except Exception:  # noqa: BLE001 - a backend that cannot list them
+            members = set(with_descendants(list(trial.pids)))
+        for pid in sorted(members):
+            with contextlib.suppress(BadRequestError):  # gone meanwhile
                 check_owner(caller, pid)
 
     def _release(self, trial: HostedTrial) -> None:
@@ -861,8 +892,8 @@ class Daemon:
                  body: Mapping[str, Any]) -> dict[str, Any]:
         trial = self._get(caller, trial_id)
         pids = _pids(body)
-        for pid in pids:
-            check_owner(caller, pid)
+        _check_tree(caller, pids)
+        self._check_pids_free([p for p in pids if p not in trial.pids])
         with trial.lock:
             new = [p for p in pids if p not in trial.pids]
             if new and trial.handle is not None:
@@ -878,6 +909,26 @@ class Daemon:
         trial = self._get(caller, trial_id)
         self._close(trial, f"closed by uid {caller.uid}")
         return {"trial": trial.trial_id, "closed": True}
+
+
+def _check_tree(caller: PeerCredentials, pids: Sequence[int]) -> None:
+    """The caller must own every process it lists *and* every descendant of
+    them: the controller moves a process with its children, and a child the
+    caller started may run as someone else (a setuid program)."""
+    for pid in pids:
+        check_owner(caller, pid)
+    if caller.root:
+        return
+    for pid in with_descendants(list(pids)):
+        if pid in pids:
+            continue
+        try:
+            check_owner(caller, pid)
+        except BadRequestError:
+            continue  # exited meanwhile
+        except PrivilegeError as e:
+            raise PrivilegeError(f"{e} (a descendant of the processes given): nothing was "
+                                 "moved or limited") from None
 
 
 def _affinity(pid: int) -> list[int] | None:
@@ -965,6 +1016,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = json.loads(raw)
         except (UnicodeDecodeError, ValueError) as e:
             raise BadRequestError(f"body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise BadRequestError("body is nested too deeply") from None
         if not isinstance(body, dict):
             raise BadRequestError(f"body must be a JSON object, got {type(body).__name__}")
         return body

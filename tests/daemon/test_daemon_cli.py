@@ -118,6 +118,7 @@ def shared_daemon() -> Iterator[DaemonProcess]:
         ("GET", "/v1/health", None, 404, "paths start with /v2/"),
         ("GET", "/v2/nothing", None, 404, "no endpoint"),
         ("DELETE", "/v2/trials/nope", None, 404, "not registered"),
+        ("POST", "/v2/trials", b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
     ],
 )
 def test_malformed_requests_get_4xx_with_a_message(
@@ -143,6 +144,10 @@ def test_duplicate_trial_is_a_conflict_and_apply_needs_a_config(
     status, answer = raw_request(daemons.socket, "POST", "/v2/trials",
                                  json.dumps({"trial": "dup", "pids": [sleeper.pid]}).encode())
     assert status == 409 and answer["type"] == "TrialConflictError"
+    # one process, one trial: the same pid under another id is a conflict too
+    status, answer = raw_request(daemons.socket, "POST", "/v2/trials",
+                                 json.dumps({"trial": "dup2", "pids": [sleeper.pid]}).encode())
+    assert status == 409 and "already belong to a trial" in answer["error"]
     for body, fragment in [
         (b"{}", "'config' is required"),
         (b'{"config": "lots"}', "is not a system config"),
@@ -173,10 +178,29 @@ try:
     out["root_trial"] = "accepted"
 except PrivilegeError as e:
     out["root_trial"] = ["refused", e.status, str(e)]
+from pipetune.daemon.base import TrialConflictError
+try:
+    c.register(job="j", trial="roots", pids=[os.getpid()])
+    out["root_id"] = "accepted"
+except TrialConflictError as e:
+    out["root_id"] = ["conflict", e.status, str(e)]
 a = c.register(job="j", trial="mine", pids=[os.getpid()])
 out["own_pid"] = a
 out["listed"] = [t["trial"] for t in c.trials()]
 c.close("mine")
+# A child of ours that runs set-uid root (passwd waits at its prompt): the
+# daemon moves a process with its children, so registering ourselves is refused.
+import subprocess, time
+child = subprocess.Popen(["passwd"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+time.sleep(0.5)
+try:
+    c.register(job="j", trial="with-setuid-child", pids=[os.getpid()])
+    out["setuid_child"] = "accepted"
+except PrivilegeError as e:
+    out["setuid_child"] = ["refused", e.status, str(e)]
+child.kill()
+child.wait()
 print(json.dumps(out))
 """
 
@@ -210,6 +234,12 @@ def test_ownership_checked_from_the_socket_peer(
     assert f"pid {sleeper.pid} belongs to uid 0" in message
     assert got["root_trial"][:2] == ["refused", 403]
     assert got["own_pid"]["trial"] == "mine"
+    # another user's trial id: a conflict that names neither its job nor its pids
+    conflict, status, message = got["root_id"]
+    assert (conflict, status) == ("conflict", 409)
+    assert "job" not in message and str(sleeper.pid) not in message
+    refused, status, message = got["setuid_child"]
+    assert (refused, status) == ("refused", 403) and "descendant" in message, message
     assert got["listed"] == ["mine"]  # a caller sees its own trials only
     # Root sees all; the refused trial was never registered.
     assert sorted(t["trial"] for t in d.client.trials()) == ["roots"]
