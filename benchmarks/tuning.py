@@ -100,7 +100,7 @@ def probe_vs_oracle(runs: Sequence[Mapping[str, Any]],
     the same trial at the same config: how much a probe loses to being
     measured inside a live trial (thread count, warm-up, the tuner beside
     it).  Trials are matched by start order (trial ids are numbered so).
-    The sweep times training only; a Tune epoch includes its evaluation."""
+    Both include the epoch's evaluation; a Tune epoch also its checkpoint."""
     out = []
     for run in runs:
         if run.get("mode") != "pipetune":
@@ -219,8 +219,9 @@ def _cores(n: int) -> Iterator[None]:
 
 def oracle_sweep(workload: str, trials: Sequence[Mapping[str, Any]], space: Any, *,
                  epochs: int, seed: int) -> list[dict[str, Any]]:
-    """Each trial's hyperparameters at each config, ``epochs`` epochs in this
-    process; the best per-epoch time per config, the fastest config per trial.
+    """Each trial's hyperparameters at each config, ``epochs`` epochs (training
+    and evaluation, as a Tune epoch) in this process; the best per-epoch time
+    per config, the fastest config per trial.
     A config already twice as slow as a measured one after an epoch gets no
     more epochs (it cannot win; its time is still recorded)."""
     from workloads import get_workload
@@ -235,8 +236,10 @@ def oracle_sweep(workload: str, trials: Sequence[Mapping[str, Any]], space: Any,
                 w = cls(hp, seed=seed)
                 times = []
                 for e in range(epochs):
+                    # A Tune epoch trains and evaluates: so does the oracle's.
                     t0 = time.perf_counter()
                     w.train_epoch(e)
+                    w.evaluate()
                     times.append(time.perf_counter() - t0)
                     if per_config and min(times) > 2 * min(per_config.values()):
                         break  # clearly slower than a config already measured: no more epochs
@@ -498,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sweep:
         ideal = sum(min(s["epoch_s"].values()) for s in sweep) * epochs
         print(f"\noracle sweep: sum over trials of epochs x best epoch time = {ideal:.1f} s "
-              f"of pure training (no Ray, no evaluation)")
+              f"of training and evaluation (no Ray, no checkpoints)")
     data = {
         "benchmark": "tuning",
         "argv": sys.argv[1:],

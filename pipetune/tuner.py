@@ -528,6 +528,15 @@ class SystemTuner:
             self._shutdown()
             return
         if self.state is TunerState.DEGRADED:
+            # Nothing is tuned any more, but every epoch is still recorded
+            # (what ran, how long, its metrics): a degraded trial's report
+            # must not be empty.
+            if ev.kind is _Kind.EPOCH_START:
+                self._epoch_config[ev.epoch] = self._config
+                self._epoch_t0[ev.epoch] = ev.t
+            elif ev.kind is _Kind.EPOCH_END:
+                self._epoch_energy_j, self._energy_methods = None, set()
+                self._write_epoch(ev, None)
             return
         if ev.kind is _Kind.START:
             if self.state is TunerState.START:

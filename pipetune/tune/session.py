@@ -97,10 +97,10 @@ class TrialSession:
         self._decision_wait_s = decision_wait_s
 
     def start(self) -> TrialSession:
-        self._write_trial("running")
         self.policy.bind(store=self._store)
         self.policy.start([os.getpid()])
         self.policy.wait_decision(self._decision_wait_s)
+        self._write_trial("running")
         if self._store is not None and not self.policy.writes_to_store:
             degraded = self.policy.phase == "degraded"
             kind = DecisionKind.DEGRADED if degraded else DecisionKind.FIXED
@@ -121,6 +121,9 @@ class TrialSession:
                 "workload": str(self._record.get("workload", ""))}
         fields: dict[str, Any] = {"status": status}
         if status == "running":
+            # Who enforces this trial's configs (cgroup-v1, affinity when
+            # cgroups are not writable, daemon:..., dry-run), for the report.
+            fields["controller"] = self.policy.controller_name
             for k, v in (self._record.get("hparams") or {}).items():
                 if isinstance(v, (bool, int, float, str)):
                     fields["hp." + str(k)] = v

@@ -117,6 +117,7 @@ def test_a_trial_records_itself_and_its_end(tmp_path) -> None:  # noqa: ANN001
     trials = store.query("trial", {"job": "job"})
     store.close()
     assert list(trials["status"]) == ["running", "failed"]
+    assert trials.iloc[0]["controller"] == "dry-run"
     assert set(trials["mode"]) == {"v1"} and set(trials["workload"]) == {"w-1"}
     assert trials.iloc[0]["hp.lr"] == 0.1
     assert "RuntimeError: boom" in trials.iloc[1]["error"]

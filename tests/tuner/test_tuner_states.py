@@ -158,6 +158,9 @@ def test_perf_missing_degrades_and_training_continues():
     assert "perf" in tuner.decisions[0].reason
     assert tuner.config == C2 and tuner.threads_to_use() == 2
     assert store.decisions[-1].kind is DecisionKind.DEGRADED
+    # every epoch is still recorded, marked degraded
+    assert [(r.epoch, phase) for r, phase, _ in store.epochs] == [
+        (0, "degraded"), (1, "degraded"), (2, "degraded")]
     tuner.close()
     assert ctl.closed == ["handle-t1"]
 
