@@ -162,13 +162,7 @@ class NodeAllocator:
         """CPUs for ``trial_id`` (see :meth:`allocate_detailed`)."""
         return list(self.allocate_detailed(trial_id, cores).cpus)
 
-    def allocate_detailed(self, trial_id: str, cores: int) -> Allocation:
-        """Give ``trial_id`` ``cores`` CPUs, replacing what it held.
-
-        A trial that asks again keeps as many of its CPUs as it can (no needless
-        migration).  Raises ``ControlInputError`` for more cores than the node
-        has.
-        """
+    def _check_cores(self, trial_id: str, cores: int) -> None:
         if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
             raise ControlInputError(f"cores={cores!r}: must be an integer >= 1")
         if cores > len(self._topo):
@@ -176,6 +170,15 @@ class NodeAllocator:
                 f"{cores} cores asked for trial {trial_id}; the node has {len(self._topo)} "
                 f"({format_cpus(self._topo)})"
             )
+
+    def allocate_detailed(self, trial_id: str, cores: int) -> Allocation:
+        """Give ``trial_id`` ``cores`` CPUs, replacing what it held.
+
+        A trial that asks again keeps as many of its CPUs as it can (no needless
+        migration).  Raises ``ControlInputError`` for more cores than the node
+        has.
+        """
+        self._check_cores(trial_id, cores)
         with self._lock:
             own = self._held.pop(trial_id, ())
             load = self._load()
@@ -210,13 +213,7 @@ class NodeAllocator:
         trial's CPUs are redistributed too (read them with :meth:`held`): a
         trial that starts shrinks the others, one that ends lets them grow.
         Raises ``ControlInputError`` for more cores than the node has."""
-        if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
-            raise ControlInputError(f"cores={cores!r}: must be an integer >= 1")
-        if cores > len(self._topo):
-            raise ControlInputError(
-                f"{cores} cores asked for trial {trial_id}; the node has {len(self._topo)} "
-                f"({format_cpus(self._topo)})"
-            )
+        self._check_cores(trial_id, cores)
         with self._lock:
             self._wants[trial_id] = cores
             self.rebalance()
