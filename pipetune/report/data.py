@@ -55,7 +55,7 @@ class TrialReport:
     trial: str
     status: str  # done | failed | running | n/a (job ended, no status recorded)
     hparams: dict[str, Any]
-    config: str | None  # the system config it ended on
+    config: str | None  # the system config in force at its last epoch
     metric: float | None  # the best value of the job's metric over its epochs
     epochs: int
     seconds: float | None  # training time: sum of its epoch durations
@@ -303,11 +303,14 @@ def _trial(
             energy_j = sum(joules)  # type: ignore[arg-type]
             method = _join_methods(ep["energy_method"]) if "energy_method" in ep.columns else None
 
+    # What the trial ended on *in force*: its last epoch's config (a node
+    # shared with other trials may have given it less than it decided on);
+    # its last decision only when no epoch was recorded.
     config = None
-    if not dec.empty and "config" in dec.columns:
+    if not ep.empty and "config" in ep.columns:
+        config = str(ep.sort_values("time")["config"].iloc[-1])
+    elif not dec.empty and "config" in dec.columns:
         config = str(dec["config"].iloc[-1])
-    elif not ep.empty and "config" in ep.columns:
-        config = str(ep["config"].iloc[-1])
     how, detail, probe_s, probes = _how(dec, ep)
     times = [int(df["time"].min()) for df in (tp, ep, dec) if not df.empty]
     if not ep.empty and "seconds" in ep.columns:

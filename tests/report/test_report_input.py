@@ -74,3 +74,26 @@ def test_out_that_cannot_be_written_is_one_line_exit_2(
         assert "Traceback" not in err
     assert (tmp_path / "a-file").read_text() == "in the way"
     assert not Path("/proc/foo").exists()
+
+
+def test_a_trial_is_reported_on_the_config_it_ran_not_the_one_it_asked(tmp_path: Path) -> None:
+    """On a shared node a trial decides 2 cores and gets its 1-core share;
+    it ends, every trial ended: a finished job, reported on what ran."""
+    from pipetune.report.data import load_job
+    from pipetune.types import Decision, DecisionKind, EpochResult, TrialRef
+
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}", spool_root=tmp_path / "spool")
+    ref = TrialRef("shared", "t1", "n")
+    tags = {"job": "shared", "trial": "t1", "mode": "pipetune", "workload": "w-1"}
+    store.write(Point("trial", tags, {"status": "running"}, 1_000_000_000))
+    store.write_decision(ref, Decision(DecisionKind.FALLBACK, SystemConfig(2), "shared", 0),
+                         time_s=2.0)
+    for e in range(2):
+        store.write_epoch(ref, EpochResult(e, SystemConfig(1), 1.0, 10, None, None,
+                                           {"accuracy": 0.5}), phase="settled", time_s=3.0 + e)
+    store.write(Point("trial", tags, {"status": "done"}, 6_000_000_000))
+    assert store.flush(10)
+    job = load_job(store, "shared")
+    store.close()
+    assert (job.partial, job.mode, job.workload) == (False, "pipetune", "w-1")
+    assert job.trials[0].config == "1c/-m/0g"
