@@ -111,6 +111,12 @@ from pipetune.types import (
 log = logging.getLogger(__name__)
 
 
+def _what(e: BaseException) -> str:
+    """An error as a decision's reason says it: our own errors by their
+    message, anything else (a bug) with its type."""
+    return str(e) if isinstance(e, PipetuneError) else f"{type(e).__name__}: {e}"
+
+
 # -- collaborators (protocols; real ones: pipetune.profiler, pipetune.control, ...) --------
 
 
@@ -517,10 +523,9 @@ class SystemTuner:
         try:
             self._handle(ev)
         except Exception as e:  # system side failed (or a bug): degrade, never raise
-            what = e if isinstance(e, PipetuneError) else f"{type(e).__name__}: {e}"
             if not isinstance(e, PipetuneError):
                 log.exception("trial %s: tuner bug on %s", self.ref.trial, ev.kind.value)
-            self._degrade(f"{ev.kind.value}: {what}", ev.epoch)
+            self._degrade(f"{ev.kind.value}: {_what(e)}", ev.epoch)
 
     def _handle(self, ev: _Event) -> None:
         """The one place that maps (state, event) to work and transitions."""
@@ -629,8 +634,7 @@ class SystemTuner:
             self._profiler = self.profiler_factory(self.pids)
             self._profiler.start()
         except Exception as e:  # perf missing or refused: the trial trains on untouched
-            what = e if isinstance(e, PipetuneError) else f"{type(e).__name__}: {e}"
-            self._degrade(f"start: {what}", 0)
+            self._degrade(f"start: {_what(e)}", 0)
             return
         self._sampling_from = self.clock()
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipetune.control.allocator import NodeAllocator
+from pipetune.control.allocator import NodeAllocator, read_topology
 from pipetune.control.base import Applied, Controller, TrialHandle, Usage
 from pipetune.errors import ControlError
 from pipetune.procs import process_start_ticks
@@ -65,6 +65,8 @@ class SharedNodeAllocator:
     def __init__(self, path: str | Path, cpus: Sequence[int] | None = None) -> None:
         self.path = Path(path)
         self.cpus = sorted(cpus) if cpus is not None else sorted(os.sched_getaffinity(0))
+        # Read once: every boundary of every trial consults the table.
+        self._topology = read_topology(self.cpus)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
@@ -76,8 +78,12 @@ class SharedNodeAllocator:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             table = self._read()
+            before = json.dumps(table, sort_keys=True)
             yield table
-            self._write(table)
+            # Written only when it changed: most calls (a trial's boundary
+            # asking for its share) find it as it was.
+            if json.dumps(table, sort_keys=True) != before:
+                self._write(table)
         finally:
             lock.close()  # releases the flock
 
@@ -122,7 +128,7 @@ class SharedNodeAllocator:
             raise ControlError(f"node allocator table {self.path}: {e}") from e
 
     def _node(self, held: Mapping[str, Any]) -> NodeAllocator:
-        alloc = NodeAllocator(self.cpus)
+        alloc = NodeAllocator(self.cpus, topology=self._topology)
         alloc.adopt({t: e["cpus"] for t, e in held.items()},
                     wants={t: e["want"] for t, e in held.items()},
                     speedups={t: e["speedup"] for t, e in held.items() if e["speedup"]})
@@ -156,7 +162,7 @@ class SharedNodeAllocator:
             if trial_id not in held:
                 return None
             alloc = self._node(held)
-            alloc.share(trial_id, held[trial_id]["want"])
+            alloc.rebalance()  # dead entries were dropped: their CPUs are shared out
             self._store(held, alloc)
             return list(held[trial_id]["cpus"])
 

@@ -775,9 +775,10 @@ class Daemon:
             if trial.handle is None:
                 raise UnknownTrialError(f"trial {trial_id!r} has no open group")
             fn = getattr(self._controller, "rebalance", None)
+            if fn is not None:
+                self._check_still_owned(caller, trial)  # before a limit moves, not after
             applied = fn(trial.handle) if fn is not None else None
             if applied is not None:
-                self._check_still_owned(caller, trial)
                 trial.applied = applied
                 log.info("trial %s (job %s): share moved: %s on cpus %s", trial_id,
                          trial.ref.job, applied.config, list(applied.cpus))
