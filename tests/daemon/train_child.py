@@ -5,7 +5,7 @@
 Prints one JSON line per epoch (what went to "Tune").  Before epoch 2 it
 waits for GATE_DIR/go1 (the test kills the daemon meanwhile), before epoch
 4 for GATE_DIR/go2 (the test starts the next daemon meanwhile); after the
-last epoch it waits for GATE_DIR/go3 before exiting.  Exits 0 when training
+last epoch it waits for GATE_DIR/go3 before closing its session and exiting.  Exits 0 when training
 finished.
 """
 
@@ -52,8 +52,10 @@ def main() -> int:
         for i in range(20000):  # the "training"
             x += (i % 7) * 1e-6
         session.report({"loss": 1.0 / (epoch + 1), "pid": os.getpid()}, steps=20000)
-    session.close()
+    # The trial stays open until the test has looked at it (go3): closing
+    # first raced the test's look at the daemon's trials.
     wait_for(gate / "go3")
+    session.close()
     print(json.dumps({"done": True, "x": x}), flush=True)
     return 0
 
