@@ -164,6 +164,9 @@ def detect_controller(kind: str = "auto", *, cgroup_root: Path = Path(_SYS),
             raise ControlError(f"cannot read the cgroup layout: {e}") from e
         log.warning("cgroups unusable (%s): falling back to CPU affinity "
                     "(no CPU quota, no memory limit)", e)
-        return AffinityController()
+        fallback = AffinityController()
+        fallback.degraded = (f"cgroups unusable ({e}): CPU affinity only, "
+                             "no CPU quota, no memory limit")
+        return fallback
     log.info("controller: %s", ctl.describe())
     return ctl

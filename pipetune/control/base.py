@@ -156,6 +156,10 @@ class Controller(abc.ABC):
     """
 
     name: str = "abstract"
+    #: What this controller cannot enforce that the one asked for could, and
+    #: why ("" when nothing): set where a fallback was chosen, so a trial can
+    #: say what it lost (``pt_degraded``, the trial record's ``degraded``).
+    degraded: str = ""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()

@@ -203,6 +203,7 @@ class AllocatingController(Controller):
         self.inner = inner
         self.allocator = allocator
         self.name = inner.name
+        self.degraded = inner.degraded
         self._asked: dict[str, SystemConfig] = {}
         self._cpus: dict[str, tuple[int, ...]] = {}
 

@@ -160,6 +160,7 @@ def wrap(
         try:
             values = system_values(config) if system_values else config
             controller = trial_controller(settings, job=ref.job)
+            degraded = controller.degraded
             meters = trial_meters(controller)
             policy = make_policy(
                 mode,
@@ -183,9 +184,12 @@ def wrap(
                 SystemConfig(cores), trial_id=ref.trial, controller="dry-run", phase="degraded"
             )
             policy.reason = f"no system policy: {e}; training continues untouched"
+            degraded = policy.reason
         import ray
 
         where = {"pt_node": settings.node, "pt_ray_node": ray.get_runtime_context().get_node_id()}
+        if degraded:  # what the trial lost, in every result, not only in a driver's log
+            where["pt_degraded"] = degraded
         session = TrialSession(
             ref,
             policy,
@@ -193,7 +197,8 @@ def wrap(
             store=store,
             energy=trial_energy([os.getpid()], meters),
             extra=where,
-            record={"mode": mode, "workload": workload, "hparams": _hparams(config)},
+            record={"mode": mode, "workload": workload, "hparams": _hparams(config),
+                    "degraded": degraded},
         )
         session_module.set_current(session)
         error: BaseException | None = None

@@ -60,6 +60,7 @@ def trial_controller(settings: Settings, *, job: str = "job") -> Controller:
     except PipetuneError as e:
         log.warning("no controller (%s): configs are only logged (dry run)", e)
         local = detect_controller("dry-run")
+        local.degraded = f"no controller ({e}): configs are only logged (dry run)"
     return AllocatingController(local, SharedNodeAllocator(allocator_table(settings)))
 
 

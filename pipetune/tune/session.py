@@ -124,6 +124,8 @@ class TrialSession:
             # Who enforces this trial's configs (cgroup-v1, affinity when
             # cgroups are not writable, daemon:..., dry-run), for the report.
             fields["controller"] = self.policy.controller_name
+            if self._record.get("degraded"):
+                fields["degraded"] = str(self._record["degraded"])[:500]
             for k, v in (self._record.get("hparams") or {}).items():
                 if isinstance(v, (bool, int, float, str)):
                     fields["hp." + str(k)] = v

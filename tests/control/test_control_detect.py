@@ -116,6 +116,7 @@ def test_this_host_is_writable_and_auto_picks_cgroups(no_cgroup_left):
     if ok is not True:
         pytest.skip(f"not writable here: {ok}")
     assert detect_controller("auto").name.startswith("cgroup")
+    assert detect_controller("auto").degraded == ""
     assert isinstance(detect_controller("dry-run"), DryRunController)
     assert isinstance(detect_controller("affinity"), AffinityController)
     with pytest.raises(ConfigError, match="expected one of"):
@@ -160,6 +161,9 @@ def test_read_only_cgroupfs_falls_back_to_affinity_and_says_why(tmp_path, caplog
         ctl = detect_controller("auto", **kw)
     assert isinstance(ctl, AffinityController)
     assert "falling back to CPU affinity" in caplog.text and "Read-only" in caplog.text
+    # ... and the controller itself says what a trial loses, for the trial to report
+    assert "Read-only" in ctl.degraded and "no memory limit" in ctl.degraded
+    assert detect_controller("affinity").degraded == ""  # asked for: nothing lost
 
 
 def test_v2_without_controllers_is_unusable(tmp_path):
