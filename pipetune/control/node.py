@@ -203,7 +203,8 @@ class AllocatingController(Controller):
         self.inner = inner
         self.allocator = allocator
         self.name = inner.name
-        self.degraded = inner.degraded
+        # getattr: an inner that only follows the contract (duck-typed) lost nothing
+        self.degraded = getattr(inner, "degraded", "")
         self._asked: dict[str, SystemConfig] = {}
         self._cpus: dict[str, tuple[int, ...]] = {}
 
