@@ -1,12 +1,17 @@
-"""Shared fixtures: a real InfluxDB 1.x server, isolated PIPETUNE_HOME."""
+"""Shared fixtures: a real InfluxDB 1.x server, isolated PIPETUNE_HOME, one
+Ray session, and the daemon tests' socket folder, daemons and a sleeper
+(tests/daemon and tests/faults)."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -24,6 +29,9 @@ for _folder in [
     sys.path.insert(0, str(_folder))
 
 from support.influxd import InfluxServer  # noqa: E402
+
+if TYPE_CHECKING:
+    from support.daemons import Daemons
 
 
 @pytest.fixture(autouse=True)
@@ -63,3 +71,33 @@ def ray_session() -> Iterator[None]:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A folder under /tmp that `nobody` can traverse (pytest's tmp_path
+    sits under a 0700 folder)."""
+    path = Path(tempfile.mkdtemp(prefix="pipetune-daemon-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemons(socket_dir: Path) -> Iterator[Daemons]:
+    """Daemons started by the test on ``socket_dir/daemon.sock``, stopped by PID."""
+    from support.daemons import Daemons
+
+    ds = Daemons(socket_dir)
+    yield ds
+    ds.cleanup()
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen]:
+    """A real process (owned by root) a trial can register."""
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()

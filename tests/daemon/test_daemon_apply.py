@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Daemons, wait_until
+from support.daemons import Daemons, wait_until
 
 from pipetune.daemon import (
     DaemonClient,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Daemons, wait_until
+from support.daemons import Daemons, wait_until
 
 from pipetune.errors import ControlError
 from pipetune.types import SystemConfig

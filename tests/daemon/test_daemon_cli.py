@@ -1,4 +1,7 @@
-"""`pipetune daemon` as users run it: a real process on a real Unix socket."""
+"""`pipetune daemon` as users run it: a real process on a real Unix socket.
+
+Its faults — a SIGKILL mid-trial, an unprivileged caller — are in
+tests/faults/."""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import PYTHON, ROOT, DaemonProcess, Daemons, child_env, wait_until
+from support.daemons import PYTHON, ROOT, DaemonProcess, Daemons, child_env, wait_until
+from support.nobody import setpriv_prefix
 
 from pipetune.daemon import DaemonClient, DaemonUnavailableError
 from pipetune.daemon.base import UnknownTrialError
@@ -161,93 +165,9 @@ def test_duplicate_trial_is_a_conflict_and_apply_needs_a_config(
         d.client.trial("dup")
 
 
-NOBODY_CLIENT = r"""
-import json, os, sys
-from pipetune.daemon import DaemonClient
-from pipetune.errors import PrivilegeError
-from pipetune.types import SystemConfig
-c = DaemonClient(sys.argv[1])
-out = {"uid": os.getuid()}
-try:
-    c.register(job="j", trial="steal", pids=[int(sys.argv[2])])
-    out["root_pid"] = "accepted"
-except PrivilegeError as e:
-    out["root_pid"] = ["refused", e.status, str(e)]
-try:
-    c.apply("roots", SystemConfig(1))
-    out["root_trial"] = "accepted"
-except PrivilegeError as e:
-    out["root_trial"] = ["refused", e.status, str(e)]
-from pipetune.daemon.base import TrialConflictError
-try:
-    c.register(job="j", trial="roots", pids=[os.getpid()])
-    out["root_id"] = "accepted"
-except TrialConflictError as e:
-    out["root_id"] = ["conflict", e.status, str(e)]
-a = c.register(job="j", trial="mine", pids=[os.getpid()])
-out["own_pid"] = a
-out["listed"] = [t["trial"] for t in c.trials()]
-c.close("mine")
-# A child of ours that runs set-uid root (passwd waits at its prompt): the
-# daemon moves a process with its children, so registering ourselves is refused.
-import subprocess, time
-child = subprocess.Popen(["passwd"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-time.sleep(0.5)
-try:
-    c.register(job="j", trial="with-setuid-child", pids=[os.getpid()])
-    out["setuid_child"] = "accepted"
-except PrivilegeError as e:
-    out["setuid_child"] = ["refused", e.status, str(e)]
-child.kill()
-child.wait()
-print(json.dumps(out))
-"""
-
-
-def _as_nobody() -> list[str]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run a client as another user")
-    if shutil.which("setpriv"):
-        return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    if shutil.which("runuser"):
-        return ["runuser", "-u", "nobody", "--"]
-    pytest.skip("neither setpriv nor runuser is installed")
-
-
-def test_ownership_checked_from_the_socket_peer(
-    daemons: Daemons, sleeper: subprocess.Popen
-) -> None:
-    """A non-root caller may not register a root-owned PID nor touch a root
-    trial, and may register its own process."""
-    d = daemons.cli()
-    d.client.register(job="j", trial="roots", pids=[sleeper.pid])
-    out = subprocess.run(
-        [*_as_nobody(), PYTHON, "-c", NOBODY_CLIENT, str(daemons.socket), str(sleeper.pid)],
-        capture_output=True, text=True, timeout=60, env=child_env(HOME="/tmp"), cwd="/tmp",
-    )
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout)
-    assert got["uid"] == 65534
-    refused, status, message = got["root_pid"]
-    assert (refused, status) == ("refused", 403)
-    assert f"pid {sleeper.pid} belongs to uid 0" in message
-    assert got["root_trial"][:2] == ["refused", 403]
-    assert got["own_pid"]["trial"] == "mine"
-    # another user's trial id: a conflict that names neither its job nor its pids
-    conflict, status, message = got["root_id"]
-    assert (conflict, status) == ("conflict", 409)
-    assert "job" not in message and str(sleeper.pid) not in message
-    refused, status, message = got["setuid_child"]
-    assert (refused, status) == ("refused", 403) and "descendant" in message, message
-    assert got["listed"] == ["mine"]  # a caller sees its own trials only
-    # Root sees all; the refused trial was never registered.
-    assert sorted(t["trial"] for t in d.client.trials()) == ["roots"]
-
-
 def test_root_may_register_another_users_process(daemons: Daemons) -> None:
     d = daemons.cli()
-    proc = subprocess.Popen([*_as_nobody(), "sleep", "60"])
+    proc = subprocess.Popen([*setpriv_prefix(), "sleep", "60"])
     try:
         wait_until(lambda: _uid_of(proc.pid) == 65534, what="sleep runs as nobody")
         answer = d.client.register(job="j", trial="theirs", pids=[proc.pid])
@@ -269,70 +189,6 @@ def _uid_of(pid: int) -> int | None:
     return None
 
 
-def test_sigkill_mid_trial_the_trial_says_what_confines_it_and_the_next_daemon_readopts(
-    daemons: Daemons, socket_dir: Path
-) -> None:
-    first = daemons.cli()
-    gate = socket_dir / "gate"
-    gate.mkdir()
-    child = subprocess.Popen(
-        [PYTHON, str(Path(__file__).parent / "train_child.py"), str(daemons.socket), "kill-me",
-         str(gate), "6"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=ROOT,
-    )
-    all_cpus = set(os.sched_getaffinity(0))
-    try:
-        assert child.stdout is not None
-
-        def epochs(n: int) -> list[dict]:
-            return [json.loads(child.stdout.readline()) for _ in range(n)]
-
-        before = epochs(2)
-        assert [t["trial"] for t in first.client.trials()] == ["kill-me"]
-        kind = first.client.health()["controller_kind"]
-        assert {e["pt_controller"] for e in before} == {f"daemon:{kind}"}
-        confined = before[0]["pt_cpus"]
-        assert len(confined.split(",")) == 1 and "-" not in confined  # one CPU
-        assert {e["pt_threads"] for e in before} == {1}
-
-        first.signal(signal.SIGKILL)
-        assert first.wait() == -signal.SIGKILL
-        assert daemons.socket.exists()  # a dead daemon leaves its socket behind
-        (gate / "go1").touch()
-        orphaned = epochs(2)
-        assert [e["loss"] for e in orphaned] == [1 / 3, 1 / 4]  # training went on
-        # The dead daemon's cgroup still confines the trial: it says so, and
-        # its threads follow what it really has.
-        assert {e["pt_cpus"] for e in orphaned} == {confined}
-        assert {e["pt_threads"] for e in orphaned} == {1}
-        assert os.sched_getaffinity(child.pid) == {int(confined)}
-
-        # The next daemon: stale socket removed, the dead one's group released at once.
-        second = daemons.cli()
-        health = second.client.health()
-        assert health["recovered"]["stale_socket"] is True
-        assert health["recovered"]["stale_trials"] == ["kill-me"]
-        assert health["recovered"]["stale_groups"] >= 1
-        assert os.sched_getaffinity(child.pid) == all_cpus
-        assert second.client.trials() == []
-        # At its next boundary the trial sees its limits gone and is adopted again.
-        (gate / "go2").touch()
-        after = epochs(2)
-        assert [e["loss"] for e in after] == [1 / 5, 1 / 6]
-        assert len(after[1]["pt_cpus"].split(",")) == 1 and "-" not in after[1]["pt_cpus"]
-        assert [t["trial"] for t in second.client.trials()] == ["kill-me"]
-        assert after[1]["pt_phase"] == "v1"
-        (gate / "go3").touch()
-        out, err = child.communicate(timeout=60)
-        assert child.returncode == 0, err
-        assert json.loads(out.splitlines()[-1])["done"] is True
-        wait_until(lambda: second.client.trials() == [], what="ended trial closed")
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_graceful_stop_removes_socket_and_state(daemons: Daemons, sleeper: subprocess.Popen,
                                                 signum: int) -> None:
@@ -348,36 +204,6 @@ def test_graceful_stop_removes_socket_and_state(daemons: Daemons, sleeper: subpr
     with pytest.raises(DaemonUnavailableError, match="no daemon socket"):
         DaemonClient(daemons.socket).health()
 
-
-GROUP_CLIENT = r"""
-import json, os, sys
-from pipetune.daemon import DaemonClient, DaemonUnavailableError
-try:
-    DaemonClient(sys.argv[1]).health()
-    print(json.dumps({"gid": os.getgid(), "health": "ok"}))
-except DaemonUnavailableError as e:
-    print(json.dumps({"gid": os.getgid(), "health": str(e)}))
-"""
-
-
-def test_socket_group_decides_who_may_connect(daemons: Daemons) -> None:
-    _as_nobody()
-    d = daemons.cli("--group", "nogroup", "--socket-mode", "0660")
-    st = daemons.socket.stat()
-    assert (st.st_gid, oct(st.st_mode & 0o777)) == (65534, "0o660")
-    results = {}
-    for who, cmd in {
-        "member": ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"],
-        "outsider": ["setpriv", "--reuid=daemon", "--regid=daemon", "--clear-groups"],
-    }.items():
-        out = subprocess.run([*cmd, PYTHON, "-c", GROUP_CLIENT, str(daemons.socket)],
-                             capture_output=True, text=True, timeout=60,
-                             env=child_env(HOME="/tmp"), cwd="/tmp")
-        assert out.returncode == 0, out.stderr
-        results[who] = json.loads(out.stdout)["health"]
-    assert results["member"] == "ok"
-    assert "permission denied" in results["outsider"]
-    assert d.client.health()["status"] == "ok"
 
 
 def test_unknown_socket_group_is_a_usage_error(socket_dir: Path) -> None:

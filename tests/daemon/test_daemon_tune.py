@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import Daemons
+from support.daemons import Daemons
 
 from pipetune.config import Settings
 from pipetune.store import open_store

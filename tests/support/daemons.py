@@ -1,5 +1,7 @@
-"""Helpers of the daemon tests: daemons and children started as subprocesses
-of the test, stopped by PID (never by name)."""
+"""Helpers of the daemon tests (tests/daemon, tests/faults): daemons and
+children started as subprocesses of the test, stopped by PID (never by
+name).  The fixtures built on them (``socket_dir``, ``daemons``,
+``sleeper``) are in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 from pipetune.daemon import DaemonClient, DaemonUnavailableError
 
 ROOT = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
+DAEMON_TESTS = ROOT / "tests" / "daemon"
 PYTHON = sys.executable
 
 
@@ -95,7 +97,7 @@ class Daemons:
         return self._start(argv, sock, ready)
 
     def recording(self, *args: str, ready: bool = True) -> DaemonProcess:
-        argv = [PYTHON, str(HERE / "recording_daemon.py"), str(self.socket),
+        argv = [PYTHON, str(DAEMON_TESTS / "recording_daemon.py"), str(self.socket),
                 str(self.record), *args]
         return self._start(argv, self.socket, ready)
 
