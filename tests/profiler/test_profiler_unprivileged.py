@@ -4,7 +4,8 @@ kernel.perf_event_paranoid (2 here), without writable cgroups.
 perf names the events it may count ``task-clock:u`` (user space only);
 only tracepoints are denied.  The interpreter lives under /root (0700), so
 each check runs in a private mount namespace (``unshare -m``) where /root is
-a tmpfs holding only a bind mount of ~/.pyenv, then ``runuser -u nobody``.
+a tmpfs holding only a bind mount of ~/.pyenv, then ``runuser -u nobody``
+(tests/support/nobody.py).
 """
 
 from __future__ import annotations
@@ -14,29 +15,14 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.nobody import nobody_namespace
 
 REPO = Path(__file__).resolve().parents[2]
-
-# Run as root inside the new mount namespace, then drop to nobody.
-NAMESPACE = textwrap.dedent("""
-    set -e
-    real="$1"; shift
-    mount --make-rprivate /
-    mount --bind /root "$real"
-    mount -t tmpfs -o mode=0755 tmpfs /root
-    if [ -d "$real/.pyenv" ]; then
-        mkdir -p /root/.pyenv
-        mount --bind "$real/.pyenv" /root/.pyenv
-    fi
-    cd /tmp
-    exec runuser -u nobody -- "$@"
-""")
 
 
 def _paranoid() -> int:
@@ -46,21 +32,12 @@ def _paranoid() -> int:
 @pytest.fixture
 def as_nobody() -> Iterator[tuple[list[str], Path]]:
     """(command prefix, a folder nobody may write)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to become nobody")
-    for tool in ("unshare", "runuser", "perf"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
+    if shutil.which("perf") is None:
+        pytest.skip("perf is not installed")
     if _paranoid() > 2:
         pytest.skip("perf_event_paranoid > 2: no perf at all for other users here")
-    work = Path(tempfile.mkdtemp(prefix="pipetune-nobody-"))
-    work.chmod(0o777)
-    real = work / "realroot"  # where /root is seen from inside (still 0700)
-    real.mkdir()
-    try:
-        yield ["unshare", "-m", "sh", "-c", NAMESPACE, "sh", str(real)], work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with nobody_namespace() as (prefix, work):
+        yield prefix, work
 
 
 def _run(prefix: list[str], work: Path, *cmd: str) -> subprocess.CompletedProcess[str]:
