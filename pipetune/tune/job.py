@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipetune.config import Settings
-from pipetune.errors import ConfigError, UsageError
+from pipetune.errors import ConfigError, PipetuneError, UsageError
 from pipetune.types import SystemSpace
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,16 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
                     log_to_driver=verbose > 1,
                 )
         except ConnectionError as e:
+            _close_early(power, store)
             raise UsageError(f"no Ray cluster at {address!r}: {e}") from e
+        except OSError as e:
+            # Ray writes under HOME (its token, ~/.ray) and RAY_TMPDIR; a
+            # system user's HOME is often not writable (nobody's: /nonexistent).
+            _close_early(power, store)
+            raise PipetuneError(
+                f"Ray could not start: {e} (HOME={os.environ.get('HOME', '')!r} and the "
+                "temporary folder, RAY_TMPDIR, must be writable)"
+            ) from e
         started_ray = True
     stage_runner = None
     try:
@@ -382,6 +391,13 @@ def _stage_runner(spec: JobSpec, cls: type, trials: list[dict[str, Any]], train_
 
 def _trial_values(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return config["trial"]
+
+
+def _close_early(power: Any, store: Any) -> None:
+    """Stop what run_job started before Ray did, when Ray does not start."""
+    if power is not None:
+        power.stop()
+    store.close()
 
 
 def _power_sampler(store: Any, settings: Settings) -> Any:

@@ -106,3 +106,23 @@ def test_nobody_runs_the_quickstart_job_and_every_epoch_is_recorded() -> None:
     assert set(_nobodys_cgroups()) == before
     assert owners == {NOBODY_UID}
     assert strays in ([], [f"/tmp/{TORCH_CACHE}"]), strays
+
+
+def test_a_home_ray_cannot_write_in_ends_in_one_line(tmp_path: Path) -> None:
+    """A system user's HOME is often not writable (nobody's is /nonexistent):
+    Ray keeps its token under it, and `pipetune tune` says so in one line."""
+    home_file = tmp_path / "not-a-folder"
+    home_file.write_text("")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(home_file),
+           "PIPETUNE_HOME": str(tmp_path / "pt"), "RAY_TMPDIR": str(tmp_path / "ray")}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run(
+        [sys.executable, "-m", "pipetune", "tune", "lenet5-mnist", "--samples", "1",
+         "--epochs", "1", "--set", "max_train_samples=64"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+    )
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("pipetune tune: error: Ray could not start"), last
+    assert str(home_file) in last and "HOME" in last, last
