@@ -1,5 +1,5 @@
 """Stage jobs through ``pipetune tune --stages`` (run_job), one store: reuse
-across jobs (``--reuse``).
+across jobs (``--reuse``) and the stage section of ``pipetune report``.
 
 Job A trains a grid of 2 step decays; job B widens it to 4 (A's 2 plus 2
 with another decay rate) with ``--reuse`` and must train only the stages A
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,3 +96,44 @@ def test_a_widened_grid_with_reuse_trains_only_the_new_stages(
         for rb, rc in zip(per_b[lr], per_c[lr], strict=True):
             assert rb["loss"] == pytest.approx(rc["loss"], rel=1e-6), (lr, rb["epoch"])
 
+
+def test_report_shows_the_stage_tree_and_the_compute_saved(
+    jobs: tuple[Settings, dict[str, JobResult]], tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from pipetune.report import build_report
+    from pipetune.store import open_store
+
+    settings, results = jobs
+    store = open_store(settings.store, spool_root=tmp_path / "spool")
+    try:
+        path, reports = build_report(store, ["stg-B", "stg-C"], tmp_path / "out")
+    finally:
+        store.close()
+    for report, key in zip(reports, "BC", strict=True):
+        figures = results[key].stages
+        s = report.stages
+        assert s is not None and figures is not None
+        assert s.epochs_trained == figures["epochs_trained"]
+        assert s.epochs_replayed == figures["epochs_replayed"]
+        assert s.epochs_reused == figures["epochs_reused"]
+        assert s.epochs_reported == figures["epochs_reported"]
+        assert s.epochs_saved == figures["epochs_reported"] - figures["epochs_trained"]
+        assert s.grid_epochs == figures["tree_trial_epochs"] == 4 * EPOCHS
+        assert s.unique_epochs == figures["tree_unique_epochs"]
+        assert s.nodes == figures["tree_nodes"] == len(s.tree)
+        assert s.cpu_s == pytest.approx(figures["cpu_s"])
+        assert s.cpu_s_trial_based == pytest.approx(figures["cpu_s_trial_based"])
+        # Every Tune trial of the job is served by the node its schedule ends at.
+        served = sorted(t for row in s.tree for t in row["tune_ending"])
+        assert served == sorted(t["trial"] for t in results[key].trials)
+    assert reports[0].stages is not None and reports[0].stages.reuse
+    text = path.read_text()
+    for i in (1, 2):
+        png = tmp_path / "out" / f"stage_tree_{i}.png"
+        assert png.is_file() and Image.open(png).size[0] > 300
+        assert f"stage_tree_{i}.png" in text
+    b = reports[0].stages
+    assert f"trained {b.epochs_trained} epochs where trial-based" in text
+    assert f"{b.epochs_saved} epochs saved" in text
