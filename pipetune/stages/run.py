@@ -215,13 +215,25 @@ class StageRunner:
         return trainable
 
     def callback(self) -> Any:
-        """A Tune callback that releases an ended trial's claims at once (a
-        stopped trial's own ``finally`` may never run)."""
+        """A Tune callback that releases the claims of a trial that ended
+        or was paused at once (a stopped trial's own ``finally`` may never
+        run; a paused one would hold its claims until its lease ran out,
+        and with HyperBand the trials it blocks are the ones the scheduler
+        waits for before it resumes the paused ones)."""
         from ray.tune import Callback
 
         store = self.store
 
         class StageReleaseCallback(Callback):
+            def __init__(self) -> None:
+                self.paused: set[str] = set()
+
+            def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+                now = {t.trial_id for t in trials if t.status == "PAUSED"}
+                for trial_id in now - self.paused:
+                    store.release.remote(trial_id)
+                self.paused = now
+
             def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any
                                   ) -> None:
                 store.release.remote(trial.trial_id)

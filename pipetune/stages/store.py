@@ -111,6 +111,7 @@ class StageStore:
         now = time.time()
         self.heard[trial] = now
         self.plan_of[trial] = plan.trial_id
+        self.finished.discard(plan.trial_id)  # back from a pause
         self.tree.add(plan)
         self._load_earlier(plan.namespace)
         keys = plan.epoch_keys()
@@ -215,8 +216,9 @@ class StageStore:
         self.cpu_s[trial] = self.cpu_s.get(trial, 0.0) + float(cpu_s)
 
     def release(self, trial: str) -> int:
-        """The trial ended (completed, stopped, failed): drop its claims.
-        Returns how many it held."""
+        """The trial ended (completed, stopped, failed) or was paused: drop
+        its claims (a paused trial claims again when it resumes).  Returns
+        how many it held."""
         mine = [k for k, t in self.claims.items() if t == trial]
         for k in mine:
             del self.claims[k]
