@@ -203,7 +203,8 @@ def _stage_label(values: dict[str, Any], varying: list[str]) -> str:
 
 def plot_stage_tree(report: JobReport, path: Path) -> Path | None:
     """A stage job's tree: each node a bar over its epochs ``[start, stop)``
-    labelled with the hyperparameter values that differ between nodes, an
+    (coloured per epoch: trained by this job, reused from an earlier one,
+    never trained) labelled with the hyperparameter values that differ between nodes, an
     edge from each parent's end to its children, and at each node where
     trials end, the Tune trials it serves.  None for a job without stages."""
     s = report.stages
@@ -234,10 +235,17 @@ def plot_stage_tree(report: JobReport, path: Path) -> Path | None:
     height = max(2.5, 0.55 * next_row[0] + 1.5)
     stop_max = max(int(r["stop"]) for r in rows.values())
     fig, ax = plt.subplots(figsize=(max(7.0, 0.9 * stop_max + 4), height))
+    colors = {"trained": "tab:blue", "reused": "tab:orange", "not trained": "lightgray"}
+    used: set[str] = set()
     for n, r in rows.items():
         start, stop = int(r["start"]), int(r["stop"])
-        ax.plot([start, stop], [y[n], y[n]], "-", linewidth=6, solid_capstyle="butt",
-                color="tab:blue", alpha=0.75)
+        # Epoch by epoch: trained here, reused from an earlier job, never trained.
+        marks = str(r.get("epoch_marks") or "t" * (stop - start))
+        for e, mark in enumerate(marks):
+            kind = {"t": "trained", "r": "reused"}.get(mark, "not trained")
+            used.add(kind)
+            ax.plot([start + e, start + e + 1], [y[n], y[n]], "-", linewidth=6,
+                    solid_capstyle="butt", color=colors[kind], alpha=0.85)
         ax.annotate(f"e{start}-{stop - 1}: {_stage_label(r['values'], varying)}",
                     ((start + stop) / 2, y[n]), xytext=(0, 6), textcoords="offset points",
                     ha="center", va="bottom", fontsize=7)
@@ -250,6 +258,10 @@ def plot_stage_tree(report: JobReport, path: Path) -> Path | None:
                 f" +{len(served) - 3}" if len(served) > 3 else "")
             ax.annotate(shown, (stop, y[n]), xytext=(4, -3), textcoords="offset points",
                         ha="left", va="top", fontsize=7, color="tab:green")
+    for kind in colors:
+        if kind in used:
+            ax.plot([], [], "-", linewidth=6, color=colors[kind], label=kind)
+    ax.legend(fontsize=7, loc="lower left")
     ax.set_xlim(-0.2, stop_max + 1.5)
     ax.set_ylim(next_row[0] - 0.4, -0.8)
     ax.set_yticks([])

@@ -256,8 +256,11 @@ class StageStore:
         }
 
     def tree_rows(self) -> list[dict[str, Any]]:
-        """:meth:`StageTree.describe`, each row with the Tune trials
-        (``tune_trials``) that ran its plans."""
+        """:meth:`StageTree.describe`, each row with the Tune trials that
+        ran its plans (``tune_trials``) and that end at it
+        (``tune_ending``), and ``epoch_marks``, one letter per epoch:
+        ``t`` trained by this job, ``r`` reused from an earlier one, ``-``
+        never trained (its trials were stopped first)."""
         tune_of: dict[str, list[str]] = {}
         for tune_id, plan_id in sorted(self.plan_of.items()):
             tune_of.setdefault(plan_id, []).append(tune_id)
@@ -265,6 +268,11 @@ class StageStore:
         for row in rows:
             row["tune_trials"] = sorted(t for p in row["trials"] for t in tune_of.get(p, []))
             row["tune_ending"] = sorted(t for p in row["ending"] for t in tune_of.get(p, []))
+            keys = self.tree.plans[row["trials"][0]].epoch_keys()[row["start"]:row["stop"]]
+            row["epoch_marks"] = "".join(
+                "-" if k not in self.records else "r" if self.records[k].get("reused") else "t"
+                for k in keys
+            )
         return rows
 
     def finish(self) -> dict[str, Any]:

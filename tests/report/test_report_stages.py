@@ -42,6 +42,7 @@ def test_a_stage_job_gets_its_tree_figure_and_compute_saved(tmp_path: Path) -> N
     assert [(r["start"], r["stop"], r["tune_trials"]) for r in s.tree] == [
         (0, 2, ["t0", "t1"]), (2, 4, ["t0"]), (2, 4, ["t1"])]
     assert [r["tune_ending"] for r in s.tree] == [[], ["t0"], ["t1"]]
+    assert [r["epoch_marks"] for r in s.tree] == ["tt", "tt", "tt"]
     html = path.read_text()
     assert "Stage tree of j" in html and "2 epochs saved (1.33x)" in html
     assert html.count("data:image/png;base64,") >= 1

@@ -128,6 +128,9 @@ def test_report_shows_the_stage_tree_and_the_compute_saved(
         # Every Tune trial of the job is served by the node its schedule ends at.
         served = sorted(t for row in s.tree for t in row["tune_ending"])
         assert served == sorted(t["trial"] for t in results[key].trials)
+        marks = "".join(row["epoch_marks"] for row in s.tree)  # t trained, r reused
+        assert (marks.count("t"), marks.count("r")) == (
+            (3, 5) if key == "B" else (8, 0))
     assert reports[0].stages is not None and reports[0].stages.reuse
     text = path.read_text()
     for i in (1, 2):

@@ -67,6 +67,7 @@ def test_a_stopped_trial_never_trains_its_unshared_stages(
                                       verbose=0, callbacks=[runner.callback()]),
         )
         results = tuner.fit()
+        rows = runner.tree()
     finally:
         runner.close()
     assert all(r.error is None for r in results)
@@ -85,6 +86,8 @@ def test_a_stopped_trial_never_trains_its_unshared_stages(
     # 7 epochs of the survivors' tree, and the one unshared epoch (1) of the
     # rate-0.2 trial that decays at epoch 1, trained before it was stopped.
     assert runner.figures is not None and runner.figures["epochs_trained"] == 8 == len(trained)
+    marks = "".join(r["epoch_marks"] for r in rows)  # the report's figure colours these
+    assert (marks.count("t"), marks.count("-")) == (8, 12 - 8)
 
 
 def test_a_paused_trial_hands_back_its_claims_at_once() -> None:
