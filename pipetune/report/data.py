@@ -93,8 +93,10 @@ class StageSummary:
     without a stopping scheduler).  ``cpu_s_trial_based`` estimates the
     trial-based CPU-seconds from each epoch's recorded CPU-seconds (None
     when not every epoch has one).  ``tree`` holds one dict per node:
-    ``node``, ``parent``, ``start``, ``stop``, ``values``, ``trials``/
-    ``ending`` (plan ids) and ``tune_trials``/``tune_ending`` (Tune ids)."""
+    ``node``, ``parent``, ``start``, ``stop``, ``values`` (those that differ
+    between nodes; ``fixed`` holds the rest), ``ending`` (plan ids),
+    ``tune_trials``/``tune_ending`` (Tune ids) and ``epoch_marks`` (per
+    epoch: ``t`` trained, ``r`` reused from an earlier job, ``-`` never)."""
 
     tree: tuple[dict[str, Any], ...]
     nodes: int
@@ -107,6 +109,7 @@ class StageSummary:
     cpu_s: float | None
     cpu_s_trial_based: float | None
     reuse: bool
+    fixed: dict[str, Any] = field(default_factory=dict)
 
     @property
     def epochs_saved(self) -> int:
@@ -249,6 +252,7 @@ def _stages(store: Any, job: str) -> StageSummary | None:
     row = df.sort_values("time").iloc[-1].to_dict()
     try:
         tree = tuple(json.loads(row["tree"]))
+        fixed = json.loads(row["tree_fixed"]) if isinstance(row.get("tree_fixed"), str) else {}
     except (TypeError, ValueError):
         return None
 
@@ -268,6 +272,7 @@ def _stages(store: Any, job: str) -> StageSummary | None:
         cpu_s=_num(row.get("cpu_s")),
         cpu_s_trial_based=_num(row.get("cpu_s_trial_based")),
         reuse=bool(count("reuse")),
+        fixed=dict(fixed),
     )
 
 

@@ -291,6 +291,10 @@ def _stage_blocks(r: JobReport, tree: Path | None) -> list[Block]:
         ("compute ratio (epochs)", ratio_text),
     )
     out.append(Table(("", r.job), rows))
+    if s.fixed:
+        out.append(Para("Values every stage shares: " + fmt_hparams(s.fixed) + "."))
+    if not s.tree and s.nodes:
+        out.append(Para(f"The tree ({s.nodes} stages) was too large for the store: no figure."))
     if tree is not None:
         out.append(Figure(tree, f"Stage tree of {r.job}: stages (bars, with their epochs and "
                                 "values), parent to child, the trials each serves"))

@@ -13,9 +13,11 @@ two measurements:
   (``checkpoint``, a path; absent when none was), ``job``, ``trial``,
   ``epoch``, ``seconds``, ``cpu_s`` and ``schema_version``.
 - ``stage_job`` (tag ``job``) — one point at the end of a stage job: its
-  tree (``tree``, JSON rows of :meth:`StageTree.describe` with the Tune
-  trials each node serves) and its figures (epochs trained, replayed and
-  reused, CPU-seconds, …).  ``pipetune report`` reads it.
+  tree (``tree``, JSON rows of :meth:`StageStore.tree_rows` made compact by
+  :func:`compact_tree`: the values that differ between nodes, the Tune
+  trials each serves; ``tree_fixed``, the values every node shares) and its
+  figures (epochs trained, replayed and reused, CPU-seconds, …).
+  ``pipetune report`` reads it.
 
 Checkpoint files are *not* in the store, only their paths: a file that is
 gone when a later job loads the records (its job folder was removed) leaves
@@ -37,7 +39,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SCHEMA_VERSION", "StageLedger", "space_of"]
+__all__ = ["MAX_TREE_CHARS", "SCHEMA_VERSION", "StageLedger", "compact_tree", "space_of"]
 
 #: Version of the fields of ``stage`` and ``stage_job`` points.
 SCHEMA_VERSION = 1
@@ -46,6 +48,28 @@ SCHEMA_VERSION = 1
 def space_of(namespace: str) -> str:
     """The ``space`` tag of a namespace (a short hash: no tag-escaping worries)."""
     return hashlib.sha256(namespace.encode()).hexdigest()[:16]
+
+
+#: The longest stored tree (InfluxDB's string fields end at 64 KB).
+MAX_TREE_CHARS = 60_000
+
+
+def compact_tree(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``(rows, fixed)``: each row's ``values`` reduced to the hyperparameters
+    that differ between nodes, ``fixed`` the ones every node has alike, and
+    the plan ids through each node (``trials``) left out (``tune_trials``
+    name them as Tune does)."""
+    keys = sorted({k for r in rows for k in r.get("values", {})})
+    varying = {k for k in keys
+               if len({repr(r.get("values", {}).get(k)) for r in rows}) > 1}
+    fixed = {k: v for k, v in (rows[0].get("values", {}) if rows else {}).items()
+             if k not in varying}
+    out = []
+    for r in rows:
+        row = {k: v for k, v in r.items() if k != "trials"}
+        row["values"] = {k: v for k, v in r.get("values", {}).items() if k in varying}
+        out.append(row)
+    return out, fixed
 
 
 class StageLedger:
@@ -147,12 +171,24 @@ class StageLedger:
         return out
 
     def write_job(self, job: str, tree: list[dict[str, Any]], figures: Mapping[str, Any]) -> None:
-        """The job's stage tree and figures (``figures``: plain numbers)."""
+        """The job's stage tree and figures (``figures``: plain numbers).
+
+        The tree is stored compactly (:func:`compact_tree`): InfluxDB keeps
+        a string field of at most 64 KB, so a tree still larger than
+        :data:`MAX_TREE_CHARS` is left out (one warning line; its figures
+        are still written)."""
         from pipetune.store import Point
 
+        rows, fixed = compact_tree(tree)
+        text = json.dumps(rows, sort_keys=True, default=repr)
+        if len(text) > MAX_TREE_CHARS:
+            log.warning("job %s: stage tree of %d nodes too large for the store (%d chars); "
+                        "its figures are recorded, its tree is not", job, len(tree), len(text))
+            text = "[]"
         fields: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
-            "tree": json.dumps(tree, sort_keys=True, default=repr),
+            "tree": text,
+            "tree_fixed": json.dumps(fixed, sort_keys=True, default=repr),
         }
         fields.update({k: v for k, v in figures.items()
                        if isinstance(v, (int, float, str)) and not isinstance(v, bool)})

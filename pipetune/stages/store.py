@@ -245,9 +245,10 @@ class StageStore:
             "epochs_replayed": sum(self.replayed.values()),
             "epochs_reused": sum(self.reused.values()),
             "epochs_reported": len(keys),
-            "cpu_s_trial_based": (sum(costs) if all(c is not None for c in costs)  # type: ignore[misc]
-                                  else None),
-            "cpu_s": sum(self.cpu_s.values()),
+            # float(): a store field keeps one type (InfluxDB refuses an int after a float)
+            "cpu_s_trial_based": (float(sum(costs))  # type: ignore[arg-type]
+                                  if all(c is not None for c in costs) else None),
+            "cpu_s": float(sum(self.cpu_s.values())),
             "cpu_s_by_trial": dict(self.cpu_s),
             "tree_nodes": len(self.tree),
             "tree_unique_epochs": self.tree.unique_epochs(),

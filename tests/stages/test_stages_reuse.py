@@ -1,6 +1,7 @@
 """Reuse of stages across jobs through the pipetune store, without Ray: the
 ledger's records, a later job's stage store adopting them, and checkpoints
-that are gone or unreadable (retrained, one warning line)."""
+that are gone or unreadable (retrained, one warning line).  The ledger runs
+against every store backend: SQLite and a real InfluxDB 1.x."""
 
 from __future__ import annotations
 
@@ -24,12 +25,16 @@ def _plans() -> tuple:
     return a, b
 
 
-def _ledger(tmp_path: Path) -> StageLedger:
-    return StageLedger(f"sqlite:///{tmp_path / 'pt.db'}", tmp_path / "spool")
+@pytest.fixture(params=["sqlite", "influxdb"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "influxdb":
+        return str(request.getfixturevalue("influx_url"))
+    return f"sqlite:///{tmp_path / 'pt.db'}"
 
 
-def _job(tmp_path: Path, name: str, *, reuse: bool) -> StageStore:
-    return StageStore(ledger=_ledger(tmp_path), reuse=reuse, job=name)
+def _job(tmp_path: Path, name: str, *, reuse: bool, url: str = "") -> StageStore:
+    ledger = StageLedger(url or f"sqlite:///{tmp_path / 'pt.db'}", tmp_path / "spool")
+    return StageStore(ledger=ledger, reuse=reuse, job=name)
 
 
 def _train(store: StageStore, trial: str, plan: Any, ckpt_dir: Path) -> Any:
@@ -51,13 +56,13 @@ def _train(store: StageStore, trial: str, plan: Any, ckpt_dir: Path) -> Any:
     return got
 
 
-def test_a_later_job_trains_only_what_earlier_jobs_did_not(tmp_path: Path) -> None:
+def test_a_later_job_trains_only_what_earlier_jobs_did_not(tmp_path: Path, url: str) -> None:
     a, b = _plans()
-    first = _job(tmp_path, "A", reuse=True)
+    first = _job(tmp_path, "A", reuse=True, url=url)
     _train(first, "ta", a, tmp_path / "A")
     assert first.finish()["epochs_trained"] == 4
 
-    later = _job(tmp_path, "B", reuse=True)
+    later = _job(tmp_path, "B", reuse=True, url=url)
     later.register([a, b])
     got = later.acquire("ta2", a)  # all of a is recorded: replay, nothing to train
     assert got.resume_epoch == 3 and len(got.replay) == 4
@@ -74,14 +79,25 @@ def test_a_later_job_trains_only_what_earlier_jobs_did_not(tmp_path: Path) -> No
     assert figures["epochs_reported"] == 8
     assert figures["cpu_s_trial_based"] == pytest.approx(8 * 0.5)
 
-    store = open_store(f"sqlite:///{tmp_path / 'pt.db'}", spool_root=tmp_path / "spool")
+    store = open_store(url, spool_root=tmp_path / "spool")
     try:
         rows = store.query("stage", {"space": space_of(NS)})
         jobs = store.query("stage_job", {"job": "B"})
+        assert store.spooled == 0 and store.rejected == 0
     finally:
         store.close()
     assert sorted(rows["job"]) == ["A"] * 4 + ["B"] * 2
     assert int(jobs["epochs_trained"].iloc[0]) == 2 and int(jobs["reuse"].iloc[0]) == 1
+    # The report reads the same record back (a stage job's summary).
+    from pipetune.report.data import _stages
+
+    store = open_store(url, spool_root=tmp_path / "spool")
+    try:
+        summary = _stages(store, "B")
+    finally:
+        store.close()
+    assert summary is not None and summary.epochs_trained == 2 and summary.epochs_reused == 6
+    assert [r["epoch_marks"] for r in summary.tree] == ["rr", "rr", "tt"]
 
 
 def test_without_reuse_a_later_job_loads_nothing(tmp_path: Path) -> None:
@@ -135,3 +151,35 @@ def test_an_unreadable_checkpoint_is_forgotten_and_its_stage_retrained(
     assert len(caplog.records) == 1 and "unreadable" in caplog.records[0].message
     assert later.stats()["epochs_replayed"] == 1 == later.stats()["epochs_reused"]
     assert later.records[keys[1]]["checkpoint"] is None
+
+
+def test_the_stored_tree_is_compact_and_a_too_large_one_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipetune.stages import ledger as ledger_mod
+
+    a = plan_for({"lr": step_decay(0.1, 0.5, [2]), "batch_size": 32}, 4, namespace=NS)
+    b = plan_for({"lr": step_decay(0.1, 0.2, [2]), "batch_size": 32}, 4, namespace=NS)
+    store = StageStore()
+    store.register([a, b])
+    rows, fixed = ledger_mod.compact_tree(store.tree_rows())
+    assert fixed == {"batch_size": 32}
+    assert [sorted(r["values"]) for r in rows] == [["lr"]] * 3
+    assert all("trials" not in r for r in rows)
+
+    url = f"sqlite:///{tmp_path / 'pt.db'}"
+    monkeypatch.setattr(ledger_mod, "MAX_TREE_CHARS", 50)
+    ledger = StageLedger(url, tmp_path / "spool")
+    with caplog.at_level(logging.WARNING, logger="pipetune.stages.ledger"):
+        ledger.write_job("big", store.tree_rows(), {"tree_nodes": 3, "epochs_trained": 0})
+    ledger.close()
+    assert len(caplog.records) == 1 and "too large" in caplog.records[0].message
+    from pipetune.report.data import _stages
+
+    s = open_store(url, spool_root=tmp_path / "spool")
+    try:
+        summary = _stages(s, "big")
+    finally:
+        s.close()
+    assert summary is not None and summary.tree == () and summary.nodes == 3
+    assert summary.fixed == {"batch_size": 32}
