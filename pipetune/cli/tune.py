@@ -66,6 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="stage-tree execution: prefixes trials share are trained once",
     )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --stages: reuse stages earlier jobs of the same workload, data and seed "
+        "recorded in the store (a widened grid trains only what is new)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -103,6 +109,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         fixed_hparams=_parse_set(args.set),
         schedules=tuple(args.schedule),
         stages=args.stages,
+        reuse=args.reuse,
         **kwargs,
     )
     if args.json:
@@ -148,6 +155,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     if result.best:
         print(f"best: {result.best['trial']} ({result.best['config']})")
+    if result.stages:
+        st = result.stages
+        print(
+            f"stages: {st['epochs_trained']} epochs trained of {st['epochs_reported']} "
+            f"reported to Tune ({st['epochs_replayed']} replayed, {st['epochs_reused']} of "
+            f"them from earlier jobs); stage tree of {st['tree_nodes']} nodes"
+        )
     if result.interrupted:
         print(f"job {result.job} was interrupted: the store records it as interrupted")
         return 130

@@ -4,7 +4,7 @@
   :class:`JobReport` of plain numbers (tuning time, best trial, per-trial
   energy with its method, how each trial's system config was chosen);
 - :mod:`.plots` — the figures as PNG (paper Figs. 9 and 10, energy per job,
-  time per probed config, profile heatmaps);
+  time per probed config, profile heatmaps, a stage job's stage tree);
 - :mod:`.render` — the same content as Markdown or one self-contained HTML;
 - :func:`build_report` — all of it for one or more jobs into a folder.
 
@@ -25,12 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from pipetune.errors import UsageError
-from pipetune.report.data import JobReport, ProbeSlot, TrialReport, UnknownJobError, load_job
+from pipetune.report.data import (
+    JobReport,
+    ProbeSlot,
+    StageSummary,
+    TrialReport,
+    UnknownJobError,
+    load_job,
+)
 
 __all__ = [
     "FORMATS",
     "JobReport",
     "ProbeSlot",
+    "StageSummary",
     "TrialReport",
     "UnknownJobError",
     "build_report",
@@ -90,6 +98,7 @@ def _write(reports: list[JobReport], out_dir: Path, fmt: str, store_url: str) ->
         }
         for i, r in enumerate(reports):
             made[f"profile:{r.job}"] = plots.plot_profile(r, fig_dir / f"profile_{i + 1}.png")
+            made[f"stages:{r.job}"] = plots.plot_stage_tree(r, fig_dir / f"stage_tree_{i + 1}.png")
         figures = {k: p for k, p in made.items() if p is not None}
         blocks = build_blocks(reports, figures, store_url=store_url)
         if fmt == "md":

@@ -1,7 +1,8 @@
 """What a report says about one tuning job, read back from the store.
 
 :func:`load_job` turns the store's points of one job (measurements ``job``,
-``trial``, ``epoch``, ``decision``, ``power``; DESIGN §11) into a
+``trial``, ``epoch``, ``decision``, ``power``, and ``stage_job`` for a
+stage job; DESIGN §11) into a
 :class:`JobReport` of plain numbers, so the renderers and plots never touch
 the store and a test can compare each figure with the point it came from.
 
@@ -13,6 +14,7 @@ figure carries the method it was measured with (``rapl``, ``nvml``,
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +83,46 @@ class TrialReport:
 
 
 @dataclass(frozen=True)
+class StageSummary:
+    """A stage job's tree and compute, as its stage store recorded them at
+    the job's end (the ``stage_job`` measurement).
+
+    ``epochs_reported`` is what the trials reported to Tune, trained or
+    replayed: what trial-based execution trains for the same trials stopped
+    at the same epochs; ``grid_epochs`` is every trial's full plan (the same
+    without a stopping scheduler).  ``cpu_s_trial_based`` estimates the
+    trial-based CPU-seconds from each epoch's recorded CPU-seconds (None
+    when not every epoch has one).  ``tree`` holds one dict per node:
+    ``node``, ``parent``, ``start``, ``stop``, ``values`` (those that differ
+    between nodes; ``fixed`` holds the rest), ``ending`` (plan ids),
+    ``tune_trials``/``tune_ending`` (Tune ids) and ``epoch_marks`` (per
+    epoch: ``t`` trained, ``r`` reused from an earlier job, ``-`` never)."""
+
+    tree: tuple[dict[str, Any], ...]
+    nodes: int
+    epochs_trained: int
+    epochs_replayed: int
+    epochs_reused: int
+    epochs_reported: int
+    grid_epochs: int
+    unique_epochs: int
+    cpu_s: float | None
+    cpu_s_trial_based: float | None
+    reuse: bool
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def epochs_saved(self) -> int:
+        """Epochs trial-based execution would have trained that this job did not."""
+        return self.epochs_reported - self.epochs_trained
+
+    @property
+    def compute_ratio(self) -> float | None:
+        """Epochs trial-based / epochs trained (None when nothing was trained)."""
+        return self.epochs_reported / self.epochs_trained if self.epochs_trained else None
+
+
+@dataclass(frozen=True)
 class JobReport:
     """One tuning job as the store holds it.
 
@@ -110,6 +152,7 @@ class JobReport:
     epochs: pd.DataFrame = field(repr=False, compare=False)
     decisions: pd.DataFrame = field(repr=False, compare=False)
     interrupted: bool = False
+    stages: StageSummary | None = None  # a stage job's tree and compute
 
     @property
     def best(self) -> TrialReport | None:
@@ -197,6 +240,39 @@ def load_job(store: Any, job: str) -> JobReport:
         epochs=epochs,
         decisions=decisions,
         interrupted=end is None and stopped is not None,
+        stages=_stages(store, job),
+    )
+
+
+def _stages(store: Any, job: str) -> StageSummary | None:
+    """The job's ``stage_job`` point (the last one), or None: not a stage job."""
+    df = store.query("stage_job", {"job": job})
+    if df.empty or "tree" not in df.columns:
+        return None
+    row = df.sort_values("time").iloc[-1].to_dict()
+    try:
+        tree = tuple(json.loads(row["tree"]))
+        fixed = json.loads(row["tree_fixed"]) if isinstance(row.get("tree_fixed"), str) else {}
+    except (TypeError, ValueError):
+        return None
+
+    def count(key: str) -> int:
+        v = _num(row.get(key))
+        return int(v) if v is not None else 0
+
+    return StageSummary(
+        tree=tree,
+        nodes=count("tree_nodes"),
+        epochs_trained=count("epochs_trained"),
+        epochs_replayed=count("epochs_replayed"),
+        epochs_reused=count("epochs_reused"),
+        epochs_reported=count("epochs_reported"),
+        grid_epochs=count("tree_trial_epochs"),
+        unique_epochs=count("tree_unique_epochs"),
+        cpu_s=_num(row.get("cpu_s")),
+        cpu_s_trial_based=_num(row.get("cpu_s_trial_based")),
+        reuse=bool(count("reuse")),
+        fixed=dict(fixed),
     )
 
 

@@ -9,7 +9,8 @@ is left out of the report, never drawn empty.
 - :func:`plot_trial_durations` — trial duration over tuning time (Fig. 10);
 - :func:`plot_energy` — energy per job, labelled with its method;
 - :func:`plot_probe_times` — epoch time per probed config;
-- :func:`plot_profile` — a job's profile heatmap (events × epochs).
+- :func:`plot_profile` — a job's profile heatmap (events × epochs);
+- :func:`plot_stage_tree` — a stage job's stage tree.
 """
 
 from __future__ import annotations
@@ -189,4 +190,86 @@ def plot_profile(report: JobReport, path: Path) -> Path | None:
         f"profile of {_label(report)}\n(event rates; each row divided by its max)", fontsize=10
     )
     fig.colorbar(im, ax=ax, fraction=0.04)
+    return _save(fig, path)
+
+
+def _stage_label(values: dict[str, Any], varying: list[str]) -> str:
+    parts = []
+    for k in varying:
+        v = values.get(k)
+        parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    return ", ".join(parts)
+
+
+def plot_stage_tree(report: JobReport, path: Path) -> Path | None:
+    """A stage job's tree: each node a bar over its epochs ``[start, stop)``
+    (coloured per epoch: trained by this job, reused from an earlier one,
+    never trained) labelled with the hyperparameter values that differ between nodes, an
+    edge from each parent's end to its children, and at each node where
+    trials end, the Tune trials it serves.  None for a job without stages."""
+    s = report.stages
+    if s is None or not s.tree:
+        return None
+    rows = {int(r["node"]): r for r in s.tree}
+    children: dict[int | None, list[int]] = {}
+    for n, r in rows.items():
+        children.setdefault(r["parent"], []).append(n)
+    keys = sorted({k for r in rows.values() for k in r["values"]})
+    varying = [k for k in keys if len({repr(r["values"].get(k)) for r in rows.values()}) > 1]
+    # Leaves get rows top-down in depth-first order; a parent sits at the mean of its children.
+    y: dict[int, float] = {}
+    next_row = [0.0]
+
+    def place(n: int) -> float:
+        kids = children.get(n, [])
+        if not kids:
+            y[n] = next_row[0]
+            next_row[0] += 1
+        else:
+            ys = [place(k) for k in kids]
+            y[n] = (min(ys) + max(ys)) / 2
+        return y[n]
+
+    for root in children.get(None, []):
+        place(root)
+    height = max(2.5, 0.55 * next_row[0] + 1.5)
+    stop_max = max(int(r["stop"]) for r in rows.values())
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.9 * stop_max + 4), height))
+    colors = {"trained": "tab:blue", "reused": "tab:orange", "not trained": "lightgray"}
+    used: set[str] = set()
+    for n, r in rows.items():
+        start, stop = int(r["start"]), int(r["stop"])
+        # Epoch by epoch: trained here, reused from an earlier job, never trained.
+        marks = str(r.get("epoch_marks") or "t" * (stop - start))
+        for e, mark in enumerate(marks):
+            kind = {"t": "trained", "r": "reused"}.get(mark, "not trained")
+            used.add(kind)
+            ax.plot([start + e, start + e + 1], [y[n], y[n]], "-", linewidth=6,
+                    solid_capstyle="butt", color=colors[kind], alpha=0.85)
+        ax.annotate(f"e{start}-{stop - 1}: {_stage_label(r['values'], varying)}",
+                    ((start + stop) / 2, y[n]), xytext=(0, 6), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=7)
+        if r["parent"] is not None:
+            p = int(r["parent"])
+            ax.plot([int(rows[p]["stop"]), start], [y[p], y[n]], "-", color="gray", linewidth=1)
+        served = r.get("tune_ending") or r.get("ending") or []
+        if served:
+            shown = ", ".join(str(t) for t in served[:3]) + (
+                f" +{len(served) - 3}" if len(served) > 3 else "")
+            ax.annotate(shown, (stop, y[n]), xytext=(4, -3), textcoords="offset points",
+                        ha="left", va="top", fontsize=7, color="tab:green")
+    for kind in colors:
+        if kind in used:
+            ax.plot([], [], "-", linewidth=6, color=colors[kind], label=kind)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_xlim(-0.2, stop_max + 1.5)
+    ax.set_ylim(next_row[0] - 0.4, -0.8)
+    ax.set_yticks([])
+    ax.set_xlabel("epoch")
+    ax.set_title(
+        f"stage tree of {_label(report)}: {s.nodes} stages, {s.epochs_trained} epochs trained "
+        f"of {s.epochs_reported} reported\n(bars: stages; green: the trials ending there)",
+        fontsize=9,
+    )
+    ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)

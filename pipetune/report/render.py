@@ -134,6 +134,8 @@ def build_blocks(
             blocks.append(Figure(figures[key], caption))
     for r in reports:
         blocks.extend(_job_blocks(r, figures.get(f"profile:{r.job}")))
+        if r.stages is not None:
+            blocks.extend(_stage_blocks(r, figures.get(f"stages:{r.job}")))
     return blocks
 
 
@@ -253,6 +255,49 @@ def _job_blocks(r: JobReport, profile: Path | None) -> list[Block]:
         )
     if profile is not None:
         out.append(Figure(profile, f"Profile of {r.job}: event rates per epoch"))
+    return out
+
+
+def _stage_blocks(r: JobReport, tree: Path | None) -> list[Block]:
+    """A stage job's compute saved and its tree."""
+    s = r.stages
+    if s is None:
+        return []
+    ratio_text = NA if s.compute_ratio is None else f"{s.compute_ratio:.2f}x"
+    out: list[Block] = [
+        Heading(3, f"Stage tree of {r.job}"),
+        Para(
+            f"Stage-based execution trained {s.epochs_trained} epochs where trial-based "
+            f"execution of the same trials (stopped at the same epochs) trains "
+            f"{s.epochs_reported}: {s.epochs_saved} epochs saved ({ratio_text}). "
+            f"{s.epochs_replayed} epochs were replayed from stages trained once"
+            + (f", {s.epochs_reused} of them by earlier jobs (--reuse)" if s.epochs_reused
+               else "")
+            + "."
+        ),
+    ]
+    rows = (
+        ("stages in the tree", str(s.nodes)),
+        ("epochs trained", str(s.epochs_trained)),
+        ("epochs reported to Tune (trial-based for the same trials)", str(s.epochs_reported)),
+        ("epochs saved", str(s.epochs_saved)),
+        ("epochs replayed", str(s.epochs_replayed)),
+        ("epochs reused from earlier jobs", str(s.epochs_reused)),
+        ("every trial's full schedule, trial-based / unique",
+         f"{s.grid_epochs} / {s.unique_epochs}"),
+        ("CPU-seconds of the trials", fmt_s(s.cpu_s)),
+        ("CPU-seconds trial-based (estimated: each epoch's recorded CPU-s per trial)",
+         fmt_s(s.cpu_s_trial_based)),
+        ("compute ratio (epochs)", ratio_text),
+    )
+    out.append(Table(("", r.job), rows))
+    if s.fixed:
+        out.append(Para("Values every stage shares: " + fmt_hparams(s.fixed) + "."))
+    if not s.tree and s.nodes:
+        out.append(Para(f"The tree ({s.nodes} stages) was too large for the store: no figure."))
+    if tree is not None:
+        out.append(Figure(tree, f"Stage tree of {r.job}: stages (bars, with their epochs and "
+                                "values), parent to child, the trials each serves"))
     return out
 
 

@@ -31,8 +31,17 @@ Pieces:
   ended trial's claims, reads the figures, cleans up.
 - :mod:`pipetune.stages.session` — the trial side (``resume``/``report``).
 
-Not here (yet): the system tuner deciding once per stage, reuse across
-jobs; see the README.
+**Across jobs** (``store`` and ``reuse``): the store actor records every
+trained epoch in the pipetune store (:mod:`pipetune.stages.ledger`: the
+prefix key, metrics, checkpoint path), and with ``reuse`` it first adopts
+what earlier jobs of the same namespace recorded, so a widened grid trains
+only what is new.  Those checkpoints stay where their job wrote them (for
+``pipetune tune``, ``$PIPETUNE_HOME/ray_results/JOB/stages``) until someone
+deletes them; a later job retrains what it finds gone or unreadable.  At
+:meth:`StageRunner.close` the job's tree and figures go to the store too
+(``pipetune report`` draws them).
+
+Not here (yet): the system tuner deciding once per stage; see the README.
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pipetune.errors import ConfigError
+from pipetune.stages.ledger import StageLedger
 from pipetune.stages.store import StageStore
 from pipetune.stages.tree import TrialPlan
 
@@ -98,6 +109,21 @@ class StageRunner:
             scheduler that stops trials).
         lease_s: a claim of a trial not heard of for this long (at least
             ten of the longest epoch) is given to a waiting trial.
+        store: the pipetune store URL (``Settings.store``): every trained
+            epoch is recorded there (only when ``checkpoint_dir`` is given:
+            a temporary folder's checkpoints end with the job), and, with
+            ``job``, the tree and figures at :meth:`close` (``pipetune
+            report`` shows them).
+        spool_dir: where the store's points wait while it is down
+            (default ``$PIPETUNE_HOME/spool``).
+        job: the job's name in the store.
+        reuse: start from the epochs earlier jobs of the same namespace
+            recorded in ``store`` (stages are shared across jobs by the exact
+            prefix of values, namespace included), and checkpoint every
+            epoch trained so later jobs can branch anywhere.
+
+    Raises:
+        ConfigError: ``reuse`` without ``store`` or ``checkpoint_dir``.
     """
 
     def __init__(
@@ -107,9 +133,17 @@ class StageRunner:
         share: bool = True,
         prune_safe: bool = False,
         lease_s: float = 60.0,
+        store: str | None = None,
+        spool_dir: Path | None = None,
+        job: str = "",
+        reuse: bool = False,
     ) -> None:
         import ray
 
+        if reuse and (store is None or checkpoint_dir is None):
+            raise ConfigError(
+                "stage reuse needs a store and a checkpoint_dir that outlives the job"
+            )
         self._owns_dir = checkpoint_dir is None
         if checkpoint_dir is None:
             import tempfile
@@ -117,9 +151,16 @@ class StageRunner:
             checkpoint_dir = Path(tempfile.mkdtemp(prefix="pipetune-stages-"))
         self.checkpoint_dir = Path(checkpoint_dir)
         self.name = f"pipetune-stages-{uuid.uuid4().hex[:8]}"
+        self.figures: dict[str, Any] | None = None
+        ledger = None
+        if store is not None:
+            from pipetune.config import default_home
+
+            ledger = StageLedger(store, spool_dir or default_home() / "spool")
         actor = ray.remote(num_cpus=0)(StageStore)
         self.store = actor.options(name=self.name).remote(
-            share=share, prune_safe=prune_safe, lease_s=lease_s
+            share=share, prune_safe=prune_safe, lease_s=lease_s, ledger=ledger,
+            reuse=reuse, job=job, record_epochs=not self._owns_dir,
         )
 
     def register(self, plans: Iterable[TrialPlan]) -> int:
@@ -174,13 +215,25 @@ class StageRunner:
         return trainable
 
     def callback(self) -> Any:
-        """A Tune callback that releases an ended trial's claims at once (a
-        stopped trial's own ``finally`` may never run)."""
+        """A Tune callback that releases the claims of a trial that ended
+        or was paused at once (a stopped trial's own ``finally`` may never
+        run; a paused one would hold its claims until its lease ran out,
+        and with HyperBand the trials it blocks are the ones the scheduler
+        waits for before it resumes the paused ones)."""
         from ray.tune import Callback
 
         store = self.store
 
         class StageReleaseCallback(Callback):
+            def __init__(self) -> None:
+                self.paused: set[str] = set()
+
+            def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+                now = {t.trial_id for t in trials if t.status == "PAUSED"}
+                for trial_id in now - self.paused:
+                    store.release.remote(trial_id)
+                self.paused = now
+
             def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any
                                   ) -> None:
                 store.release.remote(trial.trial_id)
@@ -204,9 +257,15 @@ class StageRunner:
         return list(ray.get(self.store.tree_rows.remote()))
 
     def close(self) -> None:
-        """Stop the store actor; remove the checkpoints if the folder is ours."""
+        """Record the job's tree and figures in the store (see ``store``),
+        keep the figures in :attr:`figures`, stop the store actor; remove the
+        checkpoints if the folder is ours."""
         import ray
 
+        try:
+            self.figures = dict(ray.get(self.store.finish.remote()))
+        except Exception as e:  # noqa: BLE001 - closing must not fail the job
+            log.warning("stage store: tree and figures not recorded: %s", e)
         try:
             ray.kill(self.store)
         except Exception as e:  # noqa: BLE001 - already gone with Ray

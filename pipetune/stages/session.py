@@ -117,18 +117,23 @@ class StageSession:
         """See :func:`resume`."""
         while True:
             got = self._call("acquire", self.trial, self.plan, start)
-            if got.wait_for is None:
+            if got.wait_for is not None:
+                log.debug("trial %s waits for trial %s", self.trial, got.wait_for)
+                time.sleep(self.poll_s)
+                self.waited_s += self.poll_s
+                continue
+            if got.resume_epoch < 0 or got.checkpoint is None or load is None:
                 break
-            log.debug("trial %s waits for trial %s", self.trial, got.wait_for)
-            time.sleep(self.poll_s)
-            self.waited_s += self.poll_s
+            state = self._read_checkpoint(got.checkpoint)
+            if state is not None:
+                load(state)
+                break
+            # Unreadable: the store forgets it and names an earlier start.
+            self._call("forget_checkpoint", self.trial, self.keys[got.resume_epoch],
+                       len(got.replay))
         if got.resume_epoch < 0:
             self.epoch = start
             return start
-        if got.checkpoint is not None and load is not None:
-            import torch
-
-            load(torch.load(got.checkpoint, weights_only=True))
         replay = self._replay_fn or _tune_report
         for i, metrics in enumerate(got.replay):
             epoch = got.first_replayed + i
@@ -138,6 +143,19 @@ class StageSession:
         self.epoch = got.resume_epoch + 1
         self._wall_mark = time.time()
         return self.epoch
+
+    def _read_checkpoint(self, path: str) -> Any:
+        """The state in ``path``, or None (one warning line) when the file is
+        gone or unreadable: a stage another job wrote may have been removed
+        or cut short since."""
+        import torch
+
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file means: train again
+            log.warning("trial %s: stage checkpoint %s unreadable (%s: %s); its stage is "
+                        "trained again", self.trial, path, type(e).__name__, e)
+            return None
 
     def report(self, metrics: Mapping[str, Any], *, state: Callable[[], Any] | None = None,
                steps: int = 0, checkpoint: Any = None) -> Any:
@@ -163,7 +181,7 @@ class StageSession:
             plain = {k: v for k, v in metrics.items()
                      if isinstance(v, (int, float, str, bool)) or v is None}
             self._call("record", self.trial, key, plain, seconds=now - self._wall_mark,
-                       cpu_s=self._cpu_since_mark(), checkpoint=path)
+                       cpu_s=self._cpu_since_mark(), checkpoint=path, epoch=epoch)
         self._wall_mark = now
         self.epoch = epoch + 1
         out = {**metrics, "pt_stage_replayed": False}

@@ -14,6 +14,13 @@ instead of training it again.  Claims end when the key is recorded, when the
 trial ends (the Tune callback, or the trial's own ``finally``), or when the
 claimer has not been heard of for a lease (a paused or vanished trial must
 not block the others forever).
+
+Across jobs (``reuse``): with a :class:`~pipetune.stages.ledger.StageLedger`
+every trained epoch is also written to the pipetune store, and with
+``reuse`` the first trial of a namespace loads the epochs earlier jobs
+recorded there (:meth:`StageLedger.load`) as if this job had trained them;
+a reusing job also checkpoints every epoch it trains, so a later job can
+branch off anywhere.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pipetune.stages.ledger import StageLedger
 from pipetune.stages.tree import StageTree, TrialPlan
 
 __all__ = ["Acquired", "StageStore"]
@@ -50,13 +58,25 @@ class StageStore:
     alone (trial-based execution through the same code path, for fair
     comparisons); ``prune_safe`` also checkpoints every epoch of a stage
     that live trials share, so a trial stopped by a scheduler in the middle
-    of a shared stage leaves its work to the others."""
+    of a shared stage leaves its work to the others.  ``ledger`` records
+    every trained epoch in the pipetune store for later jobs (``job`` names
+    this one there; ``record_epochs=False``: only the job's tree, for
+    checkpoints that end with the job); ``reuse`` also loads what earlier
+    jobs recorded and checkpoints every epoch (see the module docstring)."""
 
     def __init__(self, *, share: bool = True, prune_safe: bool = False,
-                 lease_s: float = 60.0) -> None:
+                 lease_s: float = 60.0, ledger: StageLedger | None = None,
+                 reuse: bool = False, job: str = "", record_epochs: bool = True) -> None:
         self.share = share
         self.prune_safe = prune_safe
         self.lease_s = lease_s
+        self.ledger = ledger
+        self.reuse = reuse and share and ledger is not None
+        self.job = job
+        self.record_epochs = record_epochs
+        self.loaded: set[str] = set()  # namespaces whose earlier records are loaded
+        self.reused: dict[str, int] = {}  # Tune trial id -> epochs replayed from earlier jobs
+        self.reported: dict[str, list[str]] = {}  # Tune trial id -> keys reported to Tune
         self.tree = StageTree()
         self.records: dict[str, dict[str, Any]] = {}
         self.claims: dict[str, str] = {}  # key -> Tune trial id
@@ -91,7 +111,9 @@ class StageStore:
         now = time.time()
         self.heard[trial] = now
         self.plan_of[trial] = plan.trial_id
+        self.finished.discard(plan.trial_id)  # back from a pause
         self.tree.add(plan)
+        self._load_earlier(plan.namespace)
         keys = plan.epoch_keys()
         done = -1
         if self.share:
@@ -114,8 +136,12 @@ class StageStore:
                 self.claims[key] = trial
         if resume < 0:
             return Acquired()
-        replay = tuple(self.records[keys[e]]["metrics"] for e in range(from_epoch, resume + 1))
+        replayed = keys[from_epoch:resume + 1]
+        replay = tuple(self.records[k]["metrics"] for k in replayed)
         self.replayed[trial] = self.replayed.get(trial, 0) + len(replay)
+        self.reused[trial] = self.reused.get(trial, 0) + sum(
+            1 for k in replayed if self.records[k].get("reused"))
+        self.reported.setdefault(trial, []).extend(replayed)
         return Acquired(
             resume_epoch=resume,
             checkpoint=self.records[keys[resume]]["checkpoint"],
@@ -130,7 +156,7 @@ class StageStore:
         self.heard[trial] = time.time()
         if not self.share or key in self.records and self.records[key].get("checkpoint"):
             return False
-        if epoch in self.tree.boundaries(plan_id):
+        if self.reuse or epoch in self.tree.boundaries(plan_id):
             return True
         if self.prune_safe:
             node = next((n for n in self.tree.path(plan_id) if n.start <= epoch < n.stop), None)
@@ -138,26 +164,61 @@ class StageStore:
         return False
 
     def record(self, trial: str, key: str, metrics: dict[str, Any], *, seconds: float,
-               cpu_s: float, checkpoint: str | None) -> None:
-        """Epoch ``key`` is trained: keep its metrics (and checkpoint path)."""
+               cpu_s: float, checkpoint: str | None, epoch: int | None = None) -> None:
+        """Epoch ``key`` (epoch number ``epoch``) is trained: keep its metrics
+        (and checkpoint path); with a ledger, write them to the store too."""
         self.heard[trial] = time.time()
         self.longest_epoch_s = max(self.longest_epoch_s, seconds)
         old = self.records.get(key)
         if old is None or (checkpoint and not old.get("checkpoint")):
-            self.records[key] = {"metrics": dict(metrics), "trial": trial,
+            self.records[key] = {"metrics": dict(metrics), "trial": trial, "cpu_s": float(cpu_s),
                                  "checkpoint": checkpoint or (old or {}).get("checkpoint")}
         if self.claims.get(key) == trial:
             del self.claims[key]
         self.trained[trial] = self.trained.get(trial, 0) + 1
+        self.reported.setdefault(trial, []).append(key)
         self.add_cpu(trial, cpu_s)
+        plan = self.tree.plans.get(self.plan_of.get(trial, ""))
+        if self.ledger is not None and self.record_epochs and plan is not None:
+            self.ledger.write_epoch(
+                namespace=plan.namespace, key=key,
+                epoch=epoch if epoch is not None else plan.epoch_keys().index(key),
+                metrics=metrics, checkpoint=checkpoint, job=self.job, trial=trial,
+                seconds=seconds, cpu_s=cpu_s,
+            )
+
+    def forget_checkpoint(self, trial: str, key: str, replayed: int = 0) -> None:
+        """The checkpoint of ``key`` cannot be read: the epochs after the
+        previous one are trained again.  ``replayed``: the epochs the
+        :meth:`acquire` that named it counted as replayed, undone."""
+        if key in self.records:
+            self.records[key]["checkpoint"] = None
+        if replayed:
+            self.replayed[trial] = self.replayed.get(trial, 0) - replayed
+            done = self.reported.get(trial, [])
+            undone = done[len(done) - replayed:]
+            self.reused[trial] = self.reused.get(trial, 0) - sum(
+                1 for k in undone if self.records.get(k, {}).get("reused"))
+            del done[len(done) - replayed:]
+
+    def _load_earlier(self, namespace: str) -> None:
+        """With ``reuse``, adopt the epochs earlier jobs recorded for
+        ``namespace`` (once per namespace; this job's own records win)."""
+        if not self.reuse or namespace in self.loaded or self.ledger is None:
+            return
+        self.loaded.add(namespace)
+        for key, rec in self.ledger.load(namespace).items():
+            if key not in self.records:
+                self.records[key] = {**rec, "trial": None, "reused": True}
 
     def add_cpu(self, trial: str, cpu_s: float) -> None:
         """CPU-seconds the trial's process spent (training, loading, replaying)."""
         self.cpu_s[trial] = self.cpu_s.get(trial, 0.0) + float(cpu_s)
 
     def release(self, trial: str) -> int:
-        """The trial ended (completed, stopped, failed): drop its claims.
-        Returns how many it held."""
+        """The trial ended (completed, stopped, failed) or was paused: drop
+        its claims (a paused trial claims again when it resumes).  Returns
+        how many it held."""
         mine = [k for k, t in self.claims.items() if t == trial]
         for k in mine:
             del self.claims[k]
@@ -168,12 +229,26 @@ class StageStore:
     # -- figures -------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Totals for benchmarks and reports (plain data)."""
+        """Totals for benchmarks and reports (plain data).
+
+        ``epochs_reported`` is what the trials reported to Tune (trained
+        and replayed): what trial-based execution trains for the same trials
+        stopped at the same epochs; ``cpu_s_trial_based`` estimates its
+        CPU-seconds as the recorded CPU-seconds of each epoch times the
+        trials that reported it (None when an epoch has none recorded).
+        ``epochs_reused`` are replayed epochs earlier jobs trained."""
+        keys = [k for done in self.reported.values() for k in done]
+        costs = [self.records.get(k, {}).get("cpu_s") for k in keys]
         return {
             "trials": len(self.plan_of),
             "epochs_trained": sum(self.trained.values()),
             "epochs_replayed": sum(self.replayed.values()),
-            "cpu_s": sum(self.cpu_s.values()),
+            "epochs_reused": sum(self.reused.values()),
+            "epochs_reported": len(keys),
+            # float(): a store field keeps one type (InfluxDB refuses an int after a float)
+            "cpu_s_trial_based": (float(sum(costs))  # type: ignore[arg-type]
+                                  if all(c is not None for c in costs) else None),
+            "cpu_s": float(sum(self.cpu_s.values())),
             "cpu_s_by_trial": dict(self.cpu_s),
             "tree_nodes": len(self.tree),
             "tree_unique_epochs": self.tree.unique_epochs(),
@@ -182,4 +257,33 @@ class StageStore:
         }
 
     def tree_rows(self) -> list[dict[str, Any]]:
-        return self.tree.describe()
+        """:meth:`StageTree.describe`, each row with the Tune trials that
+        ran its plans (``tune_trials``) and that end at it
+        (``tune_ending``), and ``epoch_marks``, one letter per epoch:
+        ``t`` trained by this job, ``r`` reused from an earlier one, ``-``
+        never trained (its trials were stopped first)."""
+        tune_of: dict[str, list[str]] = {}
+        for tune_id, plan_id in sorted(self.plan_of.items()):
+            tune_of.setdefault(plan_id, []).append(tune_id)
+        rows = self.tree.describe()
+        for row in rows:
+            row["tune_trials"] = sorted(t for p in row["trials"] for t in tune_of.get(p, []))
+            row["tune_ending"] = sorted(t for p in row["ending"] for t in tune_of.get(p, []))
+            keys = self.tree.plans[row["trials"][0]].epoch_keys()[row["start"]:row["stop"]]
+            row["epoch_marks"] = "".join(
+                "-" if k not in self.records else "r" if self.records[k].get("reused") else "t"
+                for k in keys
+            )
+        return rows
+
+    def finish(self) -> dict[str, Any]:
+        """The job ended: write its tree and figures to the store (with a
+        ledger and a job name) and close the ledger.  Returns the figures."""
+        figures = self.stats()
+        if self.ledger is not None:
+            if self.job:
+                plain = {k: v for k, v in figures.items() if not isinstance(v, dict)}
+                plain["reuse"] = int(self.reuse)
+                self.ledger.write_job(self.job, self.tree_rows(), plain)
+            self.ledger.close()
+        return figures

@@ -287,7 +287,8 @@ class StageTree:
         return sum(n.epochs for n in self.nodes())
 
     def describe(self) -> list[dict[str, Any]]:
-        """Plain rows for reports and JSON: one per node, with its parent's index."""
+        """Plain rows for reports and JSON: one per node, with its parent's
+        index, the plans through it (``trials``) and those ending at its end."""
         index = {id(n): i for i, n in enumerate(self.nodes())}
         return [
             {
@@ -297,6 +298,7 @@ class StageTree:
                 "stop": n.stop,
                 "values": dict(n.values),
                 "trials": sorted(n.trials),
+                "ending": sorted(n.ending),
             }
             for n in self.nodes()
         ]

@@ -38,6 +38,8 @@ MEASUREMENT_TAGS: dict[str, tuple[str, ...]] = {
     "power": ("node", "source"),
     "job": ("job", "mode", "workload"),
     "trial": ("job", "trial", "mode"),
+    "stage": ("space", "prefix"),  # a trained epoch of a stage job (pipetune.stages.ledger)
+    "stage_job": ("job",),  # a stage job's tree and figures
 }
 
 FieldValue = float | int | str | bool

@@ -50,6 +50,9 @@ class JobSpec:
     schedules: tuple[str, ...] = ()
     #: Stage-tree execution: shared prefixes are trained once.
     stages: bool = False
+    #: With ``stages``: reuse the stages earlier jobs of the same workload,
+    #: data and seed recorded in the store (``--reuse``).
+    reuse: bool = False
 
     def __post_init__(self) -> None:
         from pipetune.tune import MODES
@@ -65,6 +68,8 @@ class JobSpec:
         for name in ("samples", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name}={getattr(self, name)}: must be >= 1")
+        if self.reuse and not self.stages:
+            raise UsageError("--reuse reuses stages: it needs --stages")
         if self.schedules:
             from pipetune.stages.flags import schedule_grid
 
@@ -177,6 +182,9 @@ class JobResult:
     #: Points still in the spool at the end (the store was down): replayed
     #: by the next process that opens the store once it answers.
     spooled: int = 0
+    #: With ``--stages``: the stage runner's figures (epochs trained,
+    #: replayed, reused; CPU-seconds; tree size), as recorded in the store.
+    stages: dict[str, Any] | None = None
 
 
 def _scheduler(name: str, epochs: int, metric: str, mode: str) -> Any:
@@ -236,7 +244,7 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
                 "temporary folder, RAY_TMPDIR, must be writable)"
             ) from e
         started_ray = True
-    stage_runner = None
+    stage_runner, stage_figures = None, None
     try:
         trials = sample_trials(cls, spec)
         train_fn = _workload_train_fn(spec.workload, spec.epochs, spec.seed)
@@ -301,6 +309,7 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
     finally:
         if stage_runner is not None:
             stage_runner.close()
+            stage_figures = stage_runner.figures
         if power is not None:
             power.stop()
         store.close()
@@ -342,6 +351,7 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
         settings.store,
         interrupted=callback.interrupted,
         spooled=spooled_points(settings.spool_dir, settings.store),
+        stages=stage_figures,
     )
 
 
@@ -362,28 +372,40 @@ def _plain(v: Any) -> Any:
 def _stage_runner(spec: JobSpec, cls: type, trials: list[dict[str, Any]], train_fn: Any,
                   settings: Settings) -> tuple[Any, Any, list[dict[str, Any]]]:
     """A stage runner for the job with the grid registered, the train
-    function wrapped by it (checkpoints under the job's Tune folder), and the
-    trials in an order that keeps ``--concurrent`` trials from waiting."""
-    from pipetune.stages import StageRunner, order_trials, plan_for
+    function wrapped by it (checkpoints under the job's Tune folder, epochs
+    and tree recorded in the store), and the trials in an order that keeps
+    ``--concurrent`` trials from waiting.
 
-    namespace = f"{spec.workload}/seed={spec.seed}"
+    Stages are shared (within the job, and across jobs with ``--reuse``) by
+    namespace — workload, seed and data folder — and by the exact values of
+    every hyperparameter the workload takes, its defaults filled in (so a
+    default changed between versions, or ``max_train_samples`` set in one
+    job and not another, is a different stage)."""
+    from pipetune.stages import StageRunner, order_trials, plan_for
+    from workloads.base import default_data_dir
+
+    namespace = f"{spec.workload}/seed={spec.seed}/data={default_data_dir()}"
     runner = StageRunner(
         settings.home / "ray_results" / spec.job / "stages",
         prune_safe=spec.scheduler != "fifo",
+        store=settings.store,
+        spool_dir=settings.spool_dir,
+        job=spec.job,
+        reuse=spec.reuse,
     )
-    hp = set(cls.hyperparameters)
+    defaults = dict(cls.hyperparameters)
+
+    def resolved(config: Mapping[str, Any]) -> dict[str, Any]:
+        return {**defaults, **{k: v for k, v in config.items() if k in defaults}}
 
     def hparams(config: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in config["trial"].items() if k in hp}
+        return resolved(config["trial"])
 
-    runner.register(
-        plan_for({k: v for k, v in t.items() if k in hp}, spec.epochs, namespace=namespace)
-        for t in trials
-    )
+    runner.register(plan_for(resolved(t), spec.epochs, namespace=namespace) for t in trials)
     ordered = order_trials(
         trials, spec.epochs, spec.concurrent or max(1, os.cpu_count() or 1),
         namespace=namespace,
-        ignore=[k for t in trials for k in t if k not in hp],
+        ignore=[k for t in trials for k in t if k not in defaults],
     )
     wrapped = runner.wrap(train_fn, spec.epochs, namespace=namespace, hparams=hparams)
     return runner, wrapped, [dict(t) for t in ordered]

@@ -50,6 +50,15 @@ def test_cli_bad_schedule_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[s
     assert len(err.splitlines()) == 1 and "rate" in err and "Traceback" not in err
 
 
+def test_cli_reuse_without_stages_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["tune", "lenet5-mnist", "--reuse", "--schedule", "lr=const:0.1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "--stages" in err and "Traceback" not in err
+
+
 def test_workload_schedule_is_exact_per_epoch_and_resumes_like_a_straight_run() -> None:
     import torch
 
