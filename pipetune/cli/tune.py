@@ -66,6 +66,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="stage-tree execution: prefixes trials share are trained once",
     )
+    parser.add_argument(
+        "--parallel",
+        default=None,
+        metavar="STRATEGY",
+        help="train every trial with a parallel strategy: none | ddp | mp | gpipe (its ranks "
+        "are child processes of the trial: one cgroup, one profile); auto (the tuner "
+        "chooses) is not implemented yet. Default: one process, the workload's own loop",
+    )
+    parser.add_argument("--workers", type=int, default=None,
+                        help="ranks per trial for --parallel (default 2; 1 for none)")
+    parser.add_argument("--chunks", type=int, default=None,
+                        help="GPipe micro-batches per batch (default 4 for gpipe)")
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="with --parallel: cpu (gloo), cuda (NCCL, one GPU per rank) or "
+                        "auto (default)")
+    parser.add_argument("--gpu-power-w", type=float, default=None, metavar="W",
+                        help="GPU power limit for every GPU of every trial (NVML; through "
+                        "the daemon when not root)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -85,7 +103,10 @@ def _parse_set(items: list[str]) -> dict[str, object]:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from pipetune.tune.job import JobSpec, run_job
 
-    kwargs = {}
+    kwargs: dict[str, object] = {}
+    parallel = parallel_config(args)
+    if parallel is not None:
+        kwargs["parallel"] = parallel
     if args.space:
         kwargs["space"] = space = _space(args.space)
         if not args.json:
@@ -103,6 +124,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         fixed_hparams=_parse_set(args.set),
         schedules=tuple(args.schedule),
         stages=args.stages,
+        gpu_power_w=args.gpu_power_w,
         **kwargs,
     )
     if args.json:
@@ -123,6 +145,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"{result.spooled} points wait in the spool (the store was unreachable); "
             "the next pipetune command that opens the store replays them"
         )
+    if any(t.get("parallel") not in (None, "none") for t in result.trials):
+        print("parallel: " + ", ".join(sorted({f"{t.get('parallel')} x{t.get('workers')}"
+                                                for t in result.trials})))
     header = (
         f"{'trial':<14} {'system config':<14} {'chosen by':<10} {'metric':>8} "
         f"{'epochs':>6} {'time s':>7}  hyperparameters"
@@ -152,6 +177,31 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"job {result.job} was interrupted: the store records it as interrupted")
         return 130
     return 0
+
+
+def parallel_config(args: argparse.Namespace) -> object:
+    """``--parallel/--workers/--chunks/--device`` as a ParallelConfig, or None
+    (no ``--parallel``: trials train in one process, as before).
+
+    Raises:
+        NotSupportedError-like UsageError (exit 2): ``auto``, until the tuner
+            chooses strategies.
+    """
+    from pipetune.errors import UsageError
+
+    if args.parallel is None:
+        for flag in ("workers", "chunks"):
+            if getattr(args, flag) is not None:
+                raise UsageError(f"--{flag} needs --parallel")
+        return None
+    if args.parallel == "auto":
+        raise UsageError("--parallel auto is not implemented yet (the tuner does not choose "
+                         "strategies yet); pick none, ddp, mp or gpipe")
+    from pipetune.parallel import ParallelConfig
+
+    workers = args.workers if args.workers is not None else (1 if args.parallel == "none" else 2)
+    chunks = args.chunks if args.chunks is not None else (4 if args.parallel == "gpipe" else 1)
+    return ParallelConfig(args.parallel, workers=workers, chunks=chunks, device=args.device)
 
 
 def _space(items: list[str]) -> SystemSpace:
