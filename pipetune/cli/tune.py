@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict
 
 from pipetune.config import Settings
-from pipetune.errors import ConfigError
+from pipetune.errors import ConfigError, UsageError
 from pipetune.types import SystemSpace
 
 COMMAND = "tune"
@@ -109,6 +109,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         kwargs["parallel"] = parallel
     if args.space:
         kwargs["space"] = space = _space(args.space)
+        if len(space.parallel) > 1 or len(space.workers) > 1:
+            raise UsageError("--space with several parallel strategies or worker counts is not "
+                             "implemented yet (the tuner does not choose strategies yet); "
+                             "use --parallel STRATEGY --workers N")
+        if parallel is None and space.parallel != ("none",):
+            from pipetune.parallel import ParallelConfig
+
+            kwargs["parallel"] = ParallelConfig(space.parallel[0], workers=space.workers[0],
+                                                chunks=args.chunks or (4 if space.parallel[0] == "gpipe" else 1),
+                                                device=args.device)
         if not args.json:
             print(f"system space: {_describe(space)}")
     spec = JobSpec(
@@ -187,8 +197,6 @@ def parallel_config(args: argparse.Namespace) -> object:
         NotSupportedError-like UsageError (exit 2): ``auto``, until the tuner
             chooses strategies.
     """
-    from pipetune.errors import UsageError
-
     if args.parallel is None:
         for flag in ("workers", "chunks"):
             if getattr(args, flag) is not None:
@@ -216,6 +224,8 @@ def _space(items: list[str]) -> SystemSpace:
             memory_mb=space.memory_mb,
             gpus=space.gpus,
             default=space.default if "default" in given else None,
+            parallel=space.parallel,
+            workers=space.workers,
         )
     return space
 

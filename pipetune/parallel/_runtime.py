@@ -360,9 +360,12 @@ class RankChannel:
 
 
 def rank_facts(rank: int, cpu0: float) -> dict[str, Any]:
-    """This rank's figures for one epoch: pid, CPU seconds (all its threads), peak RSS."""
-    return {"rank": rank, "pid": os.getpid(), "cpu_s": time.process_time() - cpu0,
-            "rss_peak_mb": peak_rss_mb()}
+    """This rank's figures for one epoch: pid, torch threads, CPU seconds (all its
+    threads), peak RSS."""
+    import torch
+
+    return {"rank": rank, "pid": os.getpid(), "threads": torch.get_num_threads(),
+            "cpu_s": time.process_time() - cpu0, "rss_peak_mb": peak_rss_mb()}
 
 
 def to_cpu(obj: Any) -> Any:

@@ -246,6 +246,8 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
         # a failed trial after Ray started (or a key silently dropped).
         cls.resolve_hparams(spec.fixed_hparams)
     spec.space.validate()
+    if spec.grouped:
+        check_parallel(cls, spec, sample_trials(cls, spec))  # before Ray starts
     # Opening the store first fails early, with a clear line, on a bad URL.
     store = open_store(settings.store, spool_root=settings.spool_dir)
     power = _power_sampler(store, settings)
@@ -271,7 +273,6 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
     try:
         trials = sample_trials(cls, spec)
         if spec.grouped:
-            check_parallel(cls, spec, trials)
             train_fn = _parallel_train_fn(spec.workload, spec.epochs, spec.seed)
         else:
             train_fn = _workload_train_fn(spec.workload, spec.epochs, spec.seed)

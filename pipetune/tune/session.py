@@ -380,13 +380,30 @@ def _group_facts(group: GroupFacts, energy_j: float | None) -> dict[str, Any]:
         cpu_s = float(r.get("cpu_s", 0.0))
         out[f"pt_rank{i}_cpu_s"] = cpu_s
         out[f"pt_rank{i}_rss_peak_mb"] = float(r.get("rss_peak_mb", 0.0))
+        if "threads" in r:
+            out[f"pt_rank{i}_threads"] = int(r["threads"])
         if energy_j is not None:
             share = cpu_s / cpu_total if cpu_total > 0 else 1.0 / max(1, len(group.ranks))
             out[f"pt_rank{i}_energy_j"] = energy_j * share
     if group.ranks:
         out["pt_ranks_in_trial_cgroup"] = ranks_in_trial_cgroup(
             [int(r["pid"]) for r in group.ranks if "pid" in r])
+        out["pt_ranks_cgroup"] = _cpu_cgroup("self")
     return out
+
+
+def _cpu_cgroup(pid: int | str) -> str:
+    """The cgroup ``pid`` is in for CPUs: the cpuset hierarchy's path (v1), the
+    unified one (v2); "" when unknown."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="ascii") as f:
+            lines = [line.strip().split(":", 2) for line in f if line.strip()]
+    except OSError:
+        return ""
+    for _, controllers, path in lines:
+        if "cpuset" in controllers.split(","):
+            return path
+    return next((path for hid, _, path in lines if hid == "0"), "")
 
 
 def ranks_in_trial_cgroup(pids: list[int]) -> bool:
