@@ -612,7 +612,10 @@ def spawn_workers(target: str, spec: RunSpec,
             else:
                 failure = (rank, payload, tb)
     finally:
-        deadline = time.monotonic() + (JOIN_TIMEOUT_S if failure is None else 2.0)
+        # Not all done and no failure: the caller's on_epoch raised (a trial
+        # stopped by its scheduler) while the ranks wait at a boundary.
+        clean = failure is None and len(done) == world
+        deadline = time.monotonic() + (JOIN_TIMEOUT_S if clean else 2.0)
         for p in procs:
             if p.pid is None:
                 continue

@@ -144,3 +144,34 @@ def test_gpipe_job_ranks_share_the_trial_cgroup_and_the_store_names_the_strategy
     assert len(epochs) == 2 and (epochs["metric.strategy.gpipe"] == 2).all()
     assert (epochs["metric.workers"] == 2).all()
     assert set(trials["parallel"]) == {"gpipe"}
+
+
+def test_a_restart_asked_of_the_session_runs_at_the_next_boundary() -> None:
+    from pipetune.policy import FixedPolicy
+    from pipetune.tune import session as session_module
+    from pipetune.tune.parallel import train_parallel
+    from pipetune.types import SystemConfig
+
+    seen: list[dict[str, Any]] = []
+    policy = FixedPolicy(SystemConfig(2), trial_id="t-restart", controller="dry-run")
+    session = TrialSession(TrialRef("job", "t-restart", "node"), policy,
+                           parallel=ParallelConfig("none"))
+
+    def report_fn(out: dict[str, Any], **_: Any) -> None:
+        seen.append(out)
+        if out["epoch"] == 0:  # whoever chooses strategies asks; the group follows
+            session.request_parallel(ParallelConfig("ddp", 2))
+
+    session._report_fn = report_fn
+    session.start()
+    session_module.set_current(session)
+    try:
+        records = train_parallel("lenet5-mnist", HP, epochs=2)
+    finally:
+        session_module.set_current(None)
+        session.close()
+    assert [(r["pt_parallel"], r["pt_workers"]) for r in seen] == [("none", 1), ("ddp", 2)]
+    assert "pt_restart_s" not in seen[0] and seen[1]["pt_restart_s"] > 0
+    assert [r["strategy"] for r in records] == ["none", "ddp"]
+    assert session.history[1].metrics["restart_s"] > 0
+    assert session.history[1].metrics["strategy.ddp"] == 2
