@@ -116,9 +116,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if parallel is None and space.parallel != ("none",):
             from pipetune.parallel import ParallelConfig
 
-            kwargs["parallel"] = ParallelConfig(space.parallel[0], workers=space.workers[0],
-                                                chunks=args.chunks or (4 if space.parallel[0] == "gpipe" else 1),
-                                                device=args.device)
+            strategy = space.parallel[0]
+            kwargs["parallel"] = ParallelConfig(
+                strategy, workers=space.workers[0],
+                chunks=args.chunks or (4 if strategy == "gpipe" else 1), device=args.device)
         if not args.json:
             print(f"system space: {_describe(space)}")
     spec = JobSpec(

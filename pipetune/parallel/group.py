@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +155,9 @@ class GroupRunner:
             stop: dict[str, Any] = {}
             cost: list[float] = []
 
-            def on_ready(cost: list[float] = cost) -> None:
-                if restart_from is not None:
-                    cost.append(time.perf_counter() - restart_from)
+            def on_ready(cost: list[float] = cost, since: float | None = restart_from) -> None:
+                if since is not None:
+                    cost.append(time.perf_counter() - since)
 
             def relay(record: EpochRecord, spec: RunSpec = spec, stop: dict[str, Any] = stop,
                       cost: list[float] = cost) -> tuple[str, int | None]:

@@ -23,9 +23,9 @@ from pipetune.parallel._runtime import (
     partition_state,
     place,
     recv_tensor,
-    send_tensor,
     resume,
     resume_partition,
+    send_tensor,
     spawn_workers,
 )
 from pipetune.parallel.base import EpochRecord, ParallelConfig, ParallelStrategy, RunSpec

@@ -16,7 +16,6 @@ import types
 from typing import Any
 
 import pytest
-
 from energy_fake_nvml import FakeGpu, FakeNvml
 
 import pipetune

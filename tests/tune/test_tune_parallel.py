@@ -92,7 +92,8 @@ def test_one_boundary_per_epoch_and_rank_threads_follow_at_the_next_one() -> Non
 
     seen: list[dict[str, Any]] = []
     session = TrialSession(TrialRef("job", "t-threads", "node"), TwoThenOne(),
-                           report_fn=lambda out, **_: seen.append(out), parallel=ParallelConfig("none")).start()
+                           report_fn=lambda out, **_: seen.append(out),
+                           parallel=ParallelConfig("none")).start()
     session_module.set_current(session)
     try:
         records = train_parallel("lenet5-mnist", HP, epochs=3)
