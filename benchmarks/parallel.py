@@ -33,7 +33,11 @@ the peak RSS of each rank, the trials' final training loss and its largest
 deviation from the single process's (same trial, same epochs), the job's
 tuning time, and the ratios to the single process::
 
-    python benchmarks/parallel.py --tune --quick      # lenet5-mnist, 2 trials x 2 epochs
+    python benchmarks/parallel.py --tune --quick      # lenet5-mnist, v1, 2 trials x 2 epochs
+
+(``--mode v1`` by default: every trial holds all cores, so the rows differ by
+strategy only; in mode pipetune the single-process trial also pays its step
+windows' decision waits and the tuner's probes, which the groups do not.)
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="with --tune: lenet5-mnist, 2 trials x 2 epochs, 1024 samples")
     p.add_argument("--trials", type=int, default=2, help="with --tune: trials per job")
+    p.add_argument("--mode", default="v1",
+                   help="with --tune: the jobs' mode (default v1: every trial on all cores, "
+                   "so the strategies differ and the tuner's probing does not)")
     return p.parse_args(argv)
 
 
@@ -93,7 +100,8 @@ def run_tune_job(workload: str, strategy: str, args: argparse.Namespace,
     from pipetune.store import open_store
 
     job = f"bench-{strategy}"
-    cmd = [sys.executable, "-m", "pipetune", "tune", workload, "--samples", str(args.trials),
+    cmd = [sys.executable, "-m", "pipetune", "tune", workload, "--mode", args.mode,
+           "--samples", str(args.trials),
            "--epochs", str(args.epochs), "--concurrent", "1", "--job", job, "--json",
            "--set", f"max_train_samples={args.samples}", f"batch_size={args.batch_size}",
            "dropout=0.0"]
@@ -162,7 +170,7 @@ def main_tune(args: argparse.Namespace) -> int:
     import tempfile
 
     if args.quick:
-        args.epochs, args.samples, args.trials = 2, 1024, 2
+        args.epochs, args.samples, args.trials = 2, 2048, 2
     workload = args.workloads[0] if args.workloads != list(WORKLOADS) else "lenet5-mnist"
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -171,8 +179,9 @@ def main_tune(args: argparse.Namespace) -> int:
             print(f"pipetune tune {workload} with {strategy} ...", file=sys.stderr, flush=True)
             rows.append(run_tune_job(workload, strategy, args, Path(tmp) / strategy))
     text = tune_table(rows)
-    print(f"{workload}: {args.trials} trials x {args.epochs} epochs, {args.samples} samples, "
-          f"batch {args.batch_size}, {cpu_count()} cores, one trial at a time")
+    print(f"{workload}: mode {args.mode}, {args.trials} trials x {args.epochs} epochs, "
+          f"{args.samples} samples, batch {args.batch_size}, {cpu_count()} cores, one trial "
+          "at a time")
     print(text)
     load = os.getloadavg()
     (args.out / "parallel-tune.json").write_text(json.dumps(
