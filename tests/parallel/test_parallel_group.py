@@ -82,3 +82,19 @@ def test_threads_per_rank_is_the_share_divided_at_least_one() -> None:
     assert threads_per_rank(3, 2) == 1
     assert threads_per_rank(1, 4) == 1
     assert not math.isnan(threads_per_rank(2, 1))
+
+
+def test_a_gpipe_checkpoint_resumes_as_a_single_process(tmp_path) -> None:
+    """The partitions' optimizer states merge into the whole model's: a trial
+    checkpointed by gpipe goes on as ``none`` (a Tune resume, or a restart)."""
+    first = GroupRunner("lenet5-mnist", HP, ParallelConfig("gpipe", 2, chunks=2), epochs=1,
+                        threads=1, checkpoint_dir=tmp_path)
+    (record,) = first.run(lambda r: None)
+    resumed = GroupRunner("lenet5-mnist", HP, ParallelConfig("none"), epochs=2, threads=1,
+                          resume_path=record["checkpoint"])
+    assert resumed.next_epoch == 1
+    rest = resumed.run(lambda r: None)
+    resumed.close()
+    reference, _ = _run({}, ParallelConfig("none"))
+    assert [r["epoch"] for r in rest] == [1]
+    assert rest[0]["loss"] == pytest.approx(reference[1]["loss"], rel=0.02)
