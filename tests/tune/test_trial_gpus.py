@@ -62,8 +62,14 @@ def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> PowerNvml:
 
 
 def test_trial_sees_its_gpu_count_and_power_limit_through_wrap(
-    fake_nvml: PowerNvml, tmp_path: Any
+    fake_nvml: PowerNvml, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import ray
+
+    # Outside Tune: the trainable asks Ray for its node id, which would start
+    # a Ray of its own here (and the session's Ray fixture could not start).
+    monkeypatch.setattr(ray, "get_runtime_context",
+                        lambda: types.SimpleNamespace(get_node_id=lambda: "node-id"))
     settings = Settings.load({"home": str(tmp_path / "home"), "controller": "dry-run"}, env={})
     seen: dict[str, Any] = {}
 
