@@ -21,6 +21,23 @@ On a GPU machine (at least ``--workers`` GPUs; untested on this project's hosts)
 
 Machines here are shared and noisy: compare the ratios within one run, not
 absolute seconds across runs.
+
+``--tune`` runs whole ``pipetune tune`` jobs instead, one per strategy, each
+in its own ``PIPETUNE_HOME`` (same seed, so the same trials' hyperparameters):
+the single process with all cores' threads (no ``--parallel``: the
+workload's own loop in the trial process), DDP with ``--workers`` ranks of
+``cores // workers`` threads, GPipe with ``--workers`` stages and mp with
+``--workers`` parts.  It prints per strategy the epoch time (the trials'
+median of their last epoch: the first one also pays the group's start),
+the peak RSS of each rank, the trials' final training loss and its largest
+deviation from the single process's (same trial, same epochs), the job's
+tuning time, and the ratios to the single process::
+
+    python benchmarks/parallel.py --tune --quick      # lenet5-mnist, v1, 2 trials x 2 epochs
+
+(``--mode v1`` by default: every trial holds all cores, so the rows differ by
+strategy only; in mode pipetune the single-process trial also pays its step
+windows' decision waits and the tuner's probes, which the groups do not.)
 """
 
 from __future__ import annotations
@@ -60,7 +77,120 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="cpu (gloo), cuda (NCCL, one GPU per rank) or auto (default)")
+    p.add_argument("--tune", action="store_true",
+                   help="run a `pipetune tune` job per strategy instead (see the docstring)")
+    p.add_argument("--quick", action="store_true",
+                   help="with --tune: lenet5-mnist, 2 trials x 2 epochs, 1024 samples")
+    p.add_argument("--trials", type=int, default=2, help="with --tune: trials per job")
+    p.add_argument("--mode", default="v1",
+                   help="with --tune: the jobs' mode (default v1: every trial on all cores, "
+                   "so the strategies differ and the tuner's probing does not)")
     return p.parse_args(argv)
+
+
+TUNE_STRATEGIES = ("single", "ddp", "gpipe", "mp")
+
+
+def run_tune_job(workload: str, strategy: str, args: argparse.Namespace,
+                 home: Path) -> dict[str, Any]:
+    """One ``pipetune tune`` job (a subprocess, its own home); its figures."""
+    import subprocess
+
+    from pipetune.config import Settings
+    from pipetune.store import open_store
+
+    job = f"bench-{strategy}"
+    cmd = [sys.executable, "-m", "pipetune", "tune", workload, "--mode", args.mode,
+           "--samples", str(args.trials),
+           "--epochs", str(args.epochs), "--concurrent", "1", "--job", job, "--json",
+           "--set", f"max_train_samples={args.samples}", f"batch_size={args.batch_size}",
+           "dropout=0.0"]
+    if strategy != "single":
+        cmd += ["--parallel", strategy, "--workers", str(args.workers),
+                "--device", args.device]
+        if strategy == "gpipe":
+            cmd += ["--chunks", str(args.chunks)]
+    env = {**os.environ, "PIPETUNE_HOME": str(home),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout)
+    trials = sorted(result["trials"], key=lambda t: t["trial"])
+    settings = Settings.load({"home": str(home)}, env={})
+    store = open_store(settings.store, spool_root=settings.spool_dir)
+    epochs = store.epochs(job)
+    store.close()
+    losses = []
+    for t in trials:
+        rows = epochs[epochs["trial"] == t["trial"]].sort_values("time")
+        losses.append(float(rows["metric.loss"].iloc[-1]))
+    last = [t["history"][-1] for t in trials]
+    ranks: dict[int, float] = {}
+    for h in (h for t in trials for h in t["history"]):
+        for key, v in h.items():
+            if key.startswith("pt_rank") and key.endswith("_rss_peak_mb") and v is not None:
+                r = int(key.removeprefix("pt_rank").split("_")[0])
+                ranks[r] = max(ranks.get(r, 0.0), float(v))
+    return {
+        "workload": workload, "strategy": strategy, "job": job,
+        "parallel": trials[0].get("parallel"), "workers": trials[0].get("workers"),
+        "epoch_s": statistics.median(h["pt_epoch_s"] for h in last),
+        "threads_per_rank": last[0].get("pt_rank0_threads") or last[0].get("pt_threads"),
+        "rank_rss_peak_mb": [ranks[r] for r in sorted(ranks)],
+        "final_losses": losses, "accuracy": [t.get("accuracy") for t in trials],
+        "tuning_s": result["tuning_s"], "wall_s": wall,
+        "errors": [t["error"] for t in trials if t["error"]],
+    }
+
+
+def tune_table(rows: list[dict[str, Any]]) -> str:
+    base = next(r for r in rows if r["strategy"] == "single")
+    head = (f"{'strategy':14s} {'epoch s':>8s} {'x single':>8s} {'tuning s':>9s} "
+            f"{'x single':>8s} {'final loss (trials)':>22s} {'max |dloss|':>11s}  "
+            "peak RSS per rank (MB)")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        d = max(abs(a - b) / abs(b) for a, b in zip(r["final_losses"], base["final_losses"],
+                                                  strict=True))
+        label = ("single " + f"{r['threads_per_rank']}t" if r["strategy"] == "single"
+                 else f"{r['strategy']} {r['workers']}x{r['threads_per_rank']}t")
+        rss = ", ".join(f"{v:.0f}" for v in r["rank_rss_peak_mb"]) or "-"
+        loss = ", ".join(f"{v:.4f}" for v in r["final_losses"])
+        lines.append(
+            f"{label:14s} {r['epoch_s']:8.2f} {r['epoch_s'] / base['epoch_s']:8.2f} "
+            f"{r['tuning_s']:9.1f} {r['tuning_s'] / base['tuning_s']:8.2f} {loss:>22s} "
+            f"{100 * d:10.2f}%  {rss}")
+    return "\n".join(lines)
+
+
+def main_tune(args: argparse.Namespace) -> int:
+    import tempfile
+
+    if args.quick:
+        args.epochs, args.samples, args.trials = 2, 2048, 2
+    workload = args.workloads[0] if args.workloads != list(WORKLOADS) else "lenet5-mnist"
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="pipetune-bench-") as tmp:
+        for strategy in TUNE_STRATEGIES:
+            print(f"pipetune tune {workload} with {strategy} ...", file=sys.stderr, flush=True)
+            rows.append(run_tune_job(workload, strategy, args, Path(tmp) / strategy))
+    text = tune_table(rows)
+    print(f"{workload}: mode {args.mode}, {args.trials} trials x {args.epochs} epochs, "
+          f"{args.samples} samples, batch {args.batch_size}, {cpu_count()} cores, one trial "
+          "at a time")
+    print(text)
+    load = os.getloadavg()
+    (args.out / "parallel-tune.json").write_text(json.dumps(
+        {"host": {"cores": cpu_count(), "loadavg": load},
+         "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+    (args.out / "parallel-tune.txt").write_text(text + "\n")
+    print(f"\nload average during the run: {load[0]:.1f}; wrote {args.out}/parallel-tune.json",
+          file=sys.stderr)
+    return 0
 
 
 def run_one(workload: str, strategy: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -180,6 +310,8 @@ def _cuda_names() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.tune:
+        return main_tune(args)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for wl in args.workloads:

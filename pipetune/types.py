@@ -110,6 +110,10 @@ def _as_tuple(values: Iterable[Any] | Any) -> tuple[Any, ...]:
     return tuple(values)
 
 
+#: Parallel strategies (pipetune.parallel's names; kept here so types imports no torch).
+PARALLEL_STRATEGIES = ("none", "ddp", "mp", "gpipe")
+
+
 @dataclass(frozen=True)
 class SystemSpace:
     """The allowed system values per dimension.
@@ -124,6 +128,12 @@ class SystemSpace:
     memory_mb: tuple[int | None, ...] = (None,)
     gpus: tuple[int, ...] = (0,)
     default: SystemConfig | None = None
+    #: Parallel strategies a trial may train with (``none``, ``ddp``, ``mp``,
+    #: ``gpipe``) and worker counts.  Not part of :meth:`configs` (the grid the
+    #: tuner probes today); a change of strategy restarts the trial's worker
+    #: group at an epoch boundary (``pipetune.parallel.group``).
+    parallel: tuple[str, ...] = ("none",)
+    workers: tuple[int, ...] = (1,)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cores", _as_tuple(self.cores))
@@ -135,6 +145,17 @@ class SystemSpace:
                 raise ConfigError(f"space {name}: needs at least one value")
             if len(set(values)) != len(values):
                 raise ConfigError(f"space {name}={list(values)}: values repeat")
+        object.__setattr__(self, "parallel", _as_tuple(self.parallel))
+        object.__setattr__(self, "workers", _as_tuple(self.workers))
+        for name in ("parallel", "workers"):
+            if not getattr(self, name):
+                raise ConfigError(f"space {name}: needs at least one value")
+        unknown = [p for p in self.parallel if p not in PARALLEL_STRATEGIES]
+        if unknown:
+            raise ConfigError(f"space parallel={list(self.parallel)}: {unknown} unknown "
+                              f"(known: {', '.join(PARALLEL_STRATEGIES)})")
+        if any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in self.workers):
+            raise ConfigError(f"space workers={list(self.workers)}: integers >= 1")
         # Building each config validates every value (cores >= 1, ...).
         configs = self.configs()
         if self.default is None:
@@ -188,10 +209,13 @@ class SystemSpace:
             if key == "default":
                 kwargs["default"] = SystemConfig.parse(value)
                 continue
-            if key not in ("cores", "memory_mb", "gpus"):
+            if key == "parallel":
+                kwargs["parallel"] = tuple(v.strip().lower() for v in value.split(","))
+                continue
+            if key not in ("cores", "memory_mb", "gpus", "workers"):
                 raise ConfigError(
                     f"space item {item!r}: unknown dimension {key!r} "
-                    "(allowed: cores, memory_mb, gpus, default)"
+                    "(allowed: cores, memory_mb, gpus, parallel, workers, default)"
                 )
             parsed: list[int | None] = []
             for v in value.split(","):
@@ -212,6 +236,8 @@ class SystemSpace:
             "memory_mb": list(self.memory_mb),
             "gpus": list(self.gpus),
             "default": str(self.default),
+            "parallel": list(self.parallel),
+            "workers": list(self.workers),
         }
 
 

@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict
 
 from pipetune.config import Settings
-from pipetune.errors import ConfigError
+from pipetune.errors import ConfigError, UsageError
 from pipetune.types import SystemSpace
 
 COMMAND = "tune"
@@ -72,6 +72,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --stages: reuse stages earlier jobs of the same workload, data and seed "
         "recorded in the store (a widened grid trains only what is new)",
     )
+    parser.add_argument(
+        "--parallel",
+        default=None,
+        metavar="STRATEGY",
+        help="train every trial with a parallel strategy: none | ddp | mp | gpipe (its ranks "
+        "are child processes of the trial: one cgroup, one profile); auto (the tuner "
+        "chooses) is not implemented yet. Default: one process, the workload's own loop",
+    )
+    parser.add_argument("--workers", type=int, default=None,
+                        help="ranks per trial for --parallel (default 2; 1 for none)")
+    parser.add_argument("--chunks", type=int, default=None,
+                        help="GPipe micro-batches per batch (default 4 for gpipe)")
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="with --parallel: cpu (gloo), cuda (NCCL, one GPU per rank) or "
+                        "auto (default)")
+    parser.add_argument("--gpu-power-w", type=float, default=None, metavar="W",
+                        help="GPU power limit for every GPU of every trial (NVML; through "
+                        "the daemon when not root)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -91,9 +109,23 @@ def _parse_set(items: list[str]) -> dict[str, object]:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from pipetune.tune.job import JobSpec, run_job
 
-    kwargs = {}
+    kwargs: dict[str, object] = {}
+    parallel = parallel_config(args)
+    if parallel is not None:
+        kwargs["parallel"] = parallel
     if args.space:
         kwargs["space"] = space = _space(args.space)
+        if len(space.parallel) > 1 or len(space.workers) > 1:
+            raise UsageError("--space with several parallel strategies or worker counts is not "
+                             "implemented yet (the tuner does not choose strategies yet); "
+                             "use --parallel STRATEGY --workers N")
+        if parallel is None and space.parallel != ("none",):
+            from pipetune.parallel import ParallelConfig
+
+            strategy = space.parallel[0]
+            kwargs["parallel"] = ParallelConfig(
+                strategy, workers=space.workers[0],
+                chunks=args.chunks or (4 if strategy == "gpipe" else 1), device=args.device)
         if not args.json:
             print(f"system space: {_describe(space)}")
     spec = JobSpec(
@@ -110,6 +142,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         schedules=tuple(args.schedule),
         stages=args.stages,
         reuse=args.reuse,
+        gpu_power_w=args.gpu_power_w,
         **kwargs,
     )
     if args.json:
@@ -130,6 +163,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"{result.spooled} points wait in the spool (the store was unreachable); "
             "the next pipetune command that opens the store replays them"
         )
+    if any(t.get("parallel") not in (None, "none") for t in result.trials):
+        print("parallel: " + ", ".join(sorted({f"{t.get('parallel')} x{t.get('workers')}"
+                                                for t in result.trials})))
     header = (
         f"{'trial':<14} {'system config':<14} {'chosen by':<10} {'metric':>8} "
         f"{'epochs':>6} {'time s':>7}  hyperparameters"
@@ -168,6 +204,29 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def parallel_config(args: argparse.Namespace) -> object:
+    """``--parallel/--workers/--chunks/--device`` as a ParallelConfig, or None
+    (no ``--parallel``: trials train in one process, as before).
+
+    Raises:
+        NotSupportedError-like UsageError (exit 2): ``auto``, until the tuner
+            chooses strategies.
+    """
+    if args.parallel is None:
+        for flag in ("workers", "chunks"):
+            if getattr(args, flag) is not None:
+                raise UsageError(f"--{flag} needs --parallel")
+        return None
+    if args.parallel == "auto":
+        raise UsageError("--parallel auto is not implemented yet (the tuner does not choose "
+                         "strategies yet); pick none, ddp, mp or gpipe")
+    from pipetune.parallel import ParallelConfig
+
+    workers = args.workers if args.workers is not None else (1 if args.parallel == "none" else 2)
+    chunks = args.chunks if args.chunks is not None else (4 if args.parallel == "gpipe" else 1)
+    return ParallelConfig(args.parallel, workers=workers, chunks=chunks, device=args.device)
+
+
 def _space(items: list[str]) -> SystemSpace:
     """``--space`` as given; a dimension it leaves out keeps the job's default
     (cores 1 and all of this node's), never the bare type's 1 core:
@@ -180,6 +239,8 @@ def _space(items: list[str]) -> SystemSpace:
             memory_mb=space.memory_mb,
             gpus=space.gpus,
             default=space.default if "default" in given else None,
+            parallel=space.parallel,
+            workers=space.workers,
         )
     return space
 

@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 from pipetune.config import Settings
 from pipetune.control.base import Applied, Controller, TrialHandle, Usage
+from pipetune.control.gpu import PowerLimitKnob
 from pipetune.daemon.base import (
     API_PREFIX,
     API_VERSION,
@@ -176,6 +177,35 @@ class DaemonClient:
 
     def energy(self) -> dict[str, Any]:
         return self.request("GET", "/energy")
+
+    def gpu_power(self, trial_id: str, index: int, watts: float | None = None) -> dict[str, Any]:
+        """Set (``watts``) or read (None) the power limit of GPU ``index`` (NVML's
+        numbering) that trial ``trial_id`` holds; answers ``{"index", "watts",
+        "min_w", "max_w"}``.
+
+        ``POST /trials/ID/gpu_power {"index": I, "watts": W}`` — the server must
+        check that the trial owns the GPU (it runs a process of the trial), set
+        the limit through NVML as root (``pipetune.control.gpu.NvmlPowerLimit``),
+        restore the default when the trial closes, and map NVML errors as the
+        knob raises them (ControlInputError 400, NotSupportedError 501).
+
+        Raises:
+            NotSupportedError: the daemon has no such endpoint (404 unknown path:
+                a daemon of a version without GPU power limits).
+        """
+        from pipetune.daemon.base import UnknownPathError
+        from pipetune.errors import NotSupportedError
+
+        body: dict[str, Any] = {"index": int(index)}
+        if watts is not None:
+            body["watts"] = float(watts)
+        try:
+            return self.request("POST", f"/trials/{_q(trial_id)}/gpu_power", body)
+        except UnknownPathError as e:
+            raise NotSupportedError(
+                "this pipetune daemon cannot set GPU power limits (no POST "
+                "/trials/ID/gpu_power endpoint); run the trial as root or update the daemon"
+            ) from e
 
 
 def _q(trial_id: str) -> str:
@@ -367,3 +397,33 @@ def daemon_controller(
              health.get("controller"))
     return DaemonController(client, job=job, remote=remote,
                             energy=[str(m) for m in health.get("energy") or []])
+
+
+class DaemonPowerLimit(PowerLimitKnob):
+    """The GPU power-limit knob through the node daemon, for a trial that is not
+    root (NVML refuses to set limits to others): the same interface as
+    :class:`~pipetune.control.gpu.NvmlPowerLimit`, one trial's GPUs.
+
+    Raises NotSupportedError on use when the daemon has no GPU power endpoint
+    (see :meth:`DaemonClient.gpu_power`).
+    """
+
+    name = "daemon"
+
+    def __init__(self, client: DaemonClient, trial_id: str, gpus: Sequence[int]) -> None:
+        self.client = client
+        self.trial_id = trial_id
+        self.gpus = tuple(int(g) for g in gpus)
+
+    def count(self) -> int:
+        return len(self.gpus)
+
+    def get_w(self, index: int) -> float:
+        return float(self.client.gpu_power(self.trial_id, index)["watts"])
+
+    def constraints_w(self, index: int) -> tuple[float, float]:
+        answer = self.client.gpu_power(self.trial_id, index)
+        return float(answer["min_w"]), float(answer["max_w"])
+
+    def set_w(self, index: int, watts: float) -> float:
+        return float(self.client.gpu_power(self.trial_id, index, watts)["watts"])

@@ -125,14 +125,17 @@ def detect_meters(*, sysfs_root: Path = Path("/"), nvml: Any = None) -> list[Ene
     return meters
 
 
-def trial_energy(pids: Any, meters: list[EnergyMeter] | None = None) -> TrialEnergy | None:
+def trial_energy(pids: Any, meters: list[EnergyMeter] | None = None, *,
+                 gpus: Any = None) -> TrialEnergy | None:
     """A :class:`TrialEnergy` for ``pids`` (a list or a callable) on
     ``meters`` (default: this host's, :func:`detect_meters`; a trial whose
     node daemon reads RAPL for it passes the daemon's), or None, logged,
     when no meter can be opened: energy is a figure, never a reason to stop
-    a trial.  Each consumer gets its own, since intervals are per object."""
+    a trial.  Each consumer gets its own, since intervals are per object.
+    ``gpus``: the NVML indices the trial holds (or a callable giving them);
+    default: the GPUs NVML lists one of its processes on."""
     try:
-        return TrialEnergy(meters if meters is not None else detect_meters(), pids)
+        return TrialEnergy(meters if meters is not None else detect_meters(), pids, gpus=gpus)
     except Exception as e:  # noqa: BLE001 - see the docstring
         log.info("no energy figures for pids %s: %s", pids, e)
         return None

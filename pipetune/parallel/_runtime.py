@@ -201,6 +201,7 @@ def epoch_loop(
     loss_holders: int,
     report: Callable[[EpochRecord], None],
     before_eval: Callable[[], None] | None = None,
+    state: Callable[[], dict[str, Any] | None] | None = None,
 ) -> None:
     """Train ``spec.epochs`` epochs with ``step`` and report each from rank 0.
 
@@ -209,6 +210,12 @@ def epoch_loop(
     all-reduced sum divided by it is the loss of the whole batch.
     ``module``/``optimizer`` are this rank's partition, for memory accounting.
     Batches move to this rank's device (``spec.placement``) before ``step``.
+
+    With ``spec.checkpoint_dir``, ``state()`` (called on every rank: it may
+    gather) gives rank 0 the whole trial state, saved before the record goes
+    out.  Every record carries ``ranks``: per rank its pid, CPU seconds of
+    the epoch and peak RSS.  With ``spec.controlled`` every rank then waits
+    at the boundary for the trial process's word (:class:`RankChannel`).
     """
     import torch
     import torch.distributed as dist
@@ -217,14 +224,19 @@ def epoch_loop(
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
     device = spec.placement.device(rank)
-    for epoch in range(1, spec.epochs + 1):
+    channel = _CHANNEL
+    if channel is not None:
+        channel.ready()
+    first = spec.epoch_range.start
+    for epoch in spec.epoch_range:
         t0 = time.perf_counter()
+        cpu0 = time.process_time()
         losses: list[torch.Tensor] = []
         samples = 0
         meter_bytes = 0
         for i, (x, y) in enumerate(wl.train_batches(epoch)):
             x, y = x.to(device), y.to(device)  # no copy on the CPU
-            measure = spec.measure_memory and epoch == 1 and i == 0
+            measure = spec.measure_memory and epoch == first and i == 0
             meter: Any = SavedActivations(module.parameters()) if measure else _NoMeter()
             with meter, wl.rng_scope():
                 loss = step(x, y)
@@ -241,7 +253,7 @@ def epoch_loop(
         step_losses = step_losses.cpu() / loss_holders
         seconds = time.perf_counter() - t0
         partitions = None
-        if spec.measure_memory and epoch == 1:
+        if spec.measure_memory and epoch == first:
             if distributed:
                 gathered: list[Any] = [None] * world
                 dist.all_gather_object(gathered, memory)
@@ -250,6 +262,20 @@ def epoch_loop(
                 partitions = [memory]
         if before_eval is not None:
             before_eval()
+        checkpoint = None
+        if spec.checkpoint_dir and state is not None:
+            full = state()
+            if rank == 0 and full is not None:
+                full["epochs_trained"] = epoch
+                full["epoch"] = epoch
+                checkpoint = save_state(full, spec.checkpoint_dir, epoch)
+        ranks = rank_facts(rank, cpu0)
+        if distributed:
+            gathered_ranks: list[Any] = [None] * world
+            dist.all_gather_object(gathered_ranks, ranks)
+            all_ranks = gathered_ranks
+        else:
+            all_ranks = [ranks]
         if rank == 0:
             record: EpochRecord = {
                 "epoch": epoch,
@@ -266,8 +292,13 @@ def epoch_loop(
                 record["partitions"] = partitions
             if spec.record_step_losses:
                 record["step_losses"] = [float(v) for v in step_losses]
+            record["ranks"] = all_ranks
+            if checkpoint is not None:
+                record["checkpoint"] = checkpoint
             report(record)
         wl.epochs_trained = epoch
+        if channel is not None and not channel.boundary():
+            break  # the trial process stops this group here (a restart)
 
 
 def gather_partitions_to_rank0(wl: TorchWorkload, part: nn.Module,
@@ -291,6 +322,152 @@ def gather_partitions_to_rank0(wl: TorchWorkload, part: nn.Module,
             place(wl, wl.model, device)
 
     return merge
+
+
+# -- epoch boundaries under a trial's control ------------------------------------------------
+
+#: This worker process's channel to the trial process (set by :func:`_worker_main`
+#: when the spec is controlled; one per process, so a module global is enough).
+_CHANNEL: RankChannel | None = None
+
+
+class RankChannel:
+    """One rank's side of the boundary protocol with the trial process.
+
+    ``ready()`` once the rank has built its model (and loaded its checkpoint)
+    and is about to train; ``boundary()`` at every epoch end blocks until the
+    trial process answers: ``("go", threads)`` sets this rank's torch threads
+    for the next epoch and returns True; ``("stop", None)`` returns False.
+    """
+
+    def __init__(self, rank: int, results: Any, control: Any) -> None:
+        self.rank = rank
+        self._results = results
+        self._control = control
+
+    def ready(self) -> None:
+        self._results.put(("ready", self.rank, None, ""))
+
+    def boundary(self) -> bool:
+        import torch
+
+        kind, value = self._control.get()
+        if kind == "stop":
+            return False
+        if value and int(value) != torch.get_num_threads():
+            torch.set_num_threads(int(value))
+        return True
+
+
+def rank_facts(rank: int, cpu0: float) -> dict[str, Any]:
+    """This rank's figures for one epoch: pid, torch threads, CPU seconds (all its
+    threads), peak RSS."""
+    import torch
+
+    return {"rank": rank, "pid": os.getpid(), "threads": torch.get_num_threads(),
+            "cpu_s": time.process_time() - cpu0, "rss_peak_mb": peak_rss_mb()}
+
+
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor inside moved to the CPU (for pickling across devices)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def save_state(state: dict[str, Any], directory: str, epoch: int) -> str:
+    """Write ``state`` as ``directory/epoch-{epoch}/state.pt`` atomically; return the folder.
+
+    ``torch.save`` of plain tensors and numbers; read back with
+    ``torch.load(weights_only=True)`` (no arbitrary pickle).
+    """
+    import torch
+
+    folder = os.path.join(directory, f"epoch-{epoch}")
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, "state.pt.tmp")
+    torch.save(to_cpu(state), tmp)
+    os.replace(tmp, os.path.join(folder, "state.pt"))
+    return folder
+
+
+def load_state(folder: str) -> dict[str, Any]:
+    """What :func:`save_state` wrote in ``folder``."""
+    import torch
+
+    return torch.load(os.path.join(folder, "state.pt"), weights_only=True)
+
+
+def whole_state(wl: TorchWorkload, rank: int) -> Callable[[], dict[str, Any] | None]:
+    """``state`` for strategies whose rank 0 holds the whole model and optimizer (none, ddp)."""
+    return lambda: wl.state_dict() if rank == 0 else None
+
+
+def param_offset(parts: list[nn.Module], rank: int) -> int:
+    """Index of partition ``rank``'s first parameter in the whole model's parameter order."""
+    return sum(len(list(p.parameters())) for p in parts[:rank])
+
+
+def partition_state(wl: TorchWorkload, optimizer: torch.optim.Optimizer
+                    ) -> Callable[[], dict[str, Any] | None]:
+    """``state`` for mp/gpipe: weights are already merged on rank 0 (``before_eval``);
+    the partitions' optimizer states are gathered and merged into one for the whole model."""
+    import torch.distributed as dist
+
+    def gather() -> dict[str, Any] | None:
+        states: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(states, to_cpu(optimizer.state_dict()))
+        if dist.get_rank() != 0:
+            return None
+        return {"model": wl.model.state_dict(), "optimizer": merge_optimizer_states(states),
+                "rng": wl._rng_state}
+
+    return gather
+
+
+def merge_optimizer_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One optimizer state dict from the partitions' (in order, one param group each).
+
+    Partitions are contiguous runs of the model's children, so partition
+    ``r``'s parameter ``i`` is the whole model's parameter ``offset_r + i``.
+    """
+    merged: dict[int, Any] = {}
+    offset = 0
+    for s in states:
+        for k, v in s["state"].items():
+            merged[offset + int(k)] = v
+        offset += sum(len(g["params"]) for g in s["param_groups"])
+    group = {k: v for k, v in states[0]["param_groups"][0].items() if k != "params"}
+    return {"state": merged, "param_groups": [{**group, "params": list(range(offset))}]}
+
+
+def slice_optimizer_state(full: dict[str, Any], offset: int, count: int) -> dict[str, Any]:
+    """The part of a whole-model optimizer state dict that belongs to one partition."""
+    group = {k: v for k, v in full["param_groups"][0].items() if k != "params"}
+    state = {int(k) - offset: v for k, v in full["state"].items()
+             if offset <= int(k) < offset + count}
+    return {"state": state, "param_groups": [{**group, "params": list(range(count))}]}
+
+
+def resume(spec: RunSpec, wl: TorchWorkload) -> dict[str, Any] | None:
+    """Load ``spec.resume_path`` into ``wl`` (weights, optimizer, RNG); the state, or None."""
+    if not spec.resume_path:
+        return None
+    state = load_state(spec.resume_path)
+    wl.load_state_dict(state)
+    return state
+
+
+def resume_partition(state: dict[str, Any] | None, optimizer: torch.optim.Optimizer,
+                     offset: int, count: int) -> None:
+    if state is not None and state.get("optimizer"):
+        optimizer.load_state_dict(slice_optimizer_state(state["optimizer"], offset, count))
 
 
 # -- point-to-point tensors with their shape ---------------------------------------------------
@@ -347,14 +524,17 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _worker_main(rank: int, world: int, port: int, target: str, spec: RunSpec,
-                 results: Any, parent_pid: int) -> None:
+                 results: Any, parent_pid: int, control: Any = None) -> None:
     """Entry of one worker process (module-level so spawn can import it)."""
     import importlib
 
     import torch
     import torch.distributed as dist
 
+    global _CHANNEL
     _die_with_parent(parent_pid)
+    if control is not None:
+        _CHANNEL = RankChannel(rank, results, control)
     torch.set_num_threads(spec.threads_per_worker)
     if rank != 0:  # one copy of "which data was used" is enough
         logging.getLogger("workloads").setLevel(logging.ERROR)
@@ -374,10 +554,15 @@ def _worker_main(rank: int, world: int, port: int, target: str, spec: RunSpec,
 
 
 def spawn_workers(target: str, spec: RunSpec,
-                  on_epoch: Callable[[EpochRecord], None] | None) -> list[EpochRecord]:
+                  on_epoch: Callable[[EpochRecord], Any] | None,
+                  *, on_ready: Callable[[], None] | None = None) -> list[EpochRecord]:
     """Run ``target(rank, world, spec, report)`` in ``spec.config.workers`` processes.
 
-    Returns the epoch records (reported by rank 0) in order.
+    Returns the epoch records (reported by rank 0) in order.  With
+    ``spec.controlled``, ``on_epoch``'s answer is sent to every rank waiting at
+    the boundary: ``("go", threads)`` or ``("stop", None)`` (None: go on with
+    the threads they have); ``on_ready`` is called once every rank is ready to
+    train.
 
     Raises:
         WorkloadError (or the PipetuneError a worker raised): a worker failed or died.
@@ -389,11 +574,14 @@ def spawn_workers(target: str, spec: RunSpec,
     results = ctx.Queue()
     port = free_port()
     me = os.getpid()
-    procs = [ctx.Process(target=_worker_main, args=(r, world, port, target, spec, results, me),
+    controls = [ctx.SimpleQueue() for _ in range(world)] if spec.controlled else [None] * world
+    procs = [ctx.Process(target=_worker_main,
+                         args=(r, world, port, target, spec, results, me, controls[r]),
                          name=f"pipetune-{spec.config.strategy}-{r}", daemon=True)
              for r in range(world)]
     records: list[EpochRecord] = []
     done: set[int] = set()
+    ready: set[int] = set()
     failure: tuple[int, str, str] | None = None
     try:
         for p in procs:
@@ -410,14 +598,24 @@ def spawn_workers(target: str, spec: RunSpec,
                 continue
             if kind == "epoch":
                 records.append(payload)
-                if on_epoch is not None:
-                    on_epoch(payload)
+                answer = on_epoch(payload) if on_epoch is not None else None
+                if spec.controlled:
+                    word = answer if answer is not None else ("go", None)
+                    for q in controls:
+                        q.put(word)
+            elif kind == "ready":
+                ready.add(rank)
+                if len(ready) == world and on_ready is not None:
+                    on_ready()
             elif kind == "done":
                 done.add(rank)
             else:
                 failure = (rank, payload, tb)
     finally:
-        deadline = time.monotonic() + (JOIN_TIMEOUT_S if failure is None else 2.0)
+        # Not all done and no failure: the caller's on_epoch raised (a trial
+        # stopped by its scheduler) while the ranks wait at a boundary.
+        clean = failure is None and len(done) == world
+        deadline = time.monotonic() + (JOIN_TIMEOUT_S if clean else 2.0)
         for p in procs:
             if p.pid is None:
                 continue
@@ -435,7 +633,7 @@ def spawn_workers(target: str, spec: RunSpec,
                 kind, _, payload, _ = results.get(timeout=0.05)
             except (queue_mod.Empty, OSError, EOFError, ValueError):
                 break
-            if kind == "epoch" and payload["epoch"] > len(records):
+            if kind == "epoch" and (not records or payload["epoch"] > records[-1]["epoch"]):
                 records.append(payload)
                 if on_epoch is not None:
                     on_epoch(payload)

@@ -95,6 +95,24 @@ class RunSpec:
     record_step_losses: bool = False
     #: Where the ranks compute (resolved from ``config.device`` before any process starts).
     placement: DevicePlan = DevicePlan("cpu")
+    #: Index of the first epoch to train (``1`` for ``pipetune train``; a Tune
+    #: trial counts from ``0``; a restarted group from the epoch after its checkpoint).
+    start_epoch: int = 1
+    #: Index one past the last epoch (default ``epochs + 1``: epochs 1..epochs).
+    stop_epoch: int | None = None
+    #: A checkpoint (:func:`pipetune.parallel._runtime.save_state`) every rank starts from.
+    resume_path: str | None = None
+    #: Rank 0 writes the whole trial state (weights, optimizer, RNG) here at every
+    #: epoch end, as ``epoch-{k}/state.pt``, and names it in the record (``checkpoint``).
+    checkpoint_dir: str | None = None
+    #: The ranks wait at every epoch boundary for the trial process's word
+    #: (a thread count, or stop): :class:`pipetune.parallel.group.GroupRunner`.
+    controlled: bool = False
+
+    @property
+    def epoch_range(self) -> range:
+        stop = self.stop_epoch if self.stop_epoch is not None else self.epochs + 1
+        return range(self.start_epoch, stop)
 
 
 class ParallelStrategy(abc.ABC):
@@ -103,15 +121,19 @@ class ParallelStrategy(abc.ABC):
     name: str = ""
 
     def check(self, workload_cls: type[Workload], hparams: dict[str, Any],
-              config: ParallelConfig) -> None:
+              config: ParallelConfig, *, share_cores: bool = False) -> None:
         """Refuse what cannot work, before any process starts.
+
+        ``share_cores``: the ranks share whatever cores the trial holds (a Tune
+        trial: its cpuset may be smaller than its workers for a while), so
+        workers are not checked against this process's cores.
 
         Raises:
             NotSupportedError: the strategy does not apply to this workload.
             UsageError / ConfigError: workers/chunks/batch size do not fit.
         """
         cores = cpu_count()
-        if config.workers > cores:
+        if not share_cores and config.workers > cores:
             raise UsageError(
                 f"workers={config.workers} exceeds the {cores} cores this process may use"
             )

@@ -14,7 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from pipetune.errors import ConfigError
-from pipetune.parallel._runtime import build_workload, epoch_loop, place, spawn_workers
+from pipetune.parallel._runtime import (
+    build_workload,
+    epoch_loop,
+    place,
+    resume,
+    spawn_workers,
+    whole_state,
+)
 from pipetune.parallel.base import EpochRecord, ParallelConfig, ParallelStrategy, RunSpec
 from workloads.base import Workload
 
@@ -23,8 +30,8 @@ class DDPStrategy(ParallelStrategy):
     name = "ddp"
 
     def check(self, workload_cls: type[Workload], hparams: dict[str, Any],
-              config: ParallelConfig) -> None:
-        super().check(workload_cls, hparams, config)
+              config: ParallelConfig, *, share_cores: bool = False) -> None:
+        super().check(workload_cls, hparams, config, share_cores=share_cores)
         batch = int(hparams.get("batch_size", 1))
         if batch % config.workers:
             raise ConfigError(
@@ -42,6 +49,7 @@ def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord],
     from torch.nn.parallel import DistributedDataParallel
 
     wl = build_workload(spec)
+    resume(spec, wl)
     device = spec.placement.device(rank)
     place(wl, wl.model, device)
     model = DistributedDataParallel(
@@ -58,4 +66,4 @@ def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord],
         return loss
 
     epoch_loop(spec, wl, step, module=wl.model, optimizer=wl.optimizer, loss_holders=world,
-               report=report)
+               report=report, state=whole_state(wl, rank))

@@ -18,7 +18,11 @@ from pipetune.parallel._runtime import (
     build_workload,
     epoch_loop,
     gather_partitions_to_rank0,
+    param_offset,
+    partition_state,
     place,
+    resume,
+    resume_partition,
     spawn_workers,
 )
 from pipetune.parallel.base import EpochRecord, ParallelConfig, RunSpec
@@ -33,8 +37,8 @@ class GPipeStrategy(ModelParallelStrategy):
     name = "gpipe"
 
     def check(self, workload_cls: type[Workload], hparams: dict[str, Any],
-              config: ParallelConfig) -> None:
-        super().check(workload_cls, hparams, config)
+              config: ParallelConfig, *, share_cores: bool = False) -> None:
+        super().check(workload_cls, hparams, config, share_cores=share_cores)
         batch = int(hparams.get("batch_size", 1))
         if batch % config.chunks:
             raise ConfigError(
@@ -85,10 +89,13 @@ def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord],
     from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
     wl = build_workload(spec)
+    state = resume(spec, wl)
     device = spec.placement.device(rank)
-    part = wl.partitions(world)[rank]
+    parts = wl.partitions(world)
+    part = parts[rank]
     place(wl, part, device)
     optimizer = wl.build_optimizer(part.parameters())
+    resume_partition(state, optimizer, param_offset(parts, rank), len(list(part.parameters())))
     stage = PipelineStage(contiguous_boundaries(part), rank, world, device)
     schedule = ScheduleGPipe(stage, n_microbatches=spec.config.chunks, loss_fn=wl.loss_fn)
     last = rank == world - 1
@@ -110,4 +117,5 @@ def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord],
         return loss
 
     epoch_loop(spec, wl, step, module=part, optimizer=optimizer, loss_holders=1,
-               report=report, before_eval=gather_partitions_to_rank0(wl, part, device))
+               report=report, before_eval=gather_partitions_to_rank0(wl, part, device),
+               state=partition_state(wl, optimizer))

@@ -11,7 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 from pipetune.errors import ConfigError
-from pipetune.parallel._runtime import build_workload, epoch_loop, place, start_on
+from pipetune.parallel._runtime import (
+    build_workload,
+    epoch_loop,
+    place,
+    resume,
+    start_on,
+    whole_state,
+)
 from pipetune.parallel.base import EpochRecord, ParallelConfig, ParallelStrategy, RunSpec
 from workloads.base import TorchWorkload, Workload
 
@@ -22,8 +29,8 @@ class SingleProcessStrategy(ParallelStrategy):
     name = "none"
 
     def check(self, workload_cls: type[Workload], hparams: dict[str, Any],
-              config: ParallelConfig) -> None:
-        super().check(workload_cls, hparams, config)
+              config: ParallelConfig, *, share_cores: bool = False) -> None:
+        super().check(workload_cls, hparams, config, share_cores=share_cores)
         if config.workers != 1:
             raise ConfigError(
                 f"workers={config.workers}: parallel strategy 'none' runs one process; "
@@ -71,3 +78,24 @@ class SingleProcessStrategy(ParallelStrategy):
         finally:
             torch.set_num_threads(previous)
         return records
+
+
+def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord], None]) -> None:
+    """``none`` as a worker group of one child process (a Tune trial's group, so a
+    restart to or from another strategy is the same stop/start as any other)."""
+    import torch
+
+    wl = build_workload(spec)
+    resume(spec, wl)
+    place(wl, wl.model, spec.placement.device(rank))
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        wl.model.train()
+        wl.optimizer.zero_grad(set_to_none=True)
+        loss = wl.loss_fn(wl.model(x), y)
+        loss.backward()
+        wl.optimizer.step()
+        return loss
+
+    epoch_loop(spec, wl, step, module=wl.model, optimizer=wl.optimizer, loss_holders=1,
+               report=report, state=whole_state(wl, rank))

@@ -19,8 +19,12 @@ from pipetune.parallel._runtime import (
     build_workload,
     epoch_loop,
     gather_partitions_to_rank0,
+    param_offset,
+    partition_state,
     place,
     recv_tensor,
+    resume,
+    resume_partition,
     send_tensor,
     spawn_workers,
 )
@@ -32,8 +36,8 @@ class ModelParallelStrategy(ParallelStrategy):
     name = "mp"
 
     def check(self, workload_cls: type[Workload], hparams: dict[str, Any],
-              config: ParallelConfig) -> None:
-        super().check(workload_cls, hparams, config)
+              config: ParallelConfig, *, share_cores: bool = False) -> None:
+        super().check(workload_cls, hparams, config, share_cores=share_cores)
         if config.workers < 2:
             raise ConfigError(
                 f"workers={config.workers}: {self.name} needs at least 2 (one partition each)"
@@ -49,10 +53,13 @@ def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord],
     import torch.distributed as dist
 
     wl = build_workload(spec)
+    state = resume(spec, wl)
     device = spec.placement.device(rank)
-    part = wl.partitions(world)[rank]
+    parts = wl.partitions(world)
+    part = parts[rank]
     place(wl, part, device)
     optimizer = wl.build_optimizer(part.parameters())
+    resume_partition(state, optimizer, param_offset(parts, rank), len(list(part.parameters())))
     last = rank == world - 1
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
@@ -75,4 +82,5 @@ def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord],
         return loss
 
     epoch_loop(spec, wl, step, module=part, optimizer=optimizer, loss_holders=1,
-               report=report, before_eval=gather_partitions_to_rank0(wl, part, device))
+               report=report, before_eval=gather_partitions_to_rank0(wl, part, device),
+               state=partition_state(wl, optimizer))

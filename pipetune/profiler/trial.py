@@ -26,6 +26,10 @@ from pipetune.types import EpochProfile, Sample
 
 log = logging.getLogger(__name__)
 
+#: How many times :meth:`TrialProfiler.start` attaches perf again for children
+#: that appeared while it attached.
+LATE_CHILD_REATTACHES = 3
+
 
 class TargetExitedError(ProfilerError):
     """Every process the profiler watched has exited (the sampler ended cleanly)."""
@@ -117,21 +121,20 @@ class TrialProfiler:
             self._prev_reading = self._reader.read()
         self.events = tuple(events) + (PROC_FIGURES if self.procfs else ())
         if events:
-            for attempt in (1, 2):
-                self._sampler = PerfStatSampler(
-                    events, pids=pids, interval_ms=self.interval_ms,
-                    perf_binary=self.perf_binary, on_interval=self._on_interval,
-                    on_end=self._on_end,
-                )
-                try:
-                    self._sampler.start()
+            self._attach(events, pids)
+            # A child born after the tree was listed but before perf attached
+            # is in neither: not listed, and not inherited (it forked before the
+            # counters existed) — a trial's worker ranks spawned while perf
+            # starts, seen once in a Tune trial.  Attach again with the tree as
+            # it is now (children born after an attach are inherited).
+            for _ in range(LATE_CHILD_REATTACHES):
+                fresh = tree_pids(self.pids)
+                if not set(fresh) - set(self._sampler.pids):
                     break
-                except ProfilerError as e:
-                    # A child of the tree may have exited between listing and attach.
-                    fresh = tree_pids(self.pids)
-                    if attempt == 2 or "no such process" not in str(e) or not fresh:
-                        raise
-                    pids = fresh
+                log.debug("profiler: children %s appeared while perf attached; attaching "
+                          "again", sorted(set(fresh) - set(self._sampler.pids)))
+                self._sampler.stop()
+                self._attach(events, fresh)
             self.started_at = self._sampler.enabled_at or time.time()
         else:
             self.started_at = time.time()
@@ -237,6 +240,25 @@ class TrialProfiler:
                 self.on_sample(sample)
             except Exception:
                 log.exception("profiler on_sample callback failed")
+
+    def _attach(self, events: Sequence[str], pids: Sequence[int]) -> None:
+        """Start a perf sampler on ``pids`` (again with a fresh tree when one of
+        them exited between listing and attach)."""
+        for attempt in (1, 2):
+            self._sampler = PerfStatSampler(
+                events, pids=pids, interval_ms=self.interval_ms,
+                perf_binary=self.perf_binary, on_interval=self._on_interval,
+                on_end=self._on_end,
+            )
+            try:
+                self._sampler.start()
+                return
+            except ProfilerError as e:
+                # A child of the tree may have exited between listing and attach.
+                fresh = tree_pids(self.pids)
+                if attempt == 2 or "no such process" not in str(e) or not fresh:
+                    raise
+                pids = fresh
 
     def _on_end(self, reason: str) -> None:
         alive = self._reader.processes() if self._reader is not None else []

@@ -54,8 +54,11 @@ def window(steps: int) -> None:
         session.window(steps)
 
 
-def report(metrics: Mapping[str, Any], *, steps: int = 0, checkpoint: Any = None) -> dict[str, Any]:
-    """End the current epoch (drop-in for ``ray.tune.report``)."""
+def report(metrics: Mapping[str, Any], *, steps: int = 0, checkpoint: Any = None,
+           group: Any = None) -> dict[str, Any]:
+    """End the current epoch (drop-in for ``ray.tune.report``).  ``group``: a
+    worker group's :class:`~pipetune.tune.session.GroupFacts` (see
+    :mod:`pipetune.tune.parallel`)."""
     session = current_session()
     if session is None:
         from ray import tune
@@ -65,7 +68,7 @@ def report(metrics: Mapping[str, Any], *, steps: int = 0, checkpoint: Any = None
         else:
             tune.report(dict(metrics))
         return dict(metrics)
-    return session.report(metrics, steps=steps, checkpoint=checkpoint)
+    return session.report(metrics, steps=steps, checkpoint=checkpoint, group=group)
 
 
 def _open_store(settings: Settings) -> Any:
@@ -100,6 +103,16 @@ def _hparams(config: Mapping[str, Any]) -> dict[str, Any]:
     return {str(k): v for k, v in flat.items() if isinstance(v, (bool, int, float, str))}
 
 
+def _open_gpus(trial_id: str, count: int, power_w: Any, controller: Any) -> Any:
+    """The trial's :class:`~pipetune.tune.gpus.TrialGpus` (the daemon sets the
+    power limit when this process is not root and a daemon controls it)."""
+    from pipetune.tune.gpus import TrialGpus
+
+    client = getattr(controller, "client", None)
+    return TrialGpus.open(trial_id, int(count),
+                          power_w=None if power_w is None else float(power_w), daemon=client)
+
+
 def wrap(
     fn: Callable[[dict[str, Any]], Any],
     system: SystemSpace | None = None,
@@ -109,6 +122,8 @@ def wrap(
     system_values: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
     workload: str = "",
     total_epochs: int | None = None,
+    parallel: Any = None,
+    gpu_power_w: float | None = None,
 ) -> Callable[[dict[str, Any]], Any]:
     """Turn a Tune function trainable into a pipetune trial.
 
@@ -132,6 +147,17 @@ def wrap(
             :func:`default_workload`, the function's name and code digest).
         total_epochs: epochs each trial will run, so probing never plans
             more epochs than a trial has (unknown: the tuner stays careful).
+        parallel: a :class:`~pipetune.parallel.ParallelConfig`: each trial
+            trains with this strategy when ``fn`` calls
+            :func:`pipetune.tune.parallel.train_parallel` (its ranks are child
+            processes of the trial: one cgroup, one profile; see
+            :mod:`pipetune.tune.parallel`).  Reported as ``pt_parallel`` /
+            ``pt_workers`` (``none``/1 without).
+        gpu_power_w: a GPU power limit in watts for every GPU of a trial
+            (applied through NVML; a trial's config may carry its own
+            ``gpu_power_w``).  GPUs are managed when the space has a GPU
+            count above 0: each trial sees the GPU count of its config
+            (``CUDA_VISIBLE_DEVICES``, set before ``fn`` runs).
 
     Raises:
         ConfigError: unknown mode, or a space that does not fit this node.
@@ -143,6 +169,12 @@ def wrap(
         system = SystemSpace(cores=(os.cpu_count() or 1,))
     system.validate()
     workload = workload or default_workload(fn)
+    if parallel is not None:
+        from pipetune.parallel import ParallelConfig
+
+        if not isinstance(parallel, ParallelConfig):
+            raise ConfigError(f"parallel={parallel!r}: expected a pipetune.parallel.ParallelConfig")
+    manage_gpus = max(system.gpus) > 0 or gpu_power_w is not None
 
     @functools.wraps(fn)
     def trainable(config: dict[str, Any]) -> Any:
@@ -157,6 +189,8 @@ def wrap(
             node=settings.node,
         )
         store = _open_store(settings)
+        values: Any = config
+        controller: Any = None
         try:
             values = system_values(config) if system_values else config
             controller = trial_controller(settings, job=ref.job)
@@ -190,20 +224,36 @@ def wrap(
         where = {"pt_node": settings.node, "pt_ray_node": ray.get_runtime_context().get_node_id()}
         if degraded:  # what the trial lost, in every result, not only in a driver's log
             where["pt_degraded"] = degraded
+        held: list[Any] = []  # the trial's TrialGpus, once opened
         session = TrialSession(
             ref,
             policy,
             report_fn=tune.report,
             store=store,
-            energy=trial_energy([os.getpid()], meters),
+            energy=trial_energy(
+                [os.getpid()], meters,
+                gpus=(lambda: held[0].nvml_indices if held else ()) if manage_gpus else None),
             extra=where,
             record={"mode": mode, "workload": workload, "hparams": _hparams(config),
                     "degraded": degraded},
+            parallel=parallel,
         )
         session_module.set_current(session)
         error: BaseException | None = None
         try:
             session.start()
+            if manage_gpus:
+                # After the first decision (the count is the config in force
+                # now), before fn can touch CUDA.
+                power = values.get("gpu_power_w", gpu_power_w) if isinstance(
+                    values, Mapping) else gpu_power_w
+                try:
+                    held.append(_open_gpus(ref.trial, session.policy.config().gpus, power,
+                                           controller))
+                    session.gpus = held[0]
+                except Exception as e:  # noqa: BLE001 - pipetune must not fail the trial
+                    log.warning("trial %s: GPUs not managed (%s); the trial sees what its "
+                                "process sees", ref.trial, e)
             return fn(config)
         except BaseException as e:
             error = e

@@ -53,6 +53,10 @@ class JobSpec:
     #: With ``stages``: reuse the stages earlier jobs of the same workload,
     #: data and seed recorded in the store (``--reuse``).
     reuse: bool = False
+    #: The trials' parallel strategy (None: one process, the workload's own loop).
+    parallel: Any = None
+    #: A GPU power limit (W) for every GPU of every trial (NVML; None: as is).
+    gpu_power_w: float | None = None
 
     def __post_init__(self) -> None:
         from pipetune.tune import MODES
@@ -74,8 +78,16 @@ class JobSpec:
             from pipetune.stages.flags import schedule_grid
 
             schedule_grid(self.schedules)  # ConfigError now, before Ray starts
+        if self.parallel is not None and (self.schedules or self.stages):
+            raise UsageError("--parallel with --schedule/--stages is not supported yet: "
+                             "a stage tree resumes single-process checkpoints")
         if not self.job:
             self.job = f"{self.workload}-{self.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    @property
+    def grouped(self) -> bool:
+        """Trials train with a worker group (any strategy given, ``none`` included)."""
+        return self.parallel is not None
 
 
 def sample_trials(workload_cls: type, spec: JobSpec) -> list[dict[str, Any]]:
@@ -115,6 +127,34 @@ def sample_trials(workload_cls: type, spec: JobSpec) -> list[dict[str, Any]]:
         memory = list(spec.space.memory_mb)
         t["memory_mb"] = memory[int(system_rng.integers(len(memory)))]
     return trials
+
+
+def _parallel_train_fn(workload: str, epochs: int, seed: int) -> Any:
+    """The function trainable of a bundled workload that trains with the
+    strategy given to :func:`pipetune.wrap` (a worker group of child processes)."""
+
+    def train(config: dict[str, Any]) -> None:
+        from pipetune.tune.parallel import train_parallel
+        from workloads import get_workload
+
+        cls = get_workload(workload)
+        hparams = {k: v for k, v in config["trial"].items() if k in cls.hyperparameters}
+        train_parallel(workload, hparams, epochs=epochs, seed=seed)
+
+    train.__name__ = f"train_{workload.replace('-', '_')}_group"
+    return train
+
+
+def check_parallel(cls: type, spec: JobSpec, trials: list[dict[str, Any]]) -> None:
+    """Refuse, before Ray starts, a strategy that does not fit some trial
+    (a batch size the workers or chunks do not divide, a model with fewer
+    layers than stages, a workload that is not a DNN)."""
+    from pipetune.parallel import get_strategy
+
+    strategy = get_strategy(spec.parallel.strategy)
+    for t in trials:
+        hp = cls.resolve_hparams({k: v for k, v in t.items() if k in cls.hyperparameters})
+        strategy.check(cls, hp, spec.parallel, share_cores=True)
 
 
 def _workload_train_fn(workload: str, epochs: int, seed: int) -> Any:
@@ -214,6 +254,8 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
         # a failed trial after Ray started (or a key silently dropped).
         cls.resolve_hparams(spec.fixed_hparams)
     spec.space.validate()
+    if spec.grouped:
+        check_parallel(cls, spec, sample_trials(cls, spec))  # before Ray starts
     # Opening the store first fails early, with a clear line, on a bad URL.
     store = open_store(settings.store, spool_root=settings.spool_dir)
     power = _power_sampler(store, settings)
@@ -247,7 +289,10 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
     stage_runner, stage_figures = None, None
     try:
         trials = sample_trials(cls, spec)
-        train_fn = _workload_train_fn(spec.workload, spec.epochs, spec.seed)
+        if spec.grouped:
+            train_fn = _parallel_train_fn(spec.workload, spec.epochs, spec.seed)
+        else:
+            train_fn = _workload_train_fn(spec.workload, spec.epochs, spec.seed)
         if spec.stages:
             stage_runner, train_fn, trials = _stage_runner(spec, cls, trials, train_fn, settings)
         param_space = {"trial": tune.grid_search(trials)}
@@ -259,18 +304,31 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
             system_values=_trial_values,
             workload=spec.workload,
             total_epochs=spec.epochs,
+            parallel=spec.parallel,
+            gpu_power_w=spec.gpu_power_w,
         )
+        # A trial's ranks are its own child processes: Ray reserves at least
+        # one CPU per rank, and a GPU per rank when the space gives trials GPUs.
+        workers = spec.parallel.workers if spec.grouped else 1
+        gpus = max(spec.space.gpus)
+        extra = {"gpu": gpus} if gpus else {}
         if spec.mode == "v2":
-            trainable = tune.with_resources(trainable, lambda c: {"cpu": int(c["trial"]["cores"])})
+            trainable = tune.with_resources(
+                trainable,
+                lambda c: {"cpu": max(workers, int(c["trial"]["cores"])), **extra})
         elif spec.mode == "v1":
-            trainable = tune.with_resources(trainable, {"cpu": spec.space.default.cores})
+            trainable = tune.with_resources(
+                trainable, {"cpu": max(workers, spec.space.default.cores), **extra})
+        elif spec.grouped:
+            trainable = tune.with_resources(
+                trainable, {"cpu": max(workers, min(spec.space.cores)), **extra})
         else:
             # Ray stays the scheduler: each pipetune trial reserves the
             # space's smallest config, so Ray runs as many trials at once as
             # fit on a node that way; the node allocator then gives each its
             # share of the CPUs by measured speed-up (all of them to a trial
             # alone), and moves the shares as trials start and end.
-            trainable = tune.with_resources(trainable, {"cpu": min(spec.space.cores)})
+            trainable = tune.with_resources(trainable, {"cpu": min(spec.space.cores), **extra})
         callback = PipeTuneCallback(
             settings.store,
             settings.spool_dir,
@@ -327,6 +385,8 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
                     if k in cls.hyperparameters
                 },
                 "config": m.get("pt_config"),
+                "parallel": m.get("pt_parallel"),
+                "workers": m.get("pt_workers"),
                 "how": m.get("pt_phase"),
                 "reason": m.get("pt_reason"),
                 metric: m.get(metric),

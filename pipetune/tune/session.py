@@ -5,6 +5,12 @@
   the policy act, makes the training thread adopt the thread count *at the
   same boundary* as the cpuset/quota change, measures energy and reports the
   user's metrics plus the system facts really in force to Tune.
+- :class:`GroupFacts` — what a trial's worker group (a parallel strategy,
+  :mod:`pipetune.parallel.group`) tells the session at a boundary: strategy,
+  ranks, each rank's pid, CPU seconds and peak memory, a restart's cost.
+  The session splits the epoch's energy over the ranks by CPU seconds and
+  reports ``pt_parallel``, ``pt_workers``, ``pt_rank{r}_*`` and
+  ``pt_restart_s``; the ranks' threads follow ``threads_per_rank``.
 
 Nothing here may make training fail: a system-side error puts the policy in
 a degraded state, logged once, and training goes on untouched.
@@ -37,7 +43,25 @@ REPORT_KEYS = (
     "pt_cpus",
     "pt_controller",
     "pt_reason",
+    "pt_parallel",
+    "pt_workers",
 )
+
+@dataclasses.dataclass(frozen=True)
+class GroupFacts:
+    """One epoch of a trial's worker group, as rank 0 relayed it.
+
+    ``ranks``: per rank ``{"rank", "pid", "cpu_s", "rss_peak_mb"}``;
+    ``restart_s``: seconds the restart before this epoch cost (stop to every
+    new rank ready), None when the group was not restarted.
+    """
+
+    strategy: str
+    workers: int
+    ranks: tuple[Mapping[str, Any], ...] = ()
+    restart_s: float | None = None
+    chunks: int = 1
+
 
 #: How long the training thread waits at a boundary for the tuner's decision
 #: (milliseconds usually; up to a sample interval or two at the profile).
@@ -82,6 +106,8 @@ class TrialSession:
         extra: Mapping[str, Any] | None = None,
         record: Mapping[str, Any] | None = None,
         decision_wait_s: float = DECISION_WAIT_S,
+        parallel: Any = None,
+        gpus: Any = None,
     ) -> None:
         self.ref = ref
         self.policy = policy
@@ -95,6 +121,18 @@ class TrialSession:
         self._extra = dict(extra or {})
         self._record = dict(record or {})
         self._decision_wait_s = decision_wait_s
+        #: The trial's ParallelConfig (None: one process, the caller's loop).
+        self.parallel = parallel
+        #: The trial's GPUs (a :class:`~pipetune.tune.gpus.TrialGpus`), if any.
+        self.gpus = gpus
+        self._restart: Any = None
+        strategy = getattr(parallel, "strategy", "none")
+        workers = int(getattr(parallel, "workers", 1))
+        self._extra.setdefault("pt_parallel", strategy)
+        self._extra.setdefault("pt_workers", workers)
+        if parallel is not None:
+            self._record.setdefault("parallel", str(strategy))
+            self._record.setdefault("workers", workers)
 
     def start(self) -> TrialSession:
         self.policy.bind(store=self._store)
@@ -120,6 +158,9 @@ class TrialSession:
                 "mode": str(self._record.get("mode", "")),
                 "workload": str(self._record.get("workload", ""))}
         fields: dict[str, Any] = {"status": status}
+        for key in ("parallel", "workers", "chunks"):
+            if key in self._record:
+                fields[key] = self._record[key]
         if status == "running":
             # Who enforces this trial's configs (cgroup-v1, affinity when
             # cgroups are not writable, daemon:..., dry-run), for the report.
@@ -163,6 +204,23 @@ class TrialSession:
                 log.debug("thread sync failed: %s", e)
                 self._threads_set = want
 
+    def threads_per_rank(self, workers: int) -> int:
+        """Torch threads each of ``workers`` ranks gets: the trial's thread count
+        in force (which follows its cores) divided among them, at least 1."""
+        share = self._threads_set or max(1, self.policy.threads())
+        return max(1, int(share) // max(1, int(workers)))
+
+    def request_parallel(self, config: Any) -> None:
+        """Ask the worker group to restart with ``config`` at the next epoch
+        boundary (from that epoch's checkpoint).  The trial side of choosing
+        the strategy as a system parameter: whoever decides calls this."""
+        self._restart = config
+
+    def take_restart(self) -> Any:
+        """The restart asked for since the last boundary (once), or None."""
+        config, self._restart = self._restart, None
+        return config
+
     def _check_confinement(self, cpus: tuple[int, ...]) -> None:
         """Apply the limits again when this process runs on CPUs its last
         apply did not give it: someone lifted them (a restarted daemon
@@ -192,8 +250,13 @@ class TrialSession:
         *,
         steps: int = 0,
         checkpoint: Any = None,
+        group: GroupFacts | None = None,
     ) -> dict[str, Any]:
-        """End the current epoch with ``metrics``; returns what went to Tune."""
+        """End the current epoch with ``metrics``; returns what went to Tune.
+
+        ``group``: the epoch's worker-group facts when the trial trains with a
+        parallel strategy (see :class:`GroupFacts`).
+        """
         now = time.time()
         if isinstance(metrics.get("epoch"), int) and not isinstance(metrics["epoch"], bool):
             # The loop's own epoch index wins: after a resume from a
@@ -219,6 +282,18 @@ class TrialSession:
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
+        group_out: dict[str, Any] = {}
+        if group is not None:
+            group_out = _group_facts(group, energy_j)
+            # The epoch record names the strategy (a metric key per strategy,
+            # since the store's metrics are numbers) and carries the per-rank figures.
+            numeric.update({k.removeprefix("pt_"): float(v) for k, v in group_out.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            numeric[f"strategy.{group.strategy}"] = float(group.workers)
+            self._record["parallel"] = group.strategy
+            self._record["workers"] = group.workers
+        if self.gpus is not None:
+            numeric.update(self.gpus.metrics())
         result = EpochResult(
             self.epoch, config, now - self._t_start, steps, energy_j, method, numeric
         )
@@ -245,12 +320,17 @@ class TrialSession:
                 "pt_controller": self.policy.controller_name,
                 "pt_reason": self.policy.reason,
                 **self._extra,
+                **group_out,
+                **({k: v for k, v in self.gpus.report().items()} if self.gpus is not None
+                   else {}),
             }
         )
         # The next epoch starts now, with the config just decided and the
-        # threads following it.
+        # threads following it (and the GPU power limit, which NVML changes live).
         self.epoch += 1
         self._sync_threads()
+        if self.gpus is not None:
+            self.gpus.sync()
         self.policy.epoch_start(self.epoch)
         self._t_start = time.time()
         if self._report_fn is not None:
@@ -263,6 +343,8 @@ class TrialSession:
     def close(self, error: BaseException | None = None) -> None:
         """The trial ended (``error``: the exception that ended it)."""
         try:
+            if self.gpus is not None:
+                self.gpus.close()
             self.policy.close()
         finally:
             if error is not None:
@@ -284,3 +366,57 @@ def _format_cpus(cpus: tuple[int, ...]) -> str:
     from pipetune.control import format_cpus
 
     return format_cpus(cpus)
+
+
+def _group_facts(group: GroupFacts, energy_j: float | None) -> dict[str, Any]:
+    """``pt_*`` keys of one worker-group epoch: strategy, workers, per rank the
+    CPU seconds, peak RSS and energy (the epoch's joules split by CPU
+    seconds, the same rule that splits a node's energy among trials), whether
+    every rank ran in the trial's own cgroup, and the restart's cost."""
+    out: dict[str, Any] = {"pt_parallel": group.strategy, "pt_workers": group.workers}
+    if group.restart_s is not None:
+        out["pt_restart_s"] = float(group.restart_s)
+    cpu_total = sum(float(r.get("cpu_s", 0.0)) for r in group.ranks)
+    for r in group.ranks:
+        i = int(r.get("rank", 0))
+        cpu_s = float(r.get("cpu_s", 0.0))
+        out[f"pt_rank{i}_cpu_s"] = cpu_s
+        out[f"pt_rank{i}_rss_peak_mb"] = float(r.get("rss_peak_mb", 0.0))
+        if "threads" in r:
+            out[f"pt_rank{i}_threads"] = int(r["threads"])
+        if energy_j is not None:
+            share = cpu_s / cpu_total if cpu_total > 0 else 1.0 / max(1, len(group.ranks))
+            out[f"pt_rank{i}_energy_j"] = energy_j * share
+    if group.ranks:
+        out["pt_ranks_in_trial_cgroup"] = ranks_in_trial_cgroup(
+            [int(r["pid"]) for r in group.ranks if "pid" in r])
+        out["pt_ranks_cgroup"] = _cpu_cgroup("self")
+    return out
+
+
+def _cpu_cgroup(pid: int | str) -> str:
+    """The cgroup ``pid`` is in for CPUs: the cpuset hierarchy's path (v1), the
+    unified one (v2); "" when unknown."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="ascii") as f:
+            lines = [line.strip().split(":", 2) for line in f if line.strip()]
+    except OSError:
+        return ""
+    for _, controllers, path in lines:
+        if "cpuset" in controllers.split(","):
+            return path
+    return next((path for hid, _, path in lines if hid == "0"), "")
+
+
+def ranks_in_trial_cgroup(pids: list[int]) -> bool:
+    """Whether every one of ``pids`` is in exactly the cgroups this process is in
+    (every hierarchy of ``/proc/PID/cgroup``), i.e. under the trial's limits."""
+    def groups(pid: int | str) -> str:
+        with open(f"/proc/{pid}/cgroup", encoding="ascii") as f:
+            return f.read()
+
+    try:
+        mine = groups("self")
+        return all(groups(pid) == mine for pid in pids)
+    except OSError:
+        return False

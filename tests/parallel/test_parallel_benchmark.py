@@ -53,3 +53,18 @@ def test_table_shows_each_ranks_cuda_peak_when_there_is_one(bench) -> None:
     assert "cuda max" in lines[0]
     assert lines[2].split()[-3:] == ["1.600", "900.0", "12.50"] and "cuda:0" in lines[2]
     assert lines[3].split()[-3:] == ["1.600", "900.0", "7.25"] and "cuda:1" in lines[3]
+
+
+def test_tune_table_sets_each_strategy_beside_the_single_process(bench) -> None:
+    def row(strategy: str, workers: int, threads: int, epoch_s: float, losses: list[float],
+            rss: list[float]) -> dict:
+        return {"strategy": strategy, "workers": workers, "threads_per_rank": threads,
+                "epoch_s": epoch_s, "tuning_s": 10 * epoch_s, "final_losses": losses,
+                "rank_rss_peak_mb": rss}
+
+    text = bench.tune_table([row("single", 1, 2, 1.0, [0.50, 0.40], []),
+                             row("ddp", 2, 1, 1.5, [0.505, 0.40], [400, 401])])
+    lines = text.splitlines()
+    assert lines[2].startswith("single 2t") and "1.00" in lines[2]
+    assert lines[3].startswith("ddp 2x1t") and " 1.50 " in lines[3] and "1.00%" in lines[3]
+    assert lines[3].endswith("400, 401")

@@ -330,3 +330,36 @@ def test_perf_started_from_a_thread_with_sigint_blocked_still_ends_on_sigint(spa
     assert s._proc.returncode != -signal.SIGKILL, "perf had to be killed"
     assert not [r for r in caplog.records if "killed" in r.getMessage()]
     assert p.poll() is None, "stopping the profiler must not touch the target"
+
+
+def test_child_born_while_perf_attaches_is_counted(spawn, monkeypatch):
+    """A child the target starts after the tree was listed but before perf
+    attached is neither listed nor inherited: the profiler attaches again
+    (a trial's worker ranks spawned while its tuner starts perf)."""
+    p = spawn("child", 1, 1.5)
+    time.sleep(0.3)
+    real_start = PerfStatSampler.start
+    attached: list[tuple[int, ...]] = []
+
+    def start_late(self):  # noqa: ANN001, ANN202
+        if not attached:  # the first attach: let the target fork in between
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            deadline = time.time() + 10
+            while not psutil.Process(p.pid).children() and time.time() < deadline:
+                time.sleep(0.01)
+        attached.append(self.pids)
+        return real_start(self)
+
+    monkeypatch.setattr(PerfStatSampler, "start", start_late)
+    tp = TrialProfiler([p.pid], interval_ms=250)
+    tp.start()
+    t0, t1, cpu = map(float, p.stdout.readline().split())
+    p.wait()
+    _wait_ended(tp)
+    tp.stop()
+    assert len(attached) >= 2 and len(attached[-1]) > len(attached[0])
+    counted = _task_clock_s(tp)
+    assert cpu > 0.2
+    # Less than all of it: the child ran a moment before the second attach.
+    assert 0.5 * cpu <= counted <= 1.15 * cpu + 0.15, (counted, cpu)

@@ -1,0 +1,178 @@
+"""Tune trials that train with a parallel strategy: one boundary per epoch, ranks
+under the trial's cgroup, threads per rank following the trial's cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipetune.config import Settings
+from pipetune.errors import ConfigError, UsageError
+from pipetune.parallel import ParallelConfig
+from pipetune.store import open_store
+from pipetune.tune.job import JobSpec, run_job
+from pipetune.tune.session import TrialSession, ranks_in_trial_cgroup
+from pipetune.types import SystemSpace, TrialRef
+
+HP = {"batch_size": 64, "max_train_samples": 512, "lr": 0.05}
+
+
+def test_cli_parallel_auto_is_refused_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipetune.cli import main
+
+    assert main(["tune", "lenet5-mnist", "--parallel", "auto"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--parallel auto is not implemented yet" in err[0]
+    assert main(["tune", "lenet5-mnist", "--workers", "2"]) == 2
+    assert main(["tune", "lenet5-mnist", "--space", "parallel=none,ddp"]) == 2
+
+
+def test_space_takes_parallel_and_workers_additively() -> None:
+    space = SystemSpace.parse(["cores=1,2", "parallel=none,gpipe", "workers=1,2"])
+    assert space.parallel == ("none", "gpipe") and space.workers == (1, 2)
+    assert len(space) == 2  # the tuner's grid is unchanged: cores x memory x gpus
+    assert SystemSpace().parallel == ("none",) and SystemSpace().workers == (1,)
+    with pytest.raises(ConfigError, match="unknown"):
+        SystemSpace(parallel=("zero",))
+    with pytest.raises(ConfigError, match="workers"):
+        SystemSpace(workers=(0,))
+
+
+def test_a_strategy_that_does_not_fit_a_trial_fails_before_ray(tmp_path: Path) -> None:
+    settings = Settings.load({"home": str(tmp_path / "home")}, env={})
+    spec = JobSpec("lenet5-mnist", samples=1, epochs=1, parallel=ParallelConfig("ddp", 3),
+                   fixed_hparams={"batch_size": 64})
+    with pytest.raises(ConfigError, match="not divisible by workers=3"):
+        run_job(spec, settings, verbose=0)
+    with pytest.raises(UsageError, match="--stages"):
+        JobSpec("lenet5-mnist", parallel=ParallelConfig("ddp", 2), stages=True)
+
+
+class TwoThenOne:
+    """A policy that holds 2 cores for epoch 0 and 1 core after (no tuner, no cgroup)."""
+
+    phase = "fixed"
+    reason = "test"
+    controller_name = "dry-run"
+    writes_to_store = False
+    learned = False
+
+    def __init__(self) -> None:
+        from pipetune.types import SystemConfig
+
+        self._config = SystemConfig(2)
+
+    def bind(self, **_: Any) -> None: ...
+    def start(self, pids: list[int]) -> None: ...
+    def epoch_start(self, epoch: int) -> None: ...
+    def rebalance(self) -> None: ...
+    def wait_decision(self, timeout_s: float) -> bool: return True
+    def applied_cpus(self) -> None: return None
+    def reassert(self) -> None: ...
+    def close(self) -> None: ...
+    def threads(self) -> int: return self._config.cores
+
+    def epoch_end(self, result: Any) -> None:
+        from pipetune.types import SystemConfig
+
+        self._config = SystemConfig(1)
+
+    def config(self) -> Any:
+        return self._config
+
+
+def test_one_boundary_per_epoch_and_rank_threads_follow_at_the_next_one() -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs")
+    from pipetune.tune import session as session_module
+    from pipetune.tune.parallel import train_parallel
+
+    seen: list[dict[str, Any]] = []
+    session = TrialSession(TrialRef("job", "t-threads", "node"), TwoThenOne(),
+                           report_fn=lambda out, **_: seen.append(out),
+                           parallel=ParallelConfig("none")).start()
+    session_module.set_current(session)
+    try:
+        records = train_parallel("lenet5-mnist", HP, epochs=3)
+    finally:
+        session_module.set_current(None)
+        session.close()
+    assert len(seen) == len(records) == 3  # one session boundary per epoch
+    assert [r["epoch"] for r in seen] == [0, 1, 2]
+    # 2 cores in epoch 0 -> 2 threads; the 1-core decision at its end is in force
+    # in the rank from epoch 1 on (sent at the boundary, before it trained on).
+    assert [r["pt_rank0_threads"] for r in seen] == [2, 1, 1]
+    assert {r["pt_parallel"] for r in seen} == {"none"} and {r["pt_workers"] for r in seen} == {1}
+    assert all(r["pt_rank0_rss_peak_mb"] > 0 for r in seen)
+    assert all(r["pt_ranks_in_trial_cgroup"] for r in seen)
+
+
+def test_cgroup_check_tells_a_process_elsewhere() -> None:
+    assert ranks_in_trial_cgroup([os.getpid()])
+    assert not ranks_in_trial_cgroup([2 ** 22 + 7])  # no such process
+
+
+@pytest.mark.slow
+def test_gpipe_job_ranks_share_the_trial_cgroup_and_the_store_names_the_strategy(
+    tmp_path: Path, ray_session: None
+) -> None:
+    settings = Settings.load({"home": str(tmp_path / "home")}, env={})
+    spec = JobSpec("lenet5-mnist", samples=1, epochs=2, job="t-gpipe",
+                   parallel=ParallelConfig("gpipe", workers=2, chunks=2),
+                   fixed_hparams={"max_train_samples": 512, "batch_size": 64},
+                   space=SystemSpace.parse(["cores=1,2"]))
+    result = run_job(spec, settings, verbose=0)
+    (trial,) = result.trials
+    assert trial["error"] is None and trial["epochs"] == 2
+    assert trial["parallel"] == "gpipe" and trial["workers"] == 2
+    for h in trial["history"]:
+        assert h["pt_parallel"] == "gpipe" and h["pt_workers"] == 2
+        # Both ranks' /proc/PID/cgroup read during the trial equal the trial process's.
+        assert h["pt_ranks_in_trial_cgroup"] is True
+        assert h["pt_rank0_rss_peak_mb"] > 0 and h["pt_rank1_rss_peak_mb"] > 0
+        assert h["pt_rank0_energy_j"] >= 0 and h["pt_rank1_energy_j"] >= 0
+        if h["pt_controller"].startswith("cgroup"):
+            # ...and that cgroup is the trial's own, not the job's.
+            assert h["pt_ranks_cgroup"].rstrip("/").split("/")[-1] != ""
+            assert "pipetune" in h["pt_ranks_cgroup"]
+    store = open_store(settings.store, spool_root=settings.spool_dir)
+    epochs = store.epochs("t-gpipe")
+    trials = store.query("trial", {"job": "t-gpipe"})
+    store.close()
+    assert len(epochs) == 2 and (epochs["metric.strategy.gpipe"] == 2).all()
+    assert (epochs["metric.workers"] == 2).all()
+    assert set(trials["parallel"]) == {"gpipe"}
+
+
+def test_a_restart_asked_of_the_session_runs_at_the_next_boundary() -> None:
+    from pipetune.policy import FixedPolicy
+    from pipetune.tune import session as session_module
+    from pipetune.tune.parallel import train_parallel
+    from pipetune.types import SystemConfig
+
+    seen: list[dict[str, Any]] = []
+    policy = FixedPolicy(SystemConfig(2), trial_id="t-restart", controller="dry-run")
+    session = TrialSession(TrialRef("job", "t-restart", "node"), policy,
+                           parallel=ParallelConfig("none"))
+
+    def report_fn(out: dict[str, Any], **_: Any) -> None:
+        seen.append(out)
+        if out["epoch"] == 0:  # whoever chooses strategies asks; the group follows
+            session.request_parallel(ParallelConfig("ddp", 2))
+
+    session._report_fn = report_fn
+    session.start()
+    session_module.set_current(session)
+    try:
+        records = train_parallel("lenet5-mnist", HP, epochs=2)
+    finally:
+        session_module.set_current(None)
+        session.close()
+    assert [(r["pt_parallel"], r["pt_workers"]) for r in seen] == [("none", 1), ("ddp", 2)]
+    assert "pt_restart_s" not in seen[0] and seen[1]["pt_restart_s"] > 0
+    assert [r["strategy"] for r in records] == ["none", "ddp"]
+    assert session.history[1].metrics["restart_s"] > 0
+    assert session.history[1].metrics["strategy.ddp"] == 2
