@@ -22,7 +22,7 @@ from typing import Any
 from pipetune.config import Settings
 from pipetune.errors import ConfigError, PipetuneError
 from pipetune.tuner import SystemTuner, TunerState
-from pipetune.types import EpochResult, SystemConfig, SystemSpace, TrialRef
+from pipetune.types import DecisionKind, EpochResult, Phase, SystemConfig, SystemSpace, TrialRef
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class SystemPolicy(abc.ABC):
     milliseconds (real work goes to a thread of the policy's own).
     """
 
-    phase: str = "fixed"
+    phase: Phase = Phase.FIXED
     reason: str = ""
     #: True when the policy writes its own epochs and decisions to the store
     #: (the SystemTuner does, with profiles); else the trial session does.
@@ -107,7 +107,7 @@ class FixedPolicy(SystemPolicy):
 
     def __init__(
         self, config: SystemConfig, *, trial_id: str, controller: Any = "auto",
-        phase: str = "fixed",
+        phase: Phase | str = Phase.FIXED,
     ) -> None:
         self._config = config
         self._asked = config
@@ -116,7 +116,7 @@ class FixedPolicy(SystemPolicy):
         self._controller_kind = controller if isinstance(controller, str) else ""
         self._handle: Any = None
         self._applied: Any = None
-        self.phase = phase
+        self.phase = Phase(phase)
 
     def start(self, pids: list[int]) -> None:
         try:
@@ -136,7 +136,7 @@ class FixedPolicy(SystemPolicy):
             self._degrade(f"could not apply {self._config}: {e}")
 
     def _degrade(self, why: str) -> None:
-        self.phase = "degraded"
+        self.phase = Phase.DEGRADED
         self.reason = f"{why}; training continues untouched"
         log.warning("trial %s: %s", self._trial_id, self.reason)
         self.close()
@@ -150,11 +150,11 @@ class FixedPolicy(SystemPolicy):
         return self._config
 
     def applied_cpus(self) -> tuple[int, ...] | None:
-        return enforced_cpus(self._applied) if self.phase != "degraded" else None
+        return enforced_cpus(self._applied) if self.phase is not Phase.DEGRADED else None
 
     def rebalance(self) -> None:
         fn = getattr(self._controller, "rebalance", None)
-        if fn is None or self._handle is None or self.phase == "degraded":
+        if fn is None or self._handle is None or self.phase is Phase.DEGRADED:
             return
         try:
             applied = fn(self._handle)
@@ -167,7 +167,7 @@ class FixedPolicy(SystemPolicy):
             self.reason = f"{self.phase}: {self._asked}, share of the node now {applied.config}"
 
     def reassert(self) -> None:
-        if self._controller is None or self._handle is None or self.phase == "degraded":
+        if self._controller is None or self._handle is None or self.phase is Phase.DEGRADED:
             return
         try:
             log.warning("trial %s: its limits were lifted from outside (a restarted daemon "
@@ -218,7 +218,7 @@ def make_policy(
     """
     ctl = controller if controller is not None else settings.controller
     if mode == "v1":
-        return FixedPolicy(space.default, trial_id=ref.trial, controller=ctl, phase="v1")
+        return FixedPolicy(space.default, trial_id=ref.trial, controller=ctl, phase=Phase.V1)
     if mode == "v2":
         try:
             config = SystemConfig(
@@ -228,10 +228,18 @@ def make_policy(
             )
         except KeyError as e:
             raise ConfigError("mode v2 needs 'cores' in the trial's Tune config") from e
-        return FixedPolicy(config, trial_id=ref.trial, controller=ctl, phase="v2")
+        return FixedPolicy(config, trial_id=ref.trial, controller=ctl, phase=Phase.V2)
     if mode == "pipetune":
         return TunerPolicy(space, ref, settings, controller=controller, **tuner_kwargs)
     raise ConfigError(f"mode {mode!r}: must be one of {', '.join(MODES)}")
+
+
+#: How a settled tuner chose its config, by its last decision (Tune's ``pt_phase``).
+_HOW_SETTLED = {
+    DecisionKind.MATCHED.value: Phase.MATCHED,
+    DecisionKind.SETTLED.value: Phase.PROBED,
+    DecisionKind.FALLBACK.value: Phase.FALLBACK,
+}
 
 
 class TunerPolicy(SystemPolicy):
@@ -270,7 +278,7 @@ class TunerPolicy(SystemPolicy):
         self.tuner_kwargs = tuner_kwargs
         self.tuner: SystemTuner | None = None
         self._store: Any = None
-        self.phase = "starting"
+        self.phase = Phase.STARTING
 
     def bind(self, *, store: Any = None) -> None:
         self._store = store
@@ -348,9 +356,9 @@ class TunerPolicy(SystemPolicy):
         # For Tune's table: *how* the config was chosen once settled.
         state, last = self.tuner.state, summary.get("pipetune/decision")
         if state is TunerState.SETTLED:
-            self.phase = {"matched": "matched", "settled": "probed"}.get(str(last), str(last))
+            self.phase = _HOW_SETTLED.get(str(last), Phase.SETTLED)
         else:
-            self.phase = state.value
+            self.phase = state
 
     def config(self) -> SystemConfig:
         return self.tuner.config if self.tuner is not None else self.space.default
