@@ -337,7 +337,8 @@ class TunerPolicy(SystemPolicy):
 
     def epoch_end(self, result: EpochResult) -> None:
         if self.tuner is not None:
-            self.tuner.epoch_end(result.epoch, result.steps, dict(result.metrics))
+            self.tuner.epoch_end(result.epoch, result.steps, dict(result.metrics),
+                                 result=result)
 
     def wait_decision(self, timeout_s: float) -> bool:
         if self.tuner is None:

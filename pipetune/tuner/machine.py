@@ -239,14 +239,23 @@ def _epoch_end(m: Machine, ev: Event, cx: Cx) -> Machine:
 
 def _write_epoch(m: Machine, ev: Event, cx: Cx, profile: EpochProfile | None) -> Machine:
     led = m.ledger
-    this = next((o for o in led.open_epochs if o.epoch == ev.epoch), None)
-    result = EpochResult(
-        epoch=ev.epoch, config=this.config if this is not None else led.config,
-        seconds=ev.t - this.t0 if this is not None else math.nan, steps=ev.steps,
-        metrics={k: v for k, v in ev.metrics.items() if isinstance(v, (int, float))},
-        energy_j=led.energy_j if led.energy_methods else None,
-        energy_method="+".join(sorted(led.energy_methods)) or None,
-    )
+    energy_j = led.energy_j if led.energy_methods else None
+    method = "+".join(sorted(led.energy_methods)) or None
+    if ev.result is not None:
+        # The trial session's record (what was in force, read back; its
+        # energy): built once per epoch, enriched with the tuner's energy
+        # figure where the session had none.
+        result = ev.result
+        if result.energy_j is None and energy_j is not None:
+            result = replace(result, energy_j=energy_j, energy_method=method)
+    else:
+        this = next((o for o in led.open_epochs if o.epoch == ev.epoch), None)
+        result = EpochResult(
+            epoch=ev.epoch, config=this.config if this is not None else led.config,
+            seconds=ev.t - this.t0 if this is not None else math.nan, steps=ev.steps,
+            metrics={k: v for k, v in ev.metrics.items() if isinstance(v, (int, float))},
+            energy_j=energy_j, energy_method=method,
+        )
     cx.emit(WriteEpoch(result, m.phase, profile, ev.t))
     return replace(m, ledger=replace(
         led, energy_j=0.0, energy_methods=frozenset(),
@@ -487,13 +496,11 @@ def _degrade(m: Machine, cx: Cx, reason: str, epoch: int) -> Machine:
             opened = False
             # What confines the trial now is read back, not assumed: a dead
             # daemon's cgroup keeps its cpuset until a daemon releases it.
-            cpus = cx.ask(CpusNow())
+            cpus, listed = cx.ask(CpusNow())
             restored = f"could not restore default ({e.reason})"
             in_force = default
-            if cpus is not None:
-                from pipetune.control.base import format_cpus
-
-                restored += f"; the trial runs on {len(cpus)} CPU(s) ({format_cpus(cpus)})"
+            if cpus:
+                restored += f"; the trial runs on {len(cpus)} CPU(s) ({listed})"
                 in_force = SystemConfig(len(cpus), None, default.gpus)
     m = replace(m, state=Degraded(reason),
                 ledger=replace(m.ledger, config=in_force, opened=opened))

@@ -200,6 +200,8 @@ class Kind(enum.Enum):
 class Event:
     """A boundary or a runner's report.  ``posted``: epochs the training has
     ended so far; ``energy``: (joules since the previous boundary, method);
+    ``result``: the epoch's :class:`EpochResult` when the trial session built
+    it (one per epoch: the machine enriches it, never builds a second);
     ``answers``: the runner's answers to this step's asks, in order."""
 
     kind: Kind
@@ -211,6 +213,7 @@ class Event:
     energy: tuple[float, str] | None = None
     wait_s: float = 2.0  # PROFILER_STARTED: how long a profile may wait for a sample
     reason: str = ""  # FAIL
+    result: EpochResult | None = None  # EPOCH_END: the trial session's record of the epoch
     answers: tuple[Any, ...] = ()
 
 
@@ -277,7 +280,8 @@ class Release:
 
 @dataclass(frozen=True)
 class CpusNow:
-    """The CPUs the trial runs on, read back. Answer: tuple[int, ...] | None."""
+    """The CPUs the trial runs on, read back. Answer: (cpus, as a list like
+    ``0-2,5``), or ((), "") when they cannot be read."""
 
 
 @dataclass(frozen=True)

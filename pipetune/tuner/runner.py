@@ -49,6 +49,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pipetune.control.base import format_cpus
 from pipetune.errors import ConfigError, PipetuneError
 from pipetune.groundtruth import EmptyGroundTruth, GroundTruth, check_threshold
 from pipetune.groundtruth.persist import load_or_empty
@@ -56,7 +57,15 @@ from pipetune.probing import DEFAULT_MEMORY_MARGIN, STRATEGIES, Objective
 from pipetune.tuner import records as r
 from pipetune.tuner.base import ConfigApplier, EnergySource, Profiler, ProfilerFactory, StoreSink
 from pipetune.tuner.machine import step
-from pipetune.types import Decision, EpochProfile, Phase, SystemConfig, SystemSpace, TrialRef
+from pipetune.types import (
+    Decision,
+    EpochProfile,
+    EpochResult,
+    Phase,
+    SystemConfig,
+    SystemSpace,
+    TrialRef,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,7 @@ class _Posted:
     steps: int = 0
     metrics: Mapping[str, float] = field(default_factory=dict)
     seq: int = 0
+    result: EpochResult | None = None
 
 
 class SystemTuner:
@@ -265,9 +275,12 @@ class SystemTuner:
         epoch so far (cumulative)."""
         self._post(r.Kind.WINDOW_END, epoch, steps)
 
-    def epoch_end(self, epoch: int, steps: int, metrics: Mapping[str, float] | None = None) -> None:
-        """``epoch`` ended after ``steps`` training steps."""
-        self._post(r.Kind.EPOCH_END, epoch, steps, metrics)
+    def epoch_end(self, epoch: int, steps: int, metrics: Mapping[str, float] | None = None,
+                  *, result: EpochResult | None = None) -> None:
+        """``epoch`` ended after ``steps`` training steps.  ``result``: the
+        epoch's record when the caller (the trial session) built one; the
+        tuner stores it, with its profile, instead of building its own."""
+        self._post(r.Kind.EPOCH_END, epoch, steps, metrics, result)
 
     def rebalance(self) -> None:
         """A boundary: take the node share the allocator gives now (other
@@ -344,14 +357,15 @@ class SystemTuner:
         self.close()
 
     def _post(self, kind: r.Kind, epoch: int = 0, steps: int = 0,
-              metrics: Mapping[str, float] | None = None) -> None:
+              metrics: Mapping[str, float] | None = None,
+              result: EpochResult | None = None) -> None:
         try:
             if self._closing:
                 return
             with self._idle:
                 self._posted_seq += 1
                 ev = _Posted(kind, self.clock(), int(epoch), int(steps), dict(metrics or {}),
-                             self._posted_seq)
+                             self._posted_seq, result)
                 if kind is r.Kind.EPOCH_END:
                     self._epochs_posted = max(self._epochs_posted, ev.epoch + 1)
                 self._busy += 1
@@ -385,7 +399,7 @@ class SystemTuner:
         if p.kind in _BOUNDARIES and self.state is not Phase.DEGRADED:
             energy = self._read_energy()
         self._feed(r.Event(p.kind, p.t, p.epoch, p.steps, p.metrics,
-                           posted=self._epochs_posted, energy=energy))
+                           posted=self._epochs_posted, energy=energy, result=p.result))
 
     def _feed(self, ev: r.Event) -> None:
         """Step the machine with ``ev`` until it needs no more answers,
@@ -459,9 +473,10 @@ class SystemTuner:
             return None
         if isinstance(q, r.CpusNow):
             try:
-                return tuple(sorted(os.sched_getaffinity(self.pids[0])))
+                cpus = tuple(sorted(os.sched_getaffinity(self.pids[0])))
             except (OSError, IndexError):
-                return None
+                return (), ""
+            return cpus, format_cpus(cpus)
         raise TypeError(f"unknown question {q!r}")
 
     def _match(self, profile: EpochProfile) -> tuple[Any, str]:

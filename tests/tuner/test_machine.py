@@ -187,7 +187,8 @@ def test_when_even_the_default_cannot_be_restored_the_cpus_are_read_back():
     m = started()
     m = replace(m, ledger=replace(m.ledger, config=C1))  # a probe in force
     # answers: Apply(default) failed, Release, CpusNow
-    e = ev(r.Kind.FAIL, 5.0, 3, 0, r.Failed("daemon gone"), None, (0, 1, 2), reason="perf died")
+    e = ev(r.Kind.FAIL, 5.0, 3, 0, r.Failed("daemon gone"), None, ((0, 1, 2), "0-2"),
+           reason="perf died")
     new, effects = settle(m, e)
     assert isinstance(new.state, r.Degraded) and not new.ledger.opened
     assert new.ledger.config == SystemConfig(3)
@@ -232,3 +233,24 @@ def test_close_stops_the_profiler_and_releases_the_trial():
     new, effects = settle(m, ev(r.Kind.CLOSE, 9.0, 0, 0, None))
     assert effects == (r.StopProfiler(),) and not new.ledger.opened
     assert new.phase is m.phase
+
+
+def test_the_sessions_epoch_result_is_stored_as_built_not_rebuilt():
+    """One EpochResult per epoch (issue 14): the trial session's record goes
+    to the store with the tuner's profile beside it; the tuner only fills in
+    an energy figure the session did not have."""
+    from pipetune.types import EpochResult
+
+    m = started()
+    m, _ = settle(m, ev(r.Kind.EPOCH_START, 0.0, 0, energy=(4.0, "estimated")))
+    built = EpochResult(0, SystemConfig(1), 0.4, 3, 2.5, "rapl", {"loss": 1.0})
+    m, effects = answer(m, ev(r.Kind.EPOCH_END, 0.5, 0, 3, result=built))
+    (w,) = of(effects, r.WriteEpoch)
+    assert w.result is built
+    bare = replace(built, energy_j=None, energy_method=None)
+    m2 = started()
+    m2, _ = settle(m2, ev(r.Kind.EPOCH_START, 0.0, 0, energy=(4.0, "estimated")))
+    _, effects = answer(m2, ev(r.Kind.EPOCH_END, 0.5, 0, 3, energy=(1.0, "estimated"),
+                               result=bare))
+    (w,) = of(effects, r.WriteEpoch)
+    assert w.result == replace(bare, energy_j=5.0, energy_method="estimated")
