@@ -7,8 +7,10 @@
 - :mod:`.profiling` — when and over which window the profile is taken.
 - :mod:`.rules` — the probe plan and what it asks (memory peak, node capacity).
 - :mod:`.runner` — :class:`SystemTuner`, one per trial: a worker thread that
-  steps the machine and carries out its effects (controller, profiler,
-  ground truth, store, energy).
+  steps the machine and carries out its effects (decisions, store,
+  profiler start/stop once a boundary is decided).
+- :mod:`.answers` — :class:`TrialSide`: the trial's controller, profiler,
+  ground truth and energy, answering the machine's questions.
 - :mod:`.base` — the collaborators' protocols.
 
 The strategy-specific rules (halving's step windows, slot budgets, which

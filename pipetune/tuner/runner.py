@@ -6,9 +6,10 @@ The training loop reports boundaries — ``epoch_start``, ``window_end``
 put an event on a queue and return (microseconds); the tuner's own worker
 thread does everything slow.  For each event it reads the trial's energy,
 steps the pure machine (:func:`pipetune.tuner.machine.step`) and carries
-out the effects: it answers the machine's questions (apply a config through
-the controller, take a profile, match it against the ground truth, read
-the trial's memory peak), writes decisions, epochs and ground-truth records
+out the effects: the trial's side (:class:`~pipetune.tuner.answers.TrialSide`)
+answers the machine's questions (apply a config through the controller,
+take a profile, match it against the ground truth, read the trial's memory
+peak); the runner writes decisions, epochs and ground-truth records
 to the store, publishes the trial's speed-up to the node allocator, and
 starts or stops the profiler once the boundary is decided.  The runner
 holds no tuning state of its own: the phase, the config in force and the
@@ -39,8 +40,6 @@ Embedding it without Ray (the training loop's side)::
 from __future__ import annotations
 
 import logging
-import math
-import os
 import queue
 import threading
 import time
@@ -49,13 +48,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipetune.control.base import format_cpus
-from pipetune.errors import ConfigError, PipetuneError
-from pipetune.groundtruth import EmptyGroundTruth, GroundTruth, check_threshold
-from pipetune.groundtruth.persist import load_or_empty
+from pipetune.errors import ConfigError
+from pipetune.groundtruth import GroundTruth, check_threshold
 from pipetune.probing import DEFAULT_MEMORY_MARGIN, STRATEGIES, Objective
 from pipetune.tuner import records as r
-from pipetune.tuner.base import ConfigApplier, EnergySource, Profiler, ProfilerFactory, StoreSink
+from pipetune.tuner.answers import TrialSide, what
+from pipetune.tuner.base import ConfigApplier, EnergySource, ProfilerFactory, StoreSink
 from pipetune.tuner.machine import step
 from pipetune.types import (
     Decision,
@@ -70,12 +68,6 @@ from pipetune.types import (
 log = logging.getLogger(__name__)
 
 _BOUNDARIES = (r.Kind.EPOCH_START, r.Kind.WINDOW_END, r.Kind.EPOCH_END)
-
-
-def _what(e: BaseException) -> str:
-    """An error as a decision's reason says it: our own errors by their
-    message, anything else (a bug) with its type."""
-    return str(e) if isinstance(e, PipetuneError) else f"{type(e).__name__}: {e}"
 
 
 @dataclass(frozen=True)
@@ -172,21 +164,17 @@ class SystemTuner:
         self.space = space
         self.default: SystemConfig = space.default  # type: ignore[assignment]
         self.pids = list(pids)
-        self.controller = controller
-        self.profiler_factory = profiler_factory
-        self._groundtruth_src = groundtruth
         self.store = store
-        self.energy = energy
         self.workload = workload
         self.clock = clock
+        self.side = TrialSide(ref.trial, pids, controller=controller,
+                              profiler_factory=profiler_factory, groundtruth=groundtruth,
+                              energy=energy, clock=clock)
 
         self.decisions: list[Decision] = []
         self.recorded = False  # a ground-truth record was written for this trial
-        self.applied: Any = None  # what the last apply put in force (control.Applied)
         self.started_at: float | None = None  # clock() at trial start
         self.settled_at: float | None = None  # clock() when a config was settled
-        self._trial_handle: Any = None
-        self._profiler: Profiler | None = None
         # Epochs whose end the training thread has posted: ahead of what the
         # worker handled while it lags (e.g. blocked in profiler.start()).
         self._epochs_posted = 0
@@ -248,6 +236,19 @@ class SystemTuner:
     def best(self) -> tuple[SystemConfig, float] | None:
         s = self.machine.state
         return s.best if isinstance(s, r.Settled) else None
+
+    @property
+    def applied(self) -> Any:
+        """What the last apply put in force (``control.Applied``)."""
+        return self.side.applied
+
+    @property
+    def controller(self) -> ConfigApplier:
+        return self.side.controller
+
+    @property
+    def _groundtruth_src(self) -> Any:
+        return self.side.groundtruth
 
     @property
     def probed(self) -> dict[SystemConfig, float]:
@@ -397,7 +398,7 @@ class SystemTuner:
     def _handle(self, p: _Posted) -> None:
         energy = None
         if p.kind in _BOUNDARIES and self.state is not Phase.DEGRADED:
-            energy = self._read_energy()
+            energy = self.side.read_energy()
         self._feed(r.Event(p.kind, p.t, p.epoch, p.steps, p.metrics,
                            posted=self._epochs_posted, energy=energy, result=p.result))
 
@@ -410,7 +411,7 @@ class SystemTuner:
             log.exception("trial %s: tuner bug on %s", self.ref.trial, ev.kind.value)
             try:
                 self._step(r.Event(r.Kind.FAIL, self.clock(), ev.epoch,
-                                   reason=f"{ev.kind.value}: {_what(e)}"))
+                                   reason=f"{ev.kind.value}: {what(e)}"))
             except Exception:
                 log.exception("trial %s: could not degrade", self.ref.trial)
 
@@ -427,114 +428,12 @@ class SystemTuner:
             done = len(body)
             if not asking:
                 break
-            answers.append(self._answer(effects[-1].query))
+            answers.append(self.side.answer(effects[-1].query))
         self.machine = new
         if before.phase is Phase.START and new.phase is not Phase.START:
             self.started_at = t_before
         if new.phase is Phase.SETTLED and self.settled_at is None:
             self.settled_at = self.clock()
-
-    # -- answering the machine's questions ---------------------------------------------------
-
-    def _answer(self, q: Any) -> Any:
-        try:
-            return self._ask(q)
-        except Exception as e:  # the system side failed: the machine degrades
-            if not isinstance(e, PipetuneError):
-                log.debug("trial %s: %s failed", self.ref.trial, type(q).__name__,
-                          exc_info=True)
-            return r.Failed(_what(e))
-
-    def _ask(self, q: Any) -> Any:  # noqa: PLR0911 - one branch per question
-        if isinstance(q, r.Apply):
-            self.applied = self.controller.apply(self._trial_handle, q.config)
-            # A node allocator may give fewer cores than asked: what is in force counts.
-            in_force = getattr(self.applied, "config", None)
-            return r.Applied(in_force if isinstance(in_force, SystemConfig) else q.config,
-                             self.clock())
-        if isinstance(q, r.Usage):
-            return self._usage()
-        if isinstance(q, r.TakeProfile):
-            if self._profiler is None:
-                raise PipetuneError("no profiler running")
-            hi = q.hi if q.hi is not None else max(self.clock(), q.lo)
-            return self._profiler.profile(q.lo, hi, epoch=q.epoch, wait_s=q.wait_s), hi
-        if isinstance(q, r.MatchProfile):
-            return self._match(q.profile)
-        if isinstance(q, r.Capacity):
-            return self._advisory("capacity", q.cores)
-        if isinstance(q, r.TakeShare):
-            return self._take_share()
-        if isinstance(q, r.OpenTrial):
-            self._trial_handle = self.controller.open_trial(self.ref.trial, self.pids)
-            return None
-        if isinstance(q, r.Release):
-            self._release()
-            return None
-        if isinstance(q, r.CpusNow):
-            try:
-                cpus = tuple(sorted(os.sched_getaffinity(self.pids[0])))
-            except (OSError, IndexError):
-                return (), ""
-            return cpus, format_cpus(cpus)
-        raise TypeError(f"unknown question {q!r}")
-
-    def _match(self, profile: EpochProfile) -> tuple[Any, str]:
-        src = self._groundtruth_src
-        if isinstance(src, GroundTruth):
-            model, why = src, ""
-        else:
-            model, why = load_or_empty(src)
-            why = why if isinstance(model, EmptyGroundTruth) else ""
-        if not profile.rates:
-            return None, why
-        try:
-            return model.match(profile), why
-        except Exception as e:  # a broken model must not cost the trial: probe instead
-            from pipetune.groundtruth import Match
-
-            return Match(cluster=None, score=0.0, config=None, reason=f"match failed: {e}"), why
-
-    def _usage(self) -> tuple[float, int]:
-        """(memory peak MB, OOM kills); (0, 0) when unknown (usage is advisory)."""
-        try:
-            usage = self.controller.usage(self._trial_handle)
-        except Exception as e:
-            log.debug("trial %s: usage unavailable: %s", self.ref.trial, e)
-            return 0.0, 0
-        peak = getattr(usage, "memory_peak_mb", None) if usage is not None else None
-        try:
-            peak_mb = float(peak) if peak is not None and math.isfinite(float(peak)) else 0.0
-            ooms = int(getattr(usage, "oom_kills", 0) or 0) if usage is not None else 0
-        except (TypeError, ValueError):
-            return 0.0, 0
-        return peak_mb, ooms
-
-    def _advisory(self, name: str, *args: Any) -> Any:
-        """An optional controller method (node sharing); None when absent or failing."""
-        fn = getattr(self.controller, name, None)
-        if fn is None or self._trial_handle is None:
-            return None
-        try:
-            out = fn(self._trial_handle, *args)
-            return int(out) if name == "capacity" else out
-        except Exception as e:  # advisory: without it, go on as if alone
-            log.debug("trial %s: %s unavailable: %s", self.ref.trial, name, e)
-            return None
-
-    def _take_share(self) -> SystemConfig | None:
-        fn = getattr(self.controller, "rebalance", None)
-        if fn is None or self._trial_handle is None:
-            return None
-        try:
-            applied = fn(self._trial_handle)
-        except Exception as e:  # advisory: the config in force stays in force
-            log.warning("trial %s: node share not updated: %s", self.ref.trial, e)
-            return None
-        if applied is None:
-            return None
-        self.applied = applied
-        return applied.config
 
     # -- carrying out the machine's effects ---------------------------------------------------
 
@@ -562,7 +461,7 @@ class SystemTuner:
         elif isinstance(effect, r.PublishSpeeds):
             # How this trial's speed grows with cores: the node allocator
             # shares the node by marginal speed-up.
-            self._advisory("set_speedup", dict(effect.speeds))
+            self.side.advisory("set_speedup", dict(effect.speeds))
         elif isinstance(effect, r.Note):
             log.log(getattr(logging, effect.level.upper(), logging.INFO), "trial %s: %s",
                     self.ref.trial, effect.message)
@@ -570,7 +469,7 @@ class SystemTuner:
                 isinstance(effect, r.StopProfiler) and effect.late):
             self._after_decision.append(effect)
         elif isinstance(effect, r.StopProfiler):
-            self._stop_profiler()
+            self.side.stop_profiler()
         else:
             raise TypeError(f"unknown effect {effect!r}")
 
@@ -578,36 +477,16 @@ class SystemTuner:
         """Slow work once the boundary is decided: the training thread waits
         for the decision, not for perf."""
         if isinstance(effect, r.StopProfiler):
-            self._stop_profiler()
+            self.side.stop_profiler()
             return
         if self.state is not Phase.PROFILING:
             return
         try:
-            self._profiler = self.profiler_factory(self.pids)
-            self._profiler.start()
+            wait_s = self.side.start_profiler()
         except Exception as e:  # perf missing or refused: the trial trains on untouched
-            self._feed(r.Event(r.Kind.FAIL, self.clock(), reason=f"start: {_what(e)}"))
+            self._feed(r.Event(r.Kind.FAIL, self.clock(), reason=f"start: {what(e)}"))
             return
-        self._feed(r.Event(r.Kind.PROFILER_STARTED, self.clock(),
-                           wait_s=self._profile_wait_s()))
-
-    def _profile_wait_s(self) -> float:
-        """How long to wait for a sample: two of the profiler's intervals."""
-        interval_ms = getattr(self._profiler, "interval_ms", 1000)
-        try:
-            return min(max(2.0 * float(interval_ms) / 1000.0, 0.2), 5.0)
-        except (TypeError, ValueError):
-            return 2.0
-
-    def _read_energy(self) -> tuple[float, str] | None:
-        if self.energy is None:
-            return None
-        try:
-            joules, method = self.energy.interval()
-            return float(joules), str(method)
-        except Exception as e:
-            log.debug("trial %s: energy unavailable: %s", self.ref.trial, e)
-            return None
+        self._feed(r.Event(r.Kind.PROFILER_STARTED, self.clock(), wait_s=wait_s))
 
     def _store_call(self, fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         # The store is best effort here: a store problem must not degrade tuning.
@@ -615,20 +494,3 @@ class SystemTuner:
             fn(*args, **kwargs)
         except Exception as e:
             log.warning("trial %s: store write failed: %s", self.ref.trial, e)
-
-    def _stop_profiler(self) -> None:
-        prof, self._profiler = self._profiler, None
-        if prof is not None:
-            try:
-                prof.stop()
-            except Exception as e:
-                log.warning("trial %s: profiler stop failed: %s", self.ref.trial, e)
-
-    def _release(self) -> None:
-        handle, self._trial_handle = self._trial_handle, None
-        if handle is not None:
-            try:
-                self.controller.close_trial(handle)
-            except Exception as e:
-                log.warning("trial %s: releasing the trial's cgroup failed: %s",
-                            self.ref.trial, e)
