@@ -5,6 +5,8 @@
   SystemTuner (pipetune).  Both run in the trial's process; the controller
   they are given is local or the node daemon's.
 - :class:`FixedPolicy` — applies one config through the controller at start.
+- :class:`TunerPolicy` — the trial's :class:`pipetune.tuner.SystemTuner`
+  behind that interface (mode ``pipetune``).
 
 Core module: no Ray, no torch.
 """
@@ -18,8 +20,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipetune.config import Settings
-from pipetune.errors import ConfigError
-from pipetune.types import EpochResult, SystemConfig, SystemSpace, TrialRef
+from pipetune.errors import ConfigError, PipetuneError
+from pipetune.tuner import SystemTuner, TunerState
+from pipetune.types import DecisionKind, EpochResult, Phase, SystemConfig, SystemSpace, TrialRef
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ class SystemPolicy(abc.ABC):
     milliseconds (real work goes to a thread of the policy's own).
     """
 
-    phase: str = "fixed"
+    phase: Phase = Phase.FIXED
     reason: str = ""
     #: True when the policy writes its own epochs and decisions to the store
     #: (the SystemTuner does, with profiles); else the trial session does.
@@ -104,7 +107,7 @@ class FixedPolicy(SystemPolicy):
 
     def __init__(
         self, config: SystemConfig, *, trial_id: str, controller: Any = "auto",
-        phase: str = "fixed",
+        phase: Phase | str = Phase.FIXED,
     ) -> None:
         self._config = config
         self._asked = config
@@ -113,7 +116,7 @@ class FixedPolicy(SystemPolicy):
         self._controller_kind = controller if isinstance(controller, str) else ""
         self._handle: Any = None
         self._applied: Any = None
-        self.phase = phase
+        self.phase = Phase(phase)
 
     def start(self, pids: list[int]) -> None:
         try:
@@ -133,7 +136,7 @@ class FixedPolicy(SystemPolicy):
             self._degrade(f"could not apply {self._config}: {e}")
 
     def _degrade(self, why: str) -> None:
-        self.phase = "degraded"
+        self.phase = Phase.DEGRADED
         self.reason = f"{why}; training continues untouched"
         log.warning("trial %s: %s", self._trial_id, self.reason)
         self.close()
@@ -147,11 +150,11 @@ class FixedPolicy(SystemPolicy):
         return self._config
 
     def applied_cpus(self) -> tuple[int, ...] | None:
-        return enforced_cpus(self._applied) if self.phase != "degraded" else None
+        return enforced_cpus(self._applied) if self.phase is not Phase.DEGRADED else None
 
     def rebalance(self) -> None:
         fn = getattr(self._controller, "rebalance", None)
-        if fn is None or self._handle is None or self.phase == "degraded":
+        if fn is None or self._handle is None or self.phase is Phase.DEGRADED:
             return
         try:
             applied = fn(self._handle)
@@ -164,7 +167,7 @@ class FixedPolicy(SystemPolicy):
             self.reason = f"{self.phase}: {self._asked}, share of the node now {applied.config}"
 
     def reassert(self) -> None:
-        if self._controller is None or self._handle is None or self.phase == "degraded":
+        if self._controller is None or self._handle is None or self.phase is Phase.DEGRADED:
             return
         try:
             log.warning("trial %s: its limits were lifted from outside (a restarted daemon "
@@ -215,7 +218,7 @@ def make_policy(
     """
     ctl = controller if controller is not None else settings.controller
     if mode == "v1":
-        return FixedPolicy(space.default, trial_id=ref.trial, controller=ctl, phase="v1")
+        return FixedPolicy(space.default, trial_id=ref.trial, controller=ctl, phase=Phase.V1)
     if mode == "v2":
         try:
             config = SystemConfig(
@@ -225,9 +228,169 @@ def make_policy(
             )
         except KeyError as e:
             raise ConfigError("mode v2 needs 'cores' in the trial's Tune config") from e
-        return FixedPolicy(config, trial_id=ref.trial, controller=ctl, phase="v2")
+        return FixedPolicy(config, trial_id=ref.trial, controller=ctl, phase=Phase.V2)
     if mode == "pipetune":
-        from pipetune.tuner import tuner_policy
-
-        return tuner_policy(space, ref, settings, controller=controller, **tuner_kwargs)
+        return TunerPolicy(space, ref, settings, controller=controller, **tuner_kwargs)
     raise ConfigError(f"mode {mode!r}: must be one of {', '.join(MODES)}")
+
+
+#: How a settled tuner chose its config, by its last decision (Tune's ``pt_phase``).
+_HOW_SETTLED = {
+    DecisionKind.MATCHED.value: Phase.MATCHED,
+    DecisionKind.SETTLED.value: Phase.PROBED,
+    DecisionKind.FALLBACK.value: Phase.FALLBACK,
+}
+
+
+class TunerPolicy(SystemPolicy):
+    """The SystemTuner as a trial's :class:`SystemPolicy` (pipetune mode),
+    the Tune-side adapter of :mod:`pipetune.tuner`: it writes its own epochs
+    (with profiles), decisions, ground-truth records and the profiler's
+    samples, so the trial session does not.
+
+    ``controller``: the trial's controller (local or the node daemon's);
+    default: ``settings.controller``'s local one.  ``meters``: its energy
+    meters (the daemon's RAPL reading where only the daemon may read it);
+    default: the host's.
+    """
+
+    writes_to_store = True
+
+    def __init__(
+        self,
+        space: SystemSpace,
+        ref: TrialRef,
+        settings: Any,
+        *,
+        controller: Any = None,
+        meters: list[Any] | None = None,
+        workload: str = "",
+        total_epochs: int | None = None,
+        **tuner_kwargs: Any,
+    ) -> None:
+        self.space = space
+        self.ref = ref
+        self.settings = settings
+        self.controller = controller
+        self.meters = meters
+        self.workload = workload
+        self.total_epochs = total_epochs
+        self.tuner_kwargs = tuner_kwargs
+        self.tuner: SystemTuner | None = None
+        self._store: Any = None
+        self.phase = Phase.STARTING
+
+    def bind(self, *, store: Any = None) -> None:
+        self._store = store
+
+    def start(self, pids: list[int]) -> None:
+        from pipetune.control import detect_controller
+        from pipetune.profiler import TrialProfiler
+
+        settings = self.settings
+        controller = self.controller
+        if controller is None:
+            try:
+                controller = detect_controller(settings.controller)
+            except PipetuneError as e:
+                log.warning("trial %s: no controller (%s); configs are only logged",
+                            self.ref.trial, e)
+                controller = detect_controller("dry-run")
+            self.controller = controller
+        from pipetune.energy import trial_energy
+
+        # Its own TrialEnergy: intervals are per consumer, and the session
+        # measures the same trial for Tune's report.
+        energy = trial_energy(list(pids), self.meters)
+        self.tuner = SystemTuner.from_settings(
+            self.ref,
+            self.space,
+            settings,
+            pids=pids,
+            controller=controller,
+            profiler_factory=lambda p: TrialProfiler(
+                p, interval_ms=settings.interval_ms, on_sample=self._write_sample
+            ),
+            store=self._store,
+            energy=energy,
+            workload=self.workload,
+            total_epochs=self.total_epochs,
+            **self.tuner_kwargs,
+        )
+        self.tuner.start()
+
+    def _write_sample(self, sample: Any) -> None:
+        """Each perf sample into the store's ``sample`` measurement (~1 Hz
+        while the trial is profiled), through the non-blocking writer."""
+        tuner, store = self.tuner, self._store
+        if tuner is None or store is None:
+            return
+        store.write_sample(self.ref, sample, phase=tuner.state.value, config=tuner.config)
+
+    def epoch_start(self, epoch: int) -> None:
+        if self.tuner is not None:
+            self.tuner.epoch_start(epoch)
+
+    def window_end(self, epoch: int, steps: int) -> None:
+        if self.tuner is not None:
+            self.tuner.window_end(epoch, steps)
+
+    def epoch_end(self, result: EpochResult) -> None:
+        if self.tuner is not None:
+            self.tuner.epoch_end(result.epoch, result.steps, dict(result.metrics),
+                                 result=result)
+
+    def wait_decision(self, timeout_s: float) -> bool:
+        if self.tuner is None:
+            return True
+        done = self.tuner.wait_decided(timeout_s)
+        if not done:
+            log.info("trial %s: tuner still deciding after %.1f s; the training goes on "
+                     "with the config in force", self.ref.trial, timeout_s)
+        self._refresh()
+        return done
+
+    def _refresh(self) -> None:
+        assert self.tuner is not None
+        summary = self.tuner.summary()
+        self.reason = str(summary.get("pipetune/reason") or "")
+        # For Tune's table: *how* the config was chosen once settled.
+        state, last = self.tuner.state, summary.get("pipetune/decision")
+        if state is TunerState.SETTLED:
+            self.phase = _HOW_SETTLED.get(str(last), Phase.SETTLED)
+        else:
+            self.phase = state
+
+    def config(self) -> SystemConfig:
+        return self.tuner.config if self.tuner is not None else self.space.default
+
+    def threads(self) -> int:
+        return self.tuner.threads_to_use() if self.tuner is not None else self.space.default.cores
+
+    def applied_cpus(self) -> tuple[int, ...] | None:
+        if self.tuner is None or self.tuner.state is TunerState.DEGRADED:
+            return None
+        return enforced_cpus(self.tuner.applied)
+
+    def reassert(self) -> None:
+        if self.tuner is not None:
+            self.tuner.reassert()
+
+    def rebalance(self) -> None:
+        if self.tuner is not None:
+            self.tuner.rebalance()
+
+    @property
+    def controller_name(self) -> str:
+        return str(getattr(self.controller, "name", "none"))
+
+    @property
+    def learned(self) -> bool:
+        """Whether this trial gave the ground truth a new record (a probe
+        winner or an observation), so a refit has something new to learn."""
+        return self.tuner is not None and self.tuner.recorded
+
+    def close(self) -> None:
+        if self.tuner is not None:
+            self.tuner.close()
+            self._refresh()

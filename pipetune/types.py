@@ -313,7 +313,8 @@ class EpochResult:
 
 
 class DecisionKind(str, enum.Enum):
-    """What the tuner decided (DESIGN §5)."""
+    """What the tuner decided (DESIGN §5).  The values are what the store's
+    ``decision`` measurement and the report read: keep them."""
 
     MATCHED = "matched"  # ground truth knew the workload: config applied at once
     PROBE = "probe"  # next config to try
@@ -321,6 +322,30 @@ class DecisionKind(str, enum.Enum):
     FALLBACK = "fallback"  # could not do better; default config kept
     DEGRADED = "degraded"  # system side failed; training continues untouched
     FIXED = "fixed"  # a baseline (V1/V2) fixed the config for the whole trial
+
+
+class Phase(str, enum.Enum):
+    """Where a trial's system side stands: the tuner's states (the first
+    five) and the phase a policy reports to Tune and writes with each epoch
+    (``pt_phase``; the store's ``phase`` tag).  One enum for every place
+    that spelled these as strings; the values are those strings, kept as
+    they were because the store and the reports read them."""
+
+    START = "start"  # the tuner: not started yet
+    PROFILING = "profiling"  # the tuner: sampling the profile at the default config
+    PROBING = "probing"  # the tuner: measuring candidate configs
+    SETTLED = "settled"  # the tuner: a config chosen for the rest of the trial
+    DEGRADED = "degraded"  # system side failed; training continues untouched
+    STARTING = "starting"  # a policy whose tuner has not reported yet
+    MATCHED = "matched"  # settled on the ground truth's config
+    PROBED = "probed"  # settled on the best probed config
+    FALLBACK = "fallback"  # settled on the default: could not do better
+    FIXED = "fixed"  # one config for the whole trial
+    V1 = "v1"  # baseline V1: the default config for every trial
+    V2 = "v2"  # baseline V2: the config Tune sampled
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 @dataclass(frozen=True)

@@ -158,3 +158,27 @@ def test_the_cycle_check_can_see_a_cycle(tmp_path: Path) -> None:
         "    from pipetune import stages\n"
     )
     assert {"pipetune.tune", "pipetune.stages"} <= _imported(sample)
+
+
+def test_the_tuner_never_imports_the_policy_or_the_tune_layer() -> None:
+    """The policy ⇄ tuner cycle is gone (issue 14): the policy adapts the
+    tuner, never the other way round."""
+    bad = {
+        str(path.relative_to(ROOT.parent)): sorted(
+            m for m in _imported(path) if _part(m) in ("policy", "tune", "daemon", "cli")
+        )
+        for path in sorted((ROOT / "tuner").rglob("*.py"))
+    }
+    assert not {k: v for k, v in bad.items() if v}
+
+
+#: What the pure state machine's modules may not import: threads, clocks, I/O.
+_IMPURE = ("threading", "time", "os", "queue", "subprocess", "socket", "logging",
+           "pipetune.control", "pipetune.profiler", "pipetune.energy", "pipetune.store")
+
+
+@pytest.mark.parametrize("module", ["machine", "records", "profiling", "rules"])
+def test_the_state_machine_imports_no_threads_clocks_or_io(module: str) -> None:
+    found = _imported(ROOT / "tuner" / f"{module}.py")
+    bad = sorted(m for m in found if m in _IMPURE or m.startswith(_IMPURE[6:]))
+    assert not bad

@@ -8,11 +8,14 @@ applies the configs the trial's tuner asks for on CPUs from the one node
 allocator (so concurrent trials get disjoint cpusets), reads usage, and
 cleans up after trials and after a daemon that died.
 
-- :class:`Daemon` — the state (one :class:`HostedTrial` per open trial, the
-  controller, the node allocator) and the operations behind the endpoints;
-  also usable without HTTP.
-- :class:`HostedTrial` — one trial: its owner, processes, group and what is
-  in force.
+- :class:`Daemon` (here) — the daemon's life: start, stale state, the
+  socket, the reaper, health, energy, stop; it holds one
+  :class:`~pipetune.daemon.trials.HostedTrial` per open trial, the
+  controller and the node allocator.  Usable without HTTP.
+- :mod:`pipetune.daemon.trials` — the trial registry and ownership checks,
+  and the operations behind the trial endpoints (:class:`TrialOps`).
+- :mod:`pipetune.daemon.api` — HTTP: request parsing and validation, the
+  routes, JSON answers.
 - The HTTP/JSON API over a Unix socket (``curl --unix-socket PATH
   http://localhost/v2/health``)::
 
@@ -43,55 +46,35 @@ processes that still run their original affinity back.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import grp
-import http.server
 import json
 import logging
-import math
 import os
 import signal
 import socket
-import socketserver
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from pipetune import __version__
 from pipetune.config import Settings
+from pipetune.daemon.api import RequestHandler, UnixHTTPServer
 from pipetune.daemon.base import (
-    API_PREFIX,
     API_VERSION,
-    BadRequestError,
     DaemonBusyError,
-    MethodNotAllowedError,
-    PayloadTooLargeError,
-    PeerCredentials,
-    TrialConflictError,
-    UnknownPathError,
-    UnknownTrialError,
-    check_owner,
-    http_status,
-    peer_credentials,
 )
-from pipetune.errors import ConfigError, ControlError, PipetuneError, PrivilegeError
-from pipetune.procs import pid_alive, process_start_ticks, with_descendants
-from pipetune.types import SystemConfig, TrialRef
+from pipetune.daemon.trials import HostedTrial, TrialOps
+from pipetune.errors import ConfigError, ControlError, PipetuneError
+from pipetune.procs import pid_alive, process_start_ticks
 
 if TYPE_CHECKING:
-    from pipetune.control import Applied
+    pass
 
 log = logging.getLogger(__name__)
 
 STATE_SCHEMA_VERSION = 1
-MAX_BODY_BYTES = 1 << 20
-MAX_TRIAL_ID_CHARS = 200
-#: Trials one non-root user may hold open at once (a trial is a cgroup and
-#: CPUs of the node: a bound, so one caller cannot exhaust them).
-MAX_TRIALS_PER_CALLER = 64
 
 
 class MissingController:
@@ -151,109 +134,7 @@ def _privileged_meters() -> list[Any]:
     return []
 
 
-# -- request parsing ----------------------------------------------------------
-
-
-def _field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *,
-           required: bool = True, default: Any = None) -> Any:
-    if name not in body or body[name] is None:
-        if required:
-            raise BadRequestError(f"field {name!r} is required")
-        return default
-    value = body[name]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds:
-        raise BadRequestError(f"field {name!r}: expected {_kind_name(kinds)}, got {value!r}")
-    if not isinstance(value, kinds):
-        raise BadRequestError(f"field {name!r}: expected {_kind_name(kinds)}, got {value!r}")
-    return value
-
-
-def _kind_name(kinds: tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", list: "a list",
-             dict: "an object", bool: "true/false"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _pids(body: Mapping[str, Any]) -> list[int]:
-    pids = _field(body, "pids", list)
-    if not pids:
-        raise BadRequestError("field 'pids': needs at least one pid")
-    for p in pids:
-        if isinstance(p, bool) or not isinstance(p, int) or p < 1:
-            raise BadRequestError(f"field 'pids': {p!r} is not a positive integer")
-    return list(dict.fromkeys(pids))
-
-
-def _trial_id(value: Any, what: str = "field 'trial'") -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise BadRequestError(f"{what}: must be a non-empty string")
-    if len(value) > MAX_TRIAL_ID_CHARS or "/" in value or "\x00" in value:
-        raise BadRequestError(f"{what} {value[:40]!r}: at most {MAX_TRIAL_ID_CHARS} "
-                              "characters, no '/'")
-    return value
-
-
-def _config(body: Mapping[str, Any]) -> SystemConfig:
-    value = _field(body, "config", (str, dict))
-    try:
-        return SystemConfig.parse(value) if isinstance(value, str) else \
-            SystemConfig.from_dict(value)
-    except (ConfigError, KeyError, TypeError, ValueError) as e:
-        raise BadRequestError(f"field 'config': {value!r} is not a system config ({e})") \
-            from None
-
-
-def _quota(body: Mapping[str, Any]) -> float | None:
-    quota = _field(body, "cpu_quota", (int, float), required=False)
-    if quota is None:
-        return None
-    if not math.isfinite(float(quota)) or quota <= 0:
-        raise BadRequestError(f"field 'cpu_quota': {quota!r} must be a finite number > 0")
-    return float(quota)
-
-
-# -- trials -------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class HostedTrial:
-    """One trial whose group the daemon holds (mutable: guarded by ``lock``).
-
-    The daemon decides nothing for it: the trial's own SystemTuner (or fixed
-    baseline) calls apply/usage, the daemon checks the caller and carries
-    the call out with its privileges and its node allocator.
-    """
-
-    ref: TrialRef
-    owner: PeerCredentials
-    pids: dict[int, int | None]  # pid -> start ticks at registration
-    affinity: dict[int, list[int]]  # pid -> CPU affinity before the daemon touched it
-    handle: Any = None
-    applied: Applied | None = None
-    created_s: float = dataclasses.field(default_factory=time.time)
-    lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
-
-    @property
-    def trial_id(self) -> str:
-        return self.ref.trial
-
-    def describe(self) -> dict[str, Any]:
-        applied = self.applied
-        return {
-            "trial": self.trial_id,
-            "job": self.ref.job,
-            "owner_uid": self.owner.uid,
-            "pids": sorted(self.pids),
-            "group": getattr(self.handle, "group", None),
-            "config": None if applied is None else str(applied.config),
-            "cpus": None if applied is None else list(applied.cpus),
-            "applied": None if applied is None else applied.to_dict(),
-            "created_s": self.created_s,
-        }
-
-
-class Daemon:
+class Daemon(TrialOps):
     """The node daemon's state and operations (see the module docstring).
 
     Args:
@@ -303,7 +184,7 @@ class Daemon:
         self._trials: dict[str, HostedTrial] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
-        self._server: _UnixHTTPServer | None = None
+        self._server: UnixHTTPServer | None = None
         self._reaper: threading.Thread | None = None
         self._started_s = time.time()
         self._model_path = Path(settings.model)
@@ -509,7 +390,7 @@ class Daemon:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"socket folder {path.parent}: cannot create: {e}") from e
-        server = _UnixHTTPServer(str(path), _Handler, bind_and_activate=False)
+        server = UnixHTTPServer(str(path), RequestHandler, bind_and_activate=False)
         server.daemon_ref = self
         # Bind under a tight umask so there is no moment where the socket is
         # more open than asked; then set the asked mode and group.
@@ -681,400 +562,3 @@ class Daemon:
             except Exception as e:  # noqa: BLE001 - one meter failing is one figure missing
                 out.append({"method": m.method, "joules": None, "error": str(e)})
         return {"meters": out, "time_s": time.time()}
-
-    def register(self, caller: PeerCredentials, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Open a trial's group and move its processes in (``POST /v2/trials``).
-
-        Raises the controller's error when it cannot (the trial's tuner then
-        degrades and says why): nothing is half-done.
-        """
-        trial_id = _trial_id(_field(body, "trial", str))
-        job = _field(body, "job", str, required=False, default="job")
-        pids = _pids(body)
-        _check_tree(caller, pids)
-        self._check_free(trial_id, caller, pids)
-        if self._controller is None:
-            raise ControlError("the daemon has no controller")
-        trial = HostedTrial(
-            ref=TrialRef(job=job, trial=trial_id, node=self.settings.node), owner=caller,
-            pids={p: process_start_ticks(p) for p in pids},
-            affinity={p: _affinity(p) for p in pids},
-        )
-        with self._lock:
-            self._check_free(trial_id, caller, pids)
-            self._trials[trial_id] = trial
-        with trial.lock:
-            try:
-                trial.handle = self._controller.open_trial(trial_id, pids)
-            except Exception:
-                with self._lock:
-                    self._trials.pop(trial_id, None)
-                raise
-            answer = trial.describe()
-        self._save_state()
-        log.info("trial %s (job %s, uid %d, pids %s): group %s via %s", trial_id, job,
-                 caller.uid, pids, answer["group"], self.controller_name)
-        answer["controller"] = self.controller_kind
-        return answer
-
-    @property
-    def controller_kind(self) -> str:
-        """The controller's short name (``cgroup-v1``, ``affinity`` ...)."""
-        return str(getattr(self._controller, "name", "none"))
-
-    def _check_free(self, trial_id: str, caller: PeerCredentials,
-                    pids: Sequence[int] = ()) -> None:
-        """Refuse a trial id in use, a process already in a trial, and a
-        caller at its limit of trials.  Another user's trial is named, never
-        described (its job and processes are not the caller's business)."""
-        with self._lock:
-            other = self._trials.get(trial_id)
-            if other is not None:
-                if caller.root or caller.uid == other.owner.uid:
-                    raise TrialConflictError(f"trial {trial_id!r} is already registered "
-                                             f"(job {other.ref.job}, pids {sorted(other.pids)})")
-                raise TrialConflictError(f"trial {trial_id!r} is already registered")
-            self._check_pids_free(pids)
-            mine = sum(1 for t in self._trials.values() if t.owner.uid == caller.uid)
-        if not caller.root and mine >= MAX_TRIALS_PER_CALLER:
-            raise TrialConflictError(f"uid {caller.uid} already has {mine} trials open "
-                                     f"(at most {MAX_TRIALS_PER_CALLER} per user)")
-
-    def _check_pids_free(self, pids: Sequence[int]) -> None:
-        with self._lock:
-            for t in self._trials.values():
-                taken = sorted(set(t.pids) & set(pids))
-                if taken:
-                    raise TrialConflictError(f"pid(s) {taken} already belong to a trial: a "
-                                             "process is in one trial at a time")
-
-    def apply(self, caller: PeerCredentials, trial_id: str,
-              body: Mapping[str, Any]) -> dict[str, Any]:
-        """Put a config in force for the trial, on CPUs from the node
-        allocator (``POST /v2/trials/<id>/apply``); the answer is what is in
-        force (:class:`~pipetune.control.Applied`)."""
-        trial = self._get(caller, trial_id)
-        config = _config(body)
-        quota = _quota(body)
-        with trial.lock:
-            if trial.handle is None:
-                raise UnknownTrialError(f"trial {trial_id!r} has no open group")
-            self._check_still_owned(caller, trial)
-            applied = self._controller.apply(trial.handle, config, cpu_quota=quota)
-            trial.applied = applied
-        log.info("trial %s (job %s): %s on cpus %s via %s", trial_id, trial.ref.job, config,
-                 list(applied.cpus), self.controller_name)
-        return applied.to_dict()
-
-    def rebalance(self, caller: PeerCredentials, trial_id: str) -> dict[str, Any]:
-        """Apply the trial's share of the node again if other trials' starts
-        or ends moved it (``POST /v2/trials/<id>/rebalance``, at the trial's
-        boundaries, so its threads follow at the same moment)."""
-        trial = self._get(caller, trial_id)
-        with trial.lock:
-            if trial.handle is None:
-                raise UnknownTrialError(f"trial {trial_id!r} has no open group")
-            fn = getattr(self._controller, "rebalance", None)
-            if fn is not None:
-                self._check_still_owned(caller, trial)  # before a limit moves, not after
-            applied = fn(trial.handle) if fn is not None else None
-            if applied is not None:
-                trial.applied = applied
-                log.info("trial %s (job %s): share moved: %s on cpus %s", trial_id,
-                         trial.ref.job, applied.config, list(applied.cpus))
-        return {"applied": None if applied is None else applied.to_dict()}
-
-    def capacity(self, caller: PeerCredentials, trial_id: str,
-                 query: Mapping[str, list[str]]) -> dict[str, Any]:
-        """Cores the trial would get now if it asked ``?cores=N``."""
-        trial = self._get(caller, trial_id)
-        try:
-            cores = int(query.get("cores", [""])[0])
-        except ValueError:
-            raise BadRequestError("query 'cores': an integer is required") from None
-        if cores < 1:
-            raise BadRequestError(f"query 'cores': {cores} must be >= 1")
-        fn = getattr(self._controller, "capacity", None)
-        with trial.lock:
-            return {"cores": fn(trial.handle, cores) if fn is not None else cores}
-
-    def speedup(self, caller: PeerCredentials, trial_id: str,
-                body: Mapping[str, Any]) -> dict[str, Any]:
-        """The trial's measured speed per core count (``{"curve": {"1": s, "2": s}}``),
-        for the node's water-filling."""
-        trial = self._get(caller, trial_id)
-        raw = _field(body, "curve", dict)
-        curve: dict[int, float] = {}
-        for k, v in raw.items():
-            try:
-                c, speed = int(k), float(v)
-            except (TypeError, ValueError):
-                raise BadRequestError(f"field 'curve': {k!r}: {v!r} is not cores: speed") \
-                    from None
-            if c < 1 or not math.isfinite(speed) or speed <= 0:
-                raise BadRequestError(f"field 'curve': {k!r}: {v!r} out of range")
-            curve[c] = speed
-        fn = getattr(self._controller, "set_speedup", None)
-        with trial.lock:
-            if fn is not None and trial.handle is not None:
-                fn(trial.handle, curve)
-        return {"trial": trial_id, "curve": {str(c): v for c, v in curve.items()}}
-
-    def usage(self, caller: PeerCredentials, trial_id: str) -> dict[str, Any]:
-        """What the trial's group used so far (``GET /v2/trials/<id>/usage``)."""
-        trial = self._get(caller, trial_id)
-        with trial.lock:
-            if trial.handle is None:
-                raise UnknownTrialError(f"trial {trial_id!r} has no open group")
-            return self._controller.usage(trial.handle).to_dict()
-
-    def _check_still_owned(self, caller: PeerCredentials, trial: HostedTrial) -> None:
-        """Ownership is checked again at every limit, for every process the
-        limit would act on: a PID may have been reused since registration,
-        and a child may have changed user (a setuid program) since."""
-        for pid, start in trial.pids.items():
-            if pid_alive(pid, start):
-                check_owner(caller, pid)
-        if caller.root or trial.handle is None:
-            return
-        try:
-            members = self._controller.members(trial.handle)
-        except Exception:  # noqa: BLE001 - a backend that cannot list them
-            members = set(with_descendants(list(trial.pids)))
-        for pid in sorted(members):
-            with contextlib.suppress(BadRequestError):  # gone meanwhile
-                check_owner(caller, pid)
-
-    def _release(self, trial: HostedTrial) -> None:
-        if trial.handle is not None:
-            try:
-                self._controller.close_trial(trial.handle)
-            except Exception as e:  # noqa: BLE001
-                log.warning("trial %s: cleanup failed: %s", trial.trial_id, e)
-            trial.handle = None
-        trial.applied = None
-
-    def _close(self, trial: HostedTrial, why: str) -> None:
-        with trial.lock:
-            self._release(trial)
-        with self._lock:
-            if self._trials.get(trial.trial_id) is trial:
-                del self._trials[trial.trial_id]
-        self._save_state()
-        log.info("trial %s (job %s) closed: %s", trial.trial_id, trial.ref.job, why)
-
-    def _get(self, caller: PeerCredentials, trial_id: str) -> HostedTrial:
-        trial_id = _trial_id(trial_id, "trial id")
-        with self._lock:
-            trial = self._trials.get(trial_id)
-        if trial is None:
-            raise UnknownTrialError(f"trial {trial_id!r} is not registered")
-        if not caller.root and caller.uid != trial.owner.uid:
-            raise PrivilegeError(f"trial {trial_id!r} belongs to uid {trial.owner.uid}; "
-                                 f"caller uid {caller.uid} may not control it")
-        return trial
-
-    def trial(self, caller: PeerCredentials, trial_id: str) -> dict[str, Any]:
-        t = self._get(caller, trial_id)
-        with t.lock:
-            return t.describe()
-
-    def list_trials(self, caller: PeerCredentials) -> list[dict[str, Any]]:
-        with self._lock:
-            trials = list(self._trials.values())
-        out = []
-        for t in trials:
-            if caller.root or caller.uid == t.owner.uid:
-                with t.lock:
-                    out.append(t.describe())
-        return out
-
-    def add_pids(self, caller: PeerCredentials, trial_id: str,
-                 body: Mapping[str, Any]) -> dict[str, Any]:
-        trial = self._get(caller, trial_id)
-        pids = _pids(body)
-        _check_tree(caller, pids)
-        self._check_pids_free([p for p in pids if p not in trial.pids])
-        with trial.lock:
-            new = [p for p in pids if p not in trial.pids]
-            if new and trial.handle is not None:
-                self._controller.add_pids(trial.handle, new)
-            for p in new:
-                trial.pids[p] = process_start_ticks(p)
-                trial.affinity[p] = _affinity(p)
-            answer = trial.describe()
-        self._save_state()
-        return answer
-
-    def close_trial(self, caller: PeerCredentials, trial_id: str) -> dict[str, Any]:
-        trial = self._get(caller, trial_id)
-        self._close(trial, f"closed by uid {caller.uid}")
-        return {"trial": trial.trial_id, "closed": True}
-
-
-def _check_tree(caller: PeerCredentials, pids: Sequence[int]) -> None:
-    """The caller must own every process it lists *and* every descendant of
-    them: the controller moves a process with its children, and a child the
-    caller started may run as someone else (a setuid program)."""
-    for pid in pids:
-        check_owner(caller, pid)
-    if caller.root:
-        return
-    for pid in with_descendants(list(pids)):
-        if pid in pids:
-            continue
-        try:
-            check_owner(caller, pid)
-        except BadRequestError:
-            continue  # exited meanwhile
-        except PrivilegeError as e:
-            raise PrivilegeError(f"{e} (a descendant of the processes given): nothing was "
-                                 "moved or limited") from None
-
-
-def _affinity(pid: int) -> list[int] | None:
-    try:
-        return sorted(os.sched_getaffinity(pid))
-    except OSError:
-        return None
-
-
-# -- HTTP -------------------------------------------------------------------------
-
-
-class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
-    # Every trial of the node may end an epoch at the same moment.
-    request_queue_size = 128
-    daemon_ref: Daemon
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """Routes ``/v2/...`` to the :class:`Daemon`; errors become JSON bodies
-    with the status from :data:`~pipetune.daemon.base.ERROR_STATUS`."""
-
-    server: _UnixHTTPServer
-    server_version = f"pipetune-daemon/{__version__}"
-    timeout = 30  # a client that stops sending must not hold a thread forever
-
-    def address_string(self) -> str:  # Unix sockets have no client address
-        return "unix"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
-        log.debug("http: " + format, *args)
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._dispatch("DELETE")
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._dispatch("PUT")
-
-    def do_PATCH(self) -> None:  # noqa: N802
-        self._dispatch("PATCH")
-
-    def _dispatch(self, method: str) -> None:
-        daemon = self.server.daemon_ref
-        self._consumed = False
-        try:
-            caller = peer_credentials(self.request)
-            status, payload = self._route(daemon, caller, method)
-        except Exception as e:  # noqa: BLE001 - every error becomes one JSON answer
-            status = http_status(e)
-            if status >= 500 and not isinstance(e, PipetuneError):
-                log.exception("daemon: %s %s failed", method, self.path)
-            payload = {"error": str(e) or type(e).__name__, "type": type(e).__name__}
-        if not self._consumed:
-            # A body no endpoint read (an error answered first, an endpoint
-            # that takes none) is drained: closing on unread data resets the
-            # connection, and the client sees a broken pipe, not the answer.
-            with contextlib.suppress(Exception):
-                self._body()
-        self._send(status, payload)
-
-    def _body(self) -> dict[str, Any]:
-        self._consumed = True
-        length_text = self.headers.get("Content-Length")
-        if not length_text:
-            return {}
-        try:
-            length = int(length_text)
-        except ValueError:
-            raise BadRequestError(f"Content-Length {length_text!r} is not a number") from None
-        if length < 0:
-            raise BadRequestError(f"Content-Length {length} is negative")
-        if length > MAX_BODY_BYTES:
-            raise PayloadTooLargeError(f"body of {length} bytes: at most {MAX_BODY_BYTES}")
-        raw = self.rfile.read(length) if length else b""
-        if not raw.strip():
-            return {}
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as e:
-            raise BadRequestError(f"body is not valid JSON: {e}") from None
-        except RecursionError:
-            raise BadRequestError("body is nested too deeply") from None
-        if not isinstance(body, dict):
-            raise BadRequestError(f"body must be a JSON object, got {type(body).__name__}")
-        return body
-
-    def _route(self, daemon: Daemon, caller: PeerCredentials,
-               method: str) -> tuple[int, Any]:
-        path = urlsplit(self.path).path.rstrip("/")
-        if not path.startswith(API_PREFIX + "/") and path != API_PREFIX:
-            raise UnknownPathError(f"no endpoint {path or '/'}: paths start with {API_PREFIX}/")
-        parts = [unquote(p) for p in path[len(API_PREFIX) + 1 :].split("/")] if \
-            path != API_PREFIX else []
-
-        def allow(*methods: str) -> None:
-            if method not in methods:
-                raise MethodNotAllowedError(f"{method} {path}: allowed {', '.join(methods)}")
-
-        if parts == ["health"]:
-            allow("GET")
-            return 200, daemon.health()
-        if parts == ["energy"]:
-            allow("GET")
-            return 200, daemon.energy()
-        if parts == ["trials"]:
-            allow("GET", "POST")
-            if method == "GET":
-                return 200, {"trials": daemon.list_trials(caller)}
-            return 201, daemon.register(caller, self._body())
-        if len(parts) == 2 and parts[0] == "trials":
-            allow("GET", "DELETE")
-            if method == "GET":
-                return 200, daemon.trial(caller, parts[1])
-            return 200, daemon.close_trial(caller, parts[1])
-        if len(parts) == 3 and parts[0] == "trials":
-            if parts[2] == "usage":
-                allow("GET")
-                return 200, daemon.usage(caller, parts[1])
-            if parts[2] == "capacity":
-                allow("GET")
-                return 200, daemon.capacity(caller, parts[1], parse_qs(urlsplit(self.path).query))
-            if parts[2] == "rebalance":
-                allow("POST")
-                return 200, daemon.rebalance(caller, parts[1])
-            actions = {"pids": daemon.add_pids, "apply": daemon.apply, "speedup": daemon.speedup}
-            action = actions.get(parts[2])
-            if action is not None:
-                allow("POST")
-                return 200, action(caller, parts[1], self._body())
-        raise UnknownPathError(f"no endpoint {path}")
-
-    def _send(self, status: int, payload: Any) -> None:
-        data = (json.dumps(payload, default=str) + "\n").encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError as e:  # the client went away: nothing to tell it
-            log.debug("daemon: answer not sent: %s", e)

@@ -22,6 +22,8 @@ from typing import Any
 import pandas as pd
 
 from pipetune.errors import UsageError
+from pipetune.types import DecisionKind as K
+from pipetune.types import Phase
 
 #: Keys of a trial's config that are system parameters, shown as its system
 #: config (from its decisions) rather than as hyperparameters: V1 and
@@ -424,13 +426,13 @@ def _how(dec: pd.DataFrame, ep: pd.DataFrame) -> tuple[str, str, float, tuple[Pr
     reason = _text(last, "reason") or ""
     probes: list[ProbeSlot] = []
     probe_s = 0.0
-    if "probe" in kinds:
-        first_probe = kinds.index("probe")
+    if K.PROBE in kinds:
+        first_probe = kinds.index(K.PROBE)
         done = next(
             (
                 i
                 for i in range(first_probe, len(rows))
-                if kinds[i] in ("settled", "fallback", "degraded")
+                if kinds[i] in (K.SETTLED, K.FALLBACK, K.DEGRADED)
             ),
             None,
         )
@@ -440,14 +442,16 @@ def _how(dec: pd.DataFrame, ep: pd.DataFrame) -> tuple[str, str, float, tuple[Pr
             else int(max(dec["time"].max(), ep["time"].max() if not ep.empty else 0))
         )
         probing = (
-            ep[ep["phase"] == "probing"] if "phase" in ep.columns and not ep.empty else ep.iloc[0:0]
+            ep[ep["phase"] == Phase.PROBING.value]
+            if "phase" in ep.columns and not ep.empty
+            else ep.iloc[0:0]
         )
         epoch_s = [_num(v) for v in probing["seconds"]] if "seconds" in probing.columns else []
         probe_s = sum(v for v in epoch_s if v is not None)
         if probe_s <= 0:
             probe_s = (t_end - int(rows[first_probe]["time"])) / 1e9
         for i, r in enumerate(rows):
-            if kinds[i] != "probe":
+            if kinds[i] != K.PROBE:
                 continue
             nxt = rows[i + 1]["time"] if i + 1 < len(rows) else None
             cfg = str(r["config"])
@@ -460,26 +464,26 @@ def _how(dec: pd.DataFrame, ep: pd.DataFrame) -> tuple[str, str, float, tuple[Pr
                     sum(secs) / len(secs) if secs else None,
                 )
             )
-    if "degraded" in kinds:
-        r = rows[kinds.index("degraded")]
-        return "degraded", _text(r, "reason") or "", probe_s, tuple(probes)
-    if "matched" in kinds:
-        r = rows[kinds.index("matched")]
+    if K.DEGRADED in kinds:
+        r = rows[kinds.index(K.DEGRADED)]
+        return Phase.DEGRADED.value, _text(r, "reason") or "", probe_s, tuple(probes)
+    if K.MATCHED in kinds:
+        r = rows[kinds.index(K.MATCHED)]
         score, thr = _num(r.get("score")), _num(r.get("threshold"))
         words = f"ground truth matched, score {_fmt(score)}"
         if thr is not None:
             words += f" (threshold {_fmt(thr)})"
-        return "matched", words, probe_s, tuple(probes)
-    if "settled" in kinds:
-        r = rows[kinds.index("settled")]
+        return Phase.MATCHED.value, words, probe_s, tuple(probes)
+    if K.SETTLED in kinds:
+        r = rows[kinds.index(K.SETTLED)]
         cands = _text(r, "candidates") or ", ".join(p.config for p in probes)
         words = f"probed {cands}; {_text(r, 'reason') or ''}".strip()
-        return "probed", words, probe_s, tuple(probes)
-    if "fallback" in kinds:
-        return "fallback", reason, probe_s, tuple(probes)
-    if "probe" in kinds:
+        return Phase.PROBED.value, words, probe_s, tuple(probes)
+    if K.FALLBACK in kinds:
+        return Phase.FALLBACK.value, reason, probe_s, tuple(probes)
+    if K.PROBE in kinds:
         return (
-            "probing",
+            Phase.PROBING.value,
             "still probing: " + ", ".join(p.config for p in probes),
             probe_s,
             tuple(probes),

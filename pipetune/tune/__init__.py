@@ -35,7 +35,7 @@ from pipetune.policy import MODES, FixedPolicy, make_policy
 from pipetune.tune.controller import trial_controller, trial_meters
 from pipetune.tune.learn import refit_groundtruth
 from pipetune.tune.session import TrialSession, current_session
-from pipetune.types import SystemConfig, SystemSpace, TrialRef
+from pipetune.types import Phase, SystemConfig, SystemSpace, TrialRef
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def wrap(
                         ref.trial, e)
             cores = len(os.sched_getaffinity(0))
             policy = FixedPolicy(
-                SystemConfig(cores), trial_id=ref.trial, controller="dry-run", phase="degraded"
+                SystemConfig(cores), trial_id=ref.trial, controller="dry-run", phase=Phase.DEGRADED
             )
             policy.reason = f"no system policy: {e}; training continues untouched"
             degraded = policy.reason

@@ -27,7 +27,7 @@ from typing import Any
 
 from pipetune.policy import SystemPolicy
 from pipetune.store.base import Point
-from pipetune.types import Decision, DecisionKind, EpochResult, TrialRef
+from pipetune.types import Decision, DecisionKind, EpochResult, Phase, TrialRef
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class TrialSession:
         self.policy.wait_decision(self._decision_wait_s)
         self._write_trial("running")
         if self._store is not None and not self.policy.writes_to_store:
-            degraded = self.policy.phase == "degraded"
+            degraded = self.policy.phase is Phase.DEGRADED
             kind = DecisionKind.DEGRADED if degraded else DecisionKind.FIXED
             decision = Decision(kind, self.policy.config(), self.policy.reason, self.epoch)
             self._store.write_decision(self.ref, decision)
@@ -265,7 +265,7 @@ class TrialSession:
         # What was in force for this epoch, read before the policy decides
         # the next one: the config, the threads, the CPUs (read back).
         config = self.policy.config()
-        phase = self.policy.phase
+        phase = str(self.policy.phase)  # the value: what the store and Tune read
         threads = self._threads_set
         cpus = _cpus_in_force()
         self._check_confinement(cpus)

@@ -194,7 +194,7 @@ def test_probe_then_match_then_no_match(tmp_path):
         assert sorted(probes) == sorted(SystemSpace(cores=(1, 2)).configs())  # once each
         settled = first.decisions[-1]
         assert settled.kind is DecisionKind.SETTLED
-        values = first._strategy.values
+        values = first.probed
         assert settled.config == min(values, key=values.get)
         assert all(v > 0 for v in values.values()), values
         c1, c2 = SystemSpace(cores=(1, 2)).configs()

@@ -1,0 +1,68 @@
+"""What a step asks the outside world, as small pure helpers over a
+:class:`~pipetune.tuner.records.Cx`: the trial's memory peak and OOM kills,
+the node's capacity, and the probe plan that follows from them.
+
+Used by the transitions (:mod:`pipetune.tuner.machine`) and by the profile
+window's deadline (:mod:`pipetune.tuner.profiling`).
+"""
+
+from __future__ import annotations
+
+from pipetune.probing import ProbeStrategy, make_strategy, safe_candidates
+from pipetune.probing.plan import probe_order, slot_budget, strategy_for
+from pipetune.tuner.records import Capacity, Cx, Machine, Usage
+from pipetune.types import SystemConfig
+
+
+def peak_mb(cx: Cx) -> float:
+    """The trial's memory peak (0 before the trial is opened)."""
+    return float(cx.ask(Usage())[0]) if cx.opened else 0.0
+
+
+def oom_kills(cx: Cx) -> int:
+    """OOM kills in the trial's cgroup so far (0 before it is opened)."""
+    return int(cx.ask(Usage())[1]) if cx.opened else 0
+
+
+def unusable(m: Machine, cx: Cx, cfg: SystemConfig) -> str | None:
+    """Why a matched cluster's ``cfg`` cannot be applied to this trial, or None."""
+    if cfg not in m.params.space.configs():
+        return "is outside this trial's space"
+    if not safe_candidates([cfg], peak_mb(cx), m.params.memory_margin)[0]:
+        return "is below this trial's memory peak"
+    return None
+
+
+def probe_plan(m: Machine, cx: Cx,
+               hint: SystemConfig | None) -> tuple[ProbeStrategy | None, list[SystemConfig], str]:
+    """(strategy, candidates in order, note) for probing now; no strategy
+    when fewer than two configs are safe to probe."""
+    p = m.params
+    peak = peak_mb(cx)
+    safe, unsafe = safe_candidates(p.space.configs(), peak, p.memory_margin)
+    note = f"; {len(unsafe)} configs below memory peak {peak:.0f} MB skipped" if unsafe else ""
+    capacity = cx.ask(Capacity(max(p.space.cores))) if cx.opened else None
+    if capacity is not None and capacity < max(p.space.cores):
+        # Other trials share the node: a config beyond this trial's share
+        # could not be put in force, so it cannot be measured either.
+        safe = [c for c in safe if c.cores <= capacity]
+        note += (f"; the node is shared: at most {capacity} core(s) for this trial now, "
+                 "more when the other trials end")
+    order = probe_order(safe, hint)
+    if len(order) < 2:
+        return None, order, note
+    name, why = strategy_for(p.strategy, m.ledger.windows_per_epoch)
+    kwargs = ({"min_windows": p.halving_min_windows, "eta": p.halving_eta}
+              if name == "halving" else {})
+    return make_strategy(name, p.space, order, start=p.default, **kwargs), order, note + why
+
+
+def epochs_left(m: Machine) -> int | None:
+    """Epochs the training has left (None: the trial's length is unknown)."""
+    total = m.params.total_epochs
+    return None if total is None else max(total - m.ledger.trained_epochs(), 0)
+
+
+def budget(m: Machine, strategy: ProbeStrategy) -> int | None:
+    """Slots the plan may still use, leaving the winner its epoch."""
+    return slot_budget(epochs_left(m), strategy.unit, m.ledger.windows_per_epoch)

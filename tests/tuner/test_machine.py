@@ -1,0 +1,256 @@
+"""The pure state machine of Algorithm 1 (pipetune/tuner/machine.py), driven
+from recorded event sequences: no threads, no clocks, no fakes of the
+controller or the profiler — the answers to the machine's questions are
+part of the events, as the runner would have given them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from pipetune.groundtruth import Match
+from pipetune.probing import Objective
+from pipetune.tuner import records as r
+from pipetune.tuner.machine import step
+from pipetune.types import DecisionKind, EpochProfile, Phase, SystemConfig, SystemSpace
+
+C1, C2 = SystemConfig(1), SystemConfig(2)
+SPACE = SystemSpace(cores=(1, 2))  # default: 2 cores
+RATES = {"task-clock": 1900.0, "context-switches": 120.0}
+
+
+def machine(**params: object) -> r.Machine:
+    return r.initial(r.Params(space=SPACE, warmup_s=0.0, probe_min_s=0.0, profile_min_s=1.0,
+                              **params), Objective.RUNTIME)  # type: ignore[arg-type]
+
+
+def ev(kind: r.Kind, t: float, epoch: int = 0, steps: int = 0, *answers: object,
+       posted: int = 0, **kw: object) -> r.Event:
+    return r.Event(kind, t, epoch, steps, posted=posted, answers=answers, **kw)  # type: ignore[arg-type]
+
+
+def settle(m: r.Machine, e: r.Event) -> tuple[r.Machine, tuple[object, ...]]:
+    """One step whose answers are all recorded in ``e``: it must ask nothing more."""
+    new, effects = step(m, e)
+    assert not effects or not isinstance(effects[-1], r.Ask), effects[-1]
+    return new, effects
+
+
+def of(effects: tuple[object, ...], kind: type) -> list[object]:
+    return [x for x in effects if isinstance(x, kind)]
+
+
+def decisions(effects: tuple[object, ...]) -> list[tuple[DecisionKind, SystemConfig]]:
+    return [(d.decision.kind, d.decision.config) for d in of(effects, r.Decide)]
+
+
+def profile(lo: float, hi: float, rates: dict[str, float] = RATES) -> EpochProfile:
+    return EpochProfile(rates=rates, start=lo, end=hi, n_samples=int(hi - lo))
+
+
+def started(m: r.Machine | None = None) -> r.Machine:
+    """START answered (open, default applied) and the profiler counting from t=0."""
+    m = m or machine()
+    m, _ = settle(m, ev(r.Kind.START, 0.0, 0, 0, None, r.Applied(C2, 0.0)))
+    m, _ = settle(m, ev(r.Kind.PROFILER_STARTED, 0.0, wait_s=2.0))
+    return m
+
+
+def test_start_asks_to_open_and_apply_the_default_then_starts_the_profiler_late():
+    m = machine()
+    new, effects = step(m, ev(r.Kind.START, 0.0))
+    assert new is m and effects == (r.Ask(r.OpenTrial()),)
+    new, effects = step(m, ev(r.Kind.START, 0.0, 0, 0, None))
+    assert new is m and effects == (r.Ask(r.Apply(C2)),)
+    new, effects = settle(m, ev(r.Kind.START, 0.0, 0, 0, None, r.Applied(C2, 0.0)))
+    assert new.phase is Phase.PROFILING and new.ledger.opened and new.ledger.config == C2
+    assert of(effects, r.StartProfiler) == [r.StartProfiler()]
+    assert not of(effects, r.Decide)  # profiling decides nothing yet
+
+
+def test_a_matched_profile_settles_on_the_clusters_config_at_the_first_epoch():
+    m = started()
+    m, _ = settle(m, ev(r.Kind.EPOCH_START, 0.0, 0))
+    p = profile(0.0, 4.0)
+    m, effects = settle(m, ev(
+        r.Kind.EPOCH_END, 4.0, 0, 40,
+        (p, 4.0),                                                     # TakeProfile
+        (Match(cluster=3, score=0.95, config=C1, reason="close"), ""),  # MatchProfile
+        (100.0, 0),                                                   # Usage: C1 is safe
+        r.Applied(C1, 4.0),                                           # Apply(C1)
+        posted=1))
+    assert m.phase is Phase.SETTLED and m.ledger.config == C1
+    assert decisions(effects) == [(DecisionKind.MATCHED, C1)]
+    (epoch,) = of(effects, r.WriteEpoch)
+    assert epoch.phase is Phase.PROFILING and epoch.profile is p and epoch.result.seconds == 4.0
+    (record,) = of(effects, r.WriteGroundTruth)
+    assert not record.probed and math.isnan(record.value)  # an observation, no vote
+    assert of(effects, r.StopProfiler) == [r.StopProfiler(late=True)]
+
+
+def answer(m: r.Machine, e: r.Event, *, rates: dict[str, float] = RATES,
+           seconds_per_step: dict[SystemConfig, float] | None = None
+           ) -> tuple[r.Machine, tuple[object, ...]]:
+    """Step ``e`` answering each question as a quiet node would (a plain
+    function of the question and the event, so still no I/O)."""
+    answers: list[object] = []
+    done: list[object] = []
+    while True:
+        new, effects = step(m, replace(e, answers=tuple(answers)))
+        body = effects[:-1] if effects and isinstance(effects[-1], r.Ask) else effects
+        done += list(body[len(done):])
+        if body is effects:
+            return new, tuple(done)
+        q = effects[-1].query
+        if isinstance(q, r.Apply):
+            answers.append(r.Applied(q.config, e.t))
+        elif isinstance(q, r.Usage):
+            answers.append((100.0, 0))
+        elif isinstance(q, r.Capacity):
+            answers.append(None)
+        elif isinstance(q, r.TakeProfile):
+            answers.append((profile(q.lo, q.hi or e.t, rates), q.hi or e.t))
+        elif isinstance(q, r.MatchProfile):
+            answers.append((Match(cluster=None, score=0.0, config=None, reason="empty model"),
+                            "no model yet"))
+        else:
+            answers.append(None)
+
+
+def train(m: r.Machine, epochs: range, t: float, spe: dict[SystemConfig, float],
+          steps: int = 10) -> tuple[r.Machine, list[object], float]:
+    """Epochs of ``steps`` steps, each as long as the config in force makes it."""
+    out: list[object] = []
+    for e in epochs:
+        m, fx = answer(m, ev(r.Kind.EPOCH_START, t, e, posted=e))
+        out += fx
+        t += steps * spe[m.ledger.config]
+        m, fx = answer(m, ev(r.Kind.EPOCH_END, t, e, steps, posted=e + 1))
+        out += fx
+    return m, out, t
+
+
+def test_no_match_probes_each_candidate_then_settles_on_the_fastest():
+    m = started(machine(total_epochs=5))
+    m, effects, _ = train(m, range(4), 0.0, {C1: 0.5, C2: 1.0})
+    assert decisions(tuple(effects)) == [
+        (DecisionKind.PROBE, C1), (DecisionKind.PROBE, C2), (DecisionKind.SETTLED, C1)]
+    assert isinstance(m.state, r.Settled) and m.state.best == (C1, pytest.approx(0.5))  # s/step
+    assert dict(m.state.probed) == {C1: pytest.approx(0.5), C2: pytest.approx(1.0)}
+    (record,) = of(tuple(effects), r.WriteGroundTruth)
+    assert record.probed and record.config == C1
+    assert dict(of(tuple(effects), r.PublishSpeeds)[0].speeds) == {1: 2.0, 2: 1.0}
+    phases = [w.phase for w in of(tuple(effects), r.WriteEpoch)]
+    assert phases == [Phase.PROFILING, Phase.PROBING, Phase.PROBING, Phase.SETTLED]
+
+
+def test_a_trial_too_short_to_probe_falls_back_to_the_default():
+    m = started(machine(total_epochs=2))
+    m, effects, _ = train(m, range(2), 0.0, {C1: 0.5, C2: 1.0})
+    assert decisions(tuple(effects)) == [(DecisionKind.FALLBACK, C2)]
+    assert "too few" in m.state.reason
+
+
+def test_the_step_is_pure_and_never_mutates_the_strategy_it_was_given():
+    m = started(machine(total_epochs=5))
+    m, _, t = train(m, range(2), 0.0, {C1: 0.5, C2: 1.0})
+    assert isinstance(m.state, r.Probing)
+    values_before = dict(m.state.strategy.values)
+    e = ev(r.Kind.EPOCH_START, t, 2, posted=2)
+    once, twice = answer(m, e), answer(m, e)
+    assert once[1] == twice[1] and once[0].ledger == twice[0].ledger
+    assert m.state.strategy.values == values_before
+
+
+def test_a_refused_config_degrades_and_restores_the_default():
+    m = started(machine(total_epochs=5))
+    m, effects, t = train(m, range(1), 0.0, {C1: 0.5, C2: 1.0})
+    assert isinstance(m.state, r.Probing) and m.ledger.config == C1  # probing C1 first
+    m, _ = answer(m, ev(r.Kind.EPOCH_START, t, 1, posted=1))
+    # answers: Usage (OOM check after C1's slot), Apply(C2) refused,
+    # Apply(C2) again to restore the default (C1 is in force)
+    e = ev(r.Kind.EPOCH_END, t + 10, 1, 10, (100.0, 0), r.Failed("cgroup: permission denied"),
+           r.Applied(C2, t + 10), posted=2)
+    new, effects = settle(m, e)
+    assert isinstance(new.state, r.Degraded), effects
+    assert new.state.reason == "epoch_end: cgroup: permission denied"
+    (d,) = of(effects, r.Decide)
+    assert d.decision.kind is DecisionKind.DEGRADED and d.decision.config == C2
+    assert "restored" in d.decision.reason
+    assert of(effects, r.WriteEpoch)  # the epoch's record was written before the failure
+
+
+def test_when_even_the_default_cannot_be_restored_the_cpus_are_read_back():
+    m = started()
+    m = replace(m, ledger=replace(m.ledger, config=C1))  # a probe in force
+    # answers: Apply(default) failed, Release, CpusNow
+    e = ev(r.Kind.FAIL, 5.0, 3, 0, r.Failed("daemon gone"), None, ((0, 1, 2), "0-2"),
+           reason="perf died")
+    new, effects = settle(m, e)
+    assert isinstance(new.state, r.Degraded) and not new.ledger.opened
+    assert new.ledger.config == SystemConfig(3)
+    (d,) = of(effects, r.Decide)
+    assert "runs on 3 CPU(s) (0-2)" in d.decision.reason and d.decision.epoch == 3
+    assert r.StopProfiler() in effects
+
+
+def test_degraded_records_each_epoch_and_decides_nothing():
+    m = replace(started(), state=r.Degraded("perf missing"))
+    m, effects = settle(m, ev(r.Kind.EPOCH_START, 0.0, 0, energy=(5.0, "rapl")))
+    assert effects == ()
+    m, effects = settle(m, ev(r.Kind.EPOCH_END, 2.0, 0, 7, energy=(5.0, "rapl")))
+    (w,) = effects
+    assert isinstance(w, r.WriteEpoch) and w.phase is Phase.DEGRADED
+    assert w.result.steps == 7 and w.result.seconds == 2.0 and w.result.energy_j is None
+    assert settle(m, ev(r.Kind.REBALANCE, 3.0)) == (m, ())
+
+
+def test_rebalance_waits_for_the_probe_in_progress():
+    m = started(machine(total_epochs=5))
+    m, _, t = train(m, range(1), 0.0, {C1: 0.5, C2: 1.0})
+    assert isinstance(m.state, r.Probing) and m.state.slot is not None
+    new, effects = settle(m, ev(r.Kind.REBALANCE, t))
+    assert effects == () and new.ledger == m.ledger  # mid-probe: not now
+    settled = replace(m, state=r.Settled("x", C2))
+    new, effects = settle(settled, ev(r.Kind.REBALANCE, t, 0, 0, C1))  # TakeShare → C1
+    assert new.ledger.config == C1 and isinstance(effects[0], r.Note)
+
+
+def test_energy_of_an_epoch_is_summed_over_its_boundaries():
+    m = started()
+    m, _ = settle(m, ev(r.Kind.EPOCH_START, 0.0, 0, energy=(1.0, "estimated")))
+    m, _ = answer(m, ev(r.Kind.WINDOW_END, 0.5, 0, 5, energy=(2.0, "estimated")))
+    m, effects = answer(m, ev(r.Kind.EPOCH_END, 0.8, 0, 8, energy=(3.0, "rapl")))
+    (w,) = of(effects, r.WriteEpoch)
+    assert w.result.energy_j == 6.0 and w.result.energy_method == "estimated+rapl"
+
+
+def test_close_stops_the_profiler_and_releases_the_trial():
+    m = started()
+    new, effects = settle(m, ev(r.Kind.CLOSE, 9.0, 0, 0, None))
+    assert effects == (r.StopProfiler(),) and not new.ledger.opened
+    assert new.phase is m.phase
+
+
+def test_the_sessions_epoch_result_is_stored_as_built_not_rebuilt():
+    """One EpochResult per epoch (issue 14): the trial session's record goes
+    to the store with the tuner's profile beside it; the tuner only fills in
+    an energy figure the session did not have."""
+    from pipetune.types import EpochResult
+
+    m = started()
+    m, _ = settle(m, ev(r.Kind.EPOCH_START, 0.0, 0, energy=(4.0, "estimated")))
+    built = EpochResult(0, SystemConfig(1), 0.4, 3, 2.5, "rapl", {"loss": 1.0})
+    m, effects = answer(m, ev(r.Kind.EPOCH_END, 0.5, 0, 3, result=built))
+    (w,) = of(effects, r.WriteEpoch)
+    assert w.result is built
+    bare = replace(built, energy_j=None, energy_method=None)
+    m2 = started()
+    m2, _ = settle(m2, ev(r.Kind.EPOCH_START, 0.0, 0, energy=(4.0, "estimated")))
+    _, effects = answer(m2, ev(r.Kind.EPOCH_END, 0.5, 0, 3, energy=(1.0, "estimated"),
+                               result=bare))
+    (w,) = of(effects, r.WriteEpoch)
+    assert w.result == replace(bare, energy_j=5.0, energy_method="estimated")
