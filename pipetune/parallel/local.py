@@ -55,15 +55,7 @@ class SingleProcessStrategy(ParallelStrategy):
             if isinstance(wl, TorchWorkload):
                 place(wl, wl.model, start_on(spec.placement, 0))
 
-                def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                    wl.model.train()
-                    wl.optimizer.zero_grad(set_to_none=True)
-                    loss = wl.loss_fn(wl.model(x), y)
-                    loss.backward()
-                    wl.optimizer.step()
-                    return loss
-
-                epoch_loop(spec, wl, step, module=wl.model, optimizer=wl.optimizer,
+                epoch_loop(spec, wl, whole_batch_step(wl), module=wl.model, optimizer=wl.optimizer,
                            loss_holders=1, report=report)
             else:
                 for epoch in range(1, spec.epochs + 1):
@@ -80,16 +72,11 @@ class SingleProcessStrategy(ParallelStrategy):
         return records
 
 
-def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord], None]) -> None:
-    """``none`` as a worker group of one child process (a Tune trial's group, so a
-    restart to or from another strategy is the same stop/start as any other)."""
-    import torch
+def whole_batch_step(wl: TorchWorkload) -> Callable[[Any, Any], Any]:
+    """One optimiser step on a whole batch: what ``none`` does in the calling
+    process and as a group of one, so the two cannot drift apart."""
 
-    wl = build_workload(spec)
-    resume(spec, wl)
-    place(wl, wl.model, spec.placement.device(rank))
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def step(x: Any, y: Any) -> Any:
         wl.model.train()
         wl.optimizer.zero_grad(set_to_none=True)
         loss = wl.loss_fn(wl.model(x), y)
@@ -97,5 +84,15 @@ def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord],
         wl.optimizer.step()
         return loss
 
-    epoch_loop(spec, wl, step, module=wl.model, optimizer=wl.optimizer, loss_holders=1,
-               report=report, state=whole_state(wl, rank))
+    return step
+
+
+def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord], None]) -> None:
+    """``none`` as a worker group of one child process (a Tune trial's group, so a
+    restart to or from another strategy is the same stop/start as any other)."""
+    wl = build_workload(spec)
+    resume(spec, wl)
+    place(wl, wl.model, spec.placement.device(rank))
+
+    epoch_loop(spec, wl, whole_batch_step(wl), module=wl.model, optimizer=wl.optimizer,
+               loss_holders=1, report=report, state=whole_state(wl, rank))
