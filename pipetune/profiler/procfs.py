@@ -1,7 +1,8 @@
 """procfs/psutil figures of a process tree, as per-interval deltas.
 
 - :class:`ProcTreeReader` — reads CPU time, I/O bytes, context switches
-  and page faults (cumulative) and RSS, threads, processes (gauges) of the target processes
+  and page faults (cumulative) and RSS, threads, processes and the CPUs the
+  tree may run on (gauges) of the target processes
   and all their descendants; :meth:`ProcTreeReader.delta` turns two readings
   into the counts of one interval, under the names of
   :data:`pipetune.profiler.events.PROC_FIGURES`.
@@ -73,6 +74,7 @@ class ProcTreeReader:
         rss = 0.0
         threads = 0
         n = 0
+        cpus: set[int] = set()
         for proc in self.processes():
             try:
                 with proc.oneshot():
@@ -87,6 +89,13 @@ class ProcTreeReader:
                     except (psutil.AccessDenied, AttributeError):
                         io = None
                     key = (proc.pid, proc.create_time())
+                try:
+                    # The cores in force while profiled (a packed trial's
+                    # cpuset or affinity): rates such as futex calls per
+                    # CPU-second move with it (groundtruth.features).
+                    cpus.update(proc.cpu_affinity())
+                except (psutil.Error, AttributeError):
+                    pass
             except psutil.Error:
                 continue
             figures = {
@@ -112,6 +121,8 @@ class ProcTreeReader:
             "proc.threads": float(threads),
             "proc.processes": float(n),
         }
+        if cpus:
+            reading.gauges["proc.cpus"] = float(len(cpus))
         return reading
 
     @staticmethod
