@@ -127,6 +127,11 @@ class Cluster:
     value: float = math.nan  # mean objective value of the members that won with ``config``
     votes: Mapping[str, int] = field(default_factory=dict)
     workloads: Mapping[str, int] = field(default_factory=dict)
+    #: The radius on the features that do not move with the core count
+    #: (:attr:`FeatureScaler.core_sensitive` left out), calibrated the same
+    #: way: what a profile taken at a core count the history never saw is
+    #: judged by.  NaN: not fitted (older files; no ``proc.cpus`` in the history).
+    radius_other_cores: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +142,8 @@ class Cluster:
             "value": None if math.isnan(self.value) else self.value,
             "votes": dict(self.votes),
             "workloads": dict(self.workloads),
+            "radius_other_cores": (None if math.isnan(self.radius_other_cores)
+                                   else self.radius_other_cores),
         }
 
     @classmethod
@@ -151,6 +158,8 @@ class Cluster:
             value=math.nan if value is None else float(value),
             votes={str(k): int(v) for k, v in dict(d.get("votes", {})).items()},
             workloads={str(k): int(v) for k, v in dict(d.get("workloads", {})).items()},
+            radius_other_cores=(math.nan if d.get("radius_other_cores") is None
+                                else float(d["radius_other_cores"])),
         )
 
 
@@ -269,6 +278,22 @@ class ClusterGroundTruth(GroundTruth):
             _cluster(centroid, _radius(s2, n, pooled, floor), [recs[i] for i in idx])
             for (centroid, s2, n), idx in zip(own, groups, strict=True)
         ]
+        # 5. The same radii on the features that do not move with the cores,
+        #    for profiles taken at a core count the history never saw.
+        if scaler.core_sensitive:
+            inv = ~np.isin(np.asarray(scaler.events), np.asarray(scaler.core_sensitive))
+            if inv.any():
+                Xi = X[:, inv]
+                noise_i = run_noise2(Xi, names, trim) if p.use_workloads else None
+                w2 = scaler.weights ** 2
+                floor_i = (math.sqrt(noise_i[0]) if noise_i is not None
+                           else floor * math.sqrt(w2[inv].sum() / max(w2.sum(), 1e-12)))
+                own_i = [own_spread(Xi, idx, trim) for idx in groups]
+                pooled_i = _pooled_spread(own_i)
+                clusters = [
+                    dataclasses.replace(c, radius_other_cores=_radius(s2, n, pooled_i, floor_i))
+                    for c, (_, s2, n) in zip(clusters, own_i, strict=True)
+                ]
         self._set_fitted(scaler, clusters, objective=objective, silhouette=sil,
                          n_records=len(recs), trim=trim)
         log.info("fitted %s", self.describe().splitlines()[0])
@@ -318,19 +343,31 @@ class ClusterGroundTruth(GroundTruth):
             )
         diff = (self._centroids - z)[:, mask]
         # Compare on the shared features, scaled up to the full dimension so
-        # the radii (fitted on all features) still apply.
-        dist = np.sqrt(robust_sq_distance(diff, self.trim) * (dim / used))
+        # the radii (fitted on all features) still apply.  A profile taken at
+        # a core count the history never saw is compared on the features
+        # that do not move with it, against radii fitted on those alone.
+        scaler = self._fitted()
+        full = np.ones(dim, dtype=bool)
+        other = (bool(scaler.core_sensitive) and scaler.other_cores(rates)
+                 and all(math.isfinite(c.radius_other_cores) for c in self.clusters))
+        if other:
+            full = ~np.isin(np.asarray(scaler.events), np.asarray(scaler.core_sensitive))
+        dist = np.sqrt(robust_sq_distance(diff, self.trim) * (int(full.sum()) / used))
         i = int(np.argmin(dist))
         c = self.clusters[i]
-        score = similarity(float(dist[i]), c.radius)
+        radius = c.radius_other_cores if other else c.radius
+        score = similarity(float(dist[i]), radius)
         reason = (
-            f"nearest cluster {i} at {dist[i]:.2f} (radius {c.radius:.2f}), score {score:.2f}"
+            f"nearest cluster {i} at {dist[i]:.2f} (radius {radius:.2f}), score {score:.2f}"
+            + (", on the features that do not move with the cores (profiled at "
+               f"{rates.get('proc.cpus', 0):g} CPUs, the history at "
+               f"{'/'.join(f'{x:g}' for x in scaler.fit_cpus)})" if other else "")
         )
         if c.config is None:
             reason += "; cluster has no known config"
         return Match(
             cluster=i, score=score, config=c.config, distance=float(dist[i]),
-            radius=c.radius, events_used=used, reason=reason, workloads=dict(c.workloads),
+            radius=radius, events_used=used, reason=reason, workloads=dict(c.workloads),
         )
 
     def describe(self) -> str:

@@ -18,6 +18,7 @@ taken from its parent's ``children_*`` times, which would count it twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -89,13 +90,11 @@ class ProcTreeReader:
                     except (psutil.AccessDenied, AttributeError):
                         io = None
                     key = (proc.pid, proc.create_time())
-                try:
-                    # The cores in force while profiled (a packed trial's
-                    # cpuset or affinity): rates such as futex calls per
-                    # CPU-second move with it (groundtruth.features).
+                # The cores in force while profiled (a packed trial's cpuset or
+                # affinity): rates such as futex calls per CPU-second move with
+                # it (groundtruth.features).
+                with contextlib.suppress(psutil.Error, AttributeError):
                     cpus.update(proc.cpu_affinity())
-                except (psutil.Error, AttributeError):
-                    pass
             except psutil.Error:
                 continue
             figures = {
