@@ -25,7 +25,8 @@ twice the rates.  So :class:`FeatureScaler`
    features that do not move with the core count (not
    :data:`CORE_SENSITIVE`, nor the CPU rate itself).  Two packed trials on
    one CPU each run their thread pools at one thread: futex calls per
-   CPU-second fall 5–100× against the same workload alone on two cores,
+   CPU-second fall 5× (k-means) to over 1000× (LeNet-5) against the same
+   workload alone on two cores (``bundled-packed.json``),
    which no within-workload spread of a quiet history covers.  A history
    with runs at several core counts keeps every feature, and the
    within-workload spread it measures across them sets the weights.

@@ -32,6 +32,11 @@ as much between two runs of one workload as between workloads.  So:
 - the match judged in units of the matched cluster's own spread, corrected
   for its size and shrunk toward the pooled spread (:func:`similarity`),
   never tighter than runs of one workload scatter.
+- a profile taken at a core count the history never saw (``proc.cpus``: a
+  packed trial on one CPU, a history profiled alone on two) is compared on
+  the features that do not move with the cores, against radii fitted on
+  those alone (``Cluster.radius_other_cores``): a quiet history then
+  recognises 22/24 packed runs instead of 9/24.
 
 Measured on this VM's recorded profiles of the bundled workloads
 (``benchmarks/groundtruth_ari.py``): without the weights, ``k="auto"`` found
