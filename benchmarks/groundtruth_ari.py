@@ -24,9 +24,15 @@ leave-one-workload-out: does a never-seen workload match anyway?
 ``--load`` also reads what ``benchmarks/profile_separation.py --save`` wrote
 (one profiled set for both benchmarks).  Sets recorded on the 2-vCPU VM are in
 ``benchmarks/data/profiles/``: two on a quiet host, one with two busy
-loops beside the workloads (``bundled-contended.json``); ``--test`` fits on
-one and matches another, which is how a model trained in the past meets
-today's trials.  ``--standins`` profiles the older
+loops beside the workloads (``bundled-contended.json``), one packed
+(``bundled-packed.json``, ``--packed``: each workload pinned to half the
+CPUs while another bundled workload trains on the other half, as the node
+allocator runs two trials); ``--test`` fits on one and matches another,
+which is how a model trained in the past meets today's trials.
+
+    PYTHONPATH=$PWD python benchmarks/groundtruth_ari.py --packed --save bundled-packed.json
+
+``--standins`` profiles the older
 synthetic stand-ins (built-in scripts, raw ``perf stat`` of a fixed event
 list) instead of the bundled workloads.
 """
