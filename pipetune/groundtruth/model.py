@@ -79,7 +79,7 @@ from pipetune.groundtruth.distance import (
     similarity,
     trimmed_count,
 )
-from pipetune.groundtruth.features import FeatureScaler
+from pipetune.groundtruth.features import CPUS_EVENT, FeatureScaler
 from pipetune.types import EpochProfile, SystemConfig
 
 # Re-exported: callers and tests know these names from this module.
@@ -337,27 +337,29 @@ class ClusterGroundTruth(GroundTruth):
     def match(self, profile: EpochProfile | Mapping[str, float]) -> Match:
         """The nearest cluster of ``profile``.  Raises GroundTruthError if not fitted."""
         rates = rates_of(profile)
-        z, mask = self._fitted().transform(rates)
+        scaler = self._fitted()
+        z, mask = scaler.transform(rates)
         dim = len(mask)
         used = int(mask.sum())
-        if used == 0 or used < self.min_shared * dim:
-            return Match(
-                cluster=None, score=0.0, config=None, events_used=used,
-                reason=f"profile shares {used} of the model's {dim} features "
-                f"(needs {math.ceil(self.min_shared * dim)}); were its events different?",
-            )
-        diff = (self._centroids - z)[:, mask]
-        # Compare on the shared features, scaled up to the full dimension so
-        # the radii (fitted on all features) still apply.  A profile taken at
-        # a core count the history never saw is compared on the features
-        # that do not move with it, against radii fitted on those alone.
-        scaler = self._fitted()
+        # A profile taken at a core count the history never saw is compared on
+        # the features that do not move with it, against radii fitted on
+        # those alone (the transform already left the others out).
         full = np.ones(dim, dtype=bool)
         other = (bool(scaler.core_sensitive) and scaler.other_cores(rates)
                  and all(math.isfinite(c.radius_other_cores) for c in self.clusters))
         if other:
             full = ~np.isin(np.asarray(scaler.events), np.asarray(scaler.core_sensitive))
-        dist = np.sqrt(robust_sq_distance(diff, self.trim) * (int(full.sum()) / used))
+        comparable = int(full.sum())
+        if used == 0 or used < self.min_shared * comparable:
+            return Match(
+                cluster=None, score=0.0, config=None, events_used=used,
+                reason=f"profile shares {used} of the model's {comparable} features "
+                f"(needs {math.ceil(self.min_shared * comparable)}); were its events different?",
+            )
+        diff = (self._centroids - z)[:, mask]
+        # Compare on the shared features, scaled up to the dimension the radii
+        # were fitted on (all features, or the core-invariant ones) so they apply.
+        dist = np.sqrt(robust_sq_distance(diff, self.trim) * (comparable / used))
         i = int(np.argmin(dist))
         c = self.clusters[i]
         radius = c.radius_other_cores if other else c.radius
@@ -365,7 +367,7 @@ class ClusterGroundTruth(GroundTruth):
         reason = (
             f"nearest cluster {i} at {dist[i]:.2f} (radius {radius:.2f}), score {score:.2f}"
             + (", on the features that do not move with the cores (profiled at "
-               f"{rates.get('proc.cpus', 0):g} CPUs, the history at "
+               f"{rates.get(CPUS_EVENT, 0):g} CPUs, the history at "
                f"{'/'.join(f'{x:g}' for x in scaler.fit_cpus)})" if other else "")
         )
         if c.config is None:
