@@ -50,3 +50,17 @@ def test_profile_once_real_jacobi_child() -> None:
     assert run.ready, "the runner printed no READY line"
     assert run.window_s >= 1.0
     assert run.rates.get("task-clock", 0.0) > 0.0  # the child was training in the window
+
+
+def test_load_runs_fills_the_cores_from_how_runs_were_taken(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"meta": {"host_cpus": 2}, "runs": [
+        {"workload": "bfs", "rates": {"task-clock": 5}},
+        {"workload": "bfs", "rates": {"task-clock": 5}, "meta": {"cpus": "0"}},
+        {"workload": "bfs", "rates": {"task-clock": 5, "proc.cpus": 4.0}}]}))
+    assert [r.rates["proc.cpus"] for r in bp.load_runs(path)] == [2.0, 1.0, 4.0]
+    # the recorded sessions: quiet on both CPUs, packed on one
+    data = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "profiles"
+    assert {r.rates["proc.cpus"] for r in bp.load_runs(data / "bundled-packed.json")} == {1.0}
+    assert {r.meta["neighbour"] != r.workload
+            for r in bp.load_runs(data / "bundled-packed.json")} == {True}
