@@ -8,6 +8,11 @@ imports, data load and first step left out), then the child is ended by its
 PID.  Runs are saved as JSON (``[{"workload", "kind", "rates", ...}, ...]``),
 so the clustering can be re-analysed without profiling again, and one
 profiled set serves both benchmarks.
+
+:func:`collect_packed` profiles each workload the way two packed trials run
+on a node: pinned to its own CPUs while another workload trains on the
+other CPUs (``os.sched_setaffinity``, inherited by the child's threads, so
+its torch/OpenMP pool is sized to its share as a packed trial's is).
 """
 
 from __future__ import annotations
@@ -55,19 +60,21 @@ def runner_command(name: str, sets: Sequence[str] = ()) -> list[str]:
     return [sys.executable, RUNNER, name, *sets]
 
 
-def profile_once(workload: str, kind: str, cmd: list[str], seconds: float, interval_ms: int,
-                 events: Sequence[str], skip_s: float, ready_timeout_s: float) -> Run:
-    """Launch ``cmd``, profile ``seconds`` after its READY line, end it by its PID.
-
-    Without a READY line within ``ready_timeout_s`` the window starts
-    ``skip_s`` after that timeout instead (and the run says ``ready=False``).
-    """
-    t_launch = time.time()
+def _launch(cmd: list[str], cpus: Sequence[int] | None = None
+            ) -> tuple[subprocess.Popen[str], threading.Event]:
+    """Start ``cmd`` (pinned to ``cpus`` if given); the event is set on its READY line."""
     env = dict(os.environ)
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    pin = None
+    if cpus is not None:
+        mask = set(cpus)
+
+        def pin() -> None:  # in the child before exec: every thread it starts inherits it
+            os.sched_setaffinity(0, mask)
+
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=env)
+                            stderr=subprocess.DEVNULL, text=True, env=env, preexec_fn=pin)
     ready = threading.Event()
 
     def watch() -> None:
@@ -76,6 +83,20 @@ def profile_once(workload: str, kind: str, cmd: list[str], seconds: float, inter
                 ready.set()
 
     threading.Thread(target=watch, daemon=True).start()
+    return proc, ready
+
+
+def profile_once(workload: str, kind: str, cmd: list[str], seconds: float, interval_ms: int,
+                 events: Sequence[str], skip_s: float, ready_timeout_s: float,
+                 cpus: Sequence[int] | None = None) -> Run:
+    """Launch ``cmd``, profile ``seconds`` after its READY line, end it by its PID.
+
+    Without a READY line within ``ready_timeout_s`` the window starts
+    ``skip_s`` after that timeout instead (and the run says ``ready=False``).
+    ``cpus`` pins the child (and so its threads) to those CPUs.
+    """
+    t_launch = time.time()
+    proc, ready = _launch(cmd, cpus)
     tp = TrialProfiler([proc.pid], interval_ms=interval_ms, events=tuple(events))
     try:
         tp.start()
@@ -92,8 +113,9 @@ def profile_once(workload: str, kind: str, cmd: list[str], seconds: float, inter
     finally:
         tp.stop()
         end_child(proc)  # our own child, by its handle (PID)
+    meta = {} if cpus is None else {"cpus": ",".join(map(str, sorted(set(cpus))))}
     return Run(workload, kind, dict(prof.rates), startup_s=start - t_launch,
-               window_s=end - start, ready=got_ready)
+               window_s=end - start, ready=got_ready, meta=meta)
 
 
 def collect(jobs: dict[str, tuple[str, list[str], float]], runs: int, seconds: float,
@@ -115,6 +137,43 @@ def collect(jobs: dict[str, tuple[str, list[str], float]], runs: int, seconds: f
     return out
 
 
+def collect_packed(jobs: dict[str, tuple[str, list[str], float]], runs: int, seconds: float,
+                   interval_ms: int, events: Sequence[str], skip_s: float,
+                   cpus: Sequence[int], neighbour_cpus: Sequence[int], shift: int = 1,
+                   report: Callable[[int, Run], None] | None = None) -> list[Run]:
+    """Profile every job ``runs`` times beside another job, as two packed trials.
+
+    Run ``rep`` of job ``i`` has job ``(i + shift + rep) mod n`` as its
+    neighbour (a different one each repetition), started first on
+    ``neighbour_cpus`` and training (past its READY line) before the profiled
+    job starts on ``cpus``; the neighbour is ended by its PID after the
+    window.  Each run's ``meta`` names its CPUs and its neighbour.
+    """
+    names = list(jobs)
+    n = len(names)
+    out: list[Run] = []
+    for rep in range(runs):
+        for i, name in enumerate(names):
+            kind, cmd, ready_timeout_s = jobs[name]
+            off = (shift + rep) % n or 1  # never itself
+            other = names[(i + off) % n]
+            nproc, nready = _launch(jobs[other][1], neighbour_cpus)
+            try:
+                nready.wait(jobs[other][2])
+                if nproc.poll() is not None:
+                    raise RuntimeError(f"neighbour {other} exited with {nproc.returncode}")
+                r = profile_once(name, kind, cmd, seconds, interval_ms, events, skip_s,
+                                 ready_timeout_s, cpus=cpus)
+            finally:
+                end_child(nproc)  # our own child, by its handle (PID)
+            r.meta.update(neighbour=other,
+                          neighbour_cpus=",".join(map(str, sorted(set(neighbour_cpus)))))
+            out.append(r)
+            if report is not None:
+                report(rep, r)
+    return out
+
+
 def save_runs(path: str | Path, runs: Sequence[Run], meta: dict[str, object]) -> Path:
     """Write the runs (and how they were taken) as JSON; returns the path."""
     p = Path(path)
@@ -127,12 +186,25 @@ def load_runs(path: str | Path, kinds: dict[str, str] | None = None) -> list[Run
     """Runs saved by :func:`save_runs`, or the older plain list of ``{"workload", "rates"}``.
 
     ``kinds`` fills in the type of records that lack one (name -> type; "?" if unknown).
+    Runs recorded before the profiler had ``proc.cpus`` get it from how they
+    were taken: the run's ``meta["cpus"]`` (pinned), else the session's
+    ``meta["host_cpus"]`` (unpinned on a host of that many CPUs).
     """
     raw = json.loads(Path(path).read_text())
     items = raw["runs"] if isinstance(raw, dict) else raw
+    host_cpus = raw.get("meta", {}).get("host_cpus") if isinstance(raw, dict) else None
     kinds = kinds or {}
-    return [Run(it["workload"], it.get("kind") or kinds.get(it["workload"], "?"),
-                {k: float(v) for k, v in it["rates"].items()},
-                startup_s=float(it.get("startup_s", 0.0)), window_s=float(it.get("window_s", 0.0)),
-                ready=bool(it.get("ready", True)), meta=dict(it.get("meta", {})))
-            for it in items]
+    out = []
+    for it in items:
+        rates = {k: float(v) for k, v in it["rates"].items()}
+        meta = {str(k): str(v) for k, v in it.get("meta", {}).items()}
+        if "proc.cpus" not in rates:
+            if meta.get("cpus"):
+                rates["proc.cpus"] = float(len(meta["cpus"].split(",")))
+            elif host_cpus:
+                rates["proc.cpus"] = float(host_cpus)
+        out.append(Run(it["workload"], it.get("kind") or kinds.get(it["workload"], "?"), rates,
+                       startup_s=float(it.get("startup_s", 0.0)),
+                       window_s=float(it.get("window_s", 0.0)),
+                       ready=bool(it.get("ready", True)), meta=meta))
+    return out

@@ -24,9 +24,15 @@ leave-one-workload-out: does a never-seen workload match anyway?
 ``--load`` also reads what ``benchmarks/profile_separation.py --save`` wrote
 (one profiled set for both benchmarks).  Sets recorded on the 2-vCPU VM are in
 ``benchmarks/data/profiles/``: two on a quiet host, one with two busy
-loops beside the workloads (``bundled-contended.json``); ``--test`` fits on
-one and matches another, which is how a model trained in the past meets
-today's trials.  ``--standins`` profiles the older
+loops beside the workloads (``bundled-contended.json``), one packed
+(``bundled-packed.json``, ``--packed``: each workload pinned to half the
+CPUs while another bundled workload trains on the other half, as the node
+allocator runs two trials); ``--test`` fits on one and matches another,
+which is how a model trained in the past meets today's trials.
+
+    PYTHONPATH=$PWD python benchmarks/groundtruth_ari.py --packed --save bundled-packed.json
+
+``--standins`` profiles the older
 synthetic stand-ins (built-in scripts, raw ``perf stat`` of a fixed event
 list) instead of the bundled workloads.
 """
@@ -47,7 +53,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bundled_profiles import bundled_kinds, collect, load_runs, runner_command, save_runs  # noqa: E402
+from bundled_profiles import (  # noqa: E402
+    bundled_kinds,
+    collect,
+    collect_packed,
+    load_runs,
+    runner_command,
+    save_runs,
+)
 
 from pipetune.groundtruth import (  # noqa: E402
     FeatureScaler,
@@ -221,13 +234,32 @@ def load_profiles(args: argparse.Namespace) -> list[dict]:
             raise SystemExit(f"--only: unknown workload {n!r} (known: {', '.join(kinds)})")
     events = available_events().default_events()
     jobs = {n: (kinds[n], runner_command(n), 120.0) for n in names}
-    runs = collect(jobs, args.runs, args.seconds, args.interval_ms, events, args.warmup,
-                   lambda rep, r: print(f"run {rep} {r.workload}: start-up {r.startup_s:.1f} s",
-                                        file=sys.stderr))
+    def say(rep: int, r) -> None:
+        print(f"run {rep} {r.workload}: start-up {r.startup_s:.1f} s"
+              + (f", beside {r.meta['neighbour']}" if "neighbour" in r.meta else ""),
+              file=sys.stderr)
+
+    meta: dict[str, object] = {}
+    if args.packed:
+        ncpu = sorted(os.sched_getaffinity(0))
+        if len(ncpu) < 2:
+            raise SystemExit("--packed needs at least two CPUs")
+        half = len(ncpu) // 2
+        own, other = ncpu[:half], ncpu[half:]
+        runs = collect_packed(jobs, args.runs, args.seconds, args.interval_ms, events,
+                              args.warmup, own, other, report=say)
+        meta = {"packed": True, "cpus": own, "neighbour_cpus": other}
+    else:
+        runs = collect(jobs, args.runs, args.seconds, args.interval_ms, events, args.warmup,
+                       say)
     if args.save:
         save_runs(args.save, runs, {"runs": args.runs, "seconds": args.seconds,
                                     "interval_ms": args.interval_ms, "events": list(events),
-                                    "loadavg_end": list(os.getloadavg())})
+                                    "pmu": False, "standins": False, **meta,
+                                    "host_cpus": len(os.sched_getaffinity(0)),
+                                    "loadavg_end": list(os.getloadavg()),
+                                    "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                           time.gmtime())})
     return [{"workload": r.workload, "kind": r.kind, "rates": r.rates} for r in runs]
 
 
@@ -269,6 +301,10 @@ def main() -> None:
                     help="stand-ins: seconds after ready; bundled: skip without a READY line")
     ap.add_argument("--interval-ms", type=int, default=500, help="bundled: profiler interval")
     ap.add_argument("--only", help="comma-separated subset of the bundled workloads")
+    ap.add_argument("--packed", action="store_true",
+                    help="bundled: profile each workload pinned to half the CPUs while "
+                         "another bundled workload trains on the other half (two packed "
+                         "trials)")
     ap.add_argument("--standins", action="store_true",
                     help="profile the synthetic stand-ins instead of the bundled workloads")
     ap.add_argument("--threshold", type=float, default=0.8)

@@ -18,7 +18,18 @@ twice the rates.  So :class:`FeatureScaler`
    it tells workloads apart (:func:`separation_weights`): without a PMU most
    figures are scheduler and allocator rates that move with the node's load
    as much between two runs of one workload as between workloads, and summed
-   with equal weight their noise drowns the few figures that do separate.
+   with equal weight their noise drowns the few figures that do separate;
+6. conditions the comparison on the cores in force while profiled
+   (``proc.cpus``, the size of the trial's affinity mask): a profile taken
+   on a number of CPUs the history never saw is compared only on the
+   features that do not move with the core count (not
+   :data:`CORE_SENSITIVE`, nor the CPU rate itself).  Two packed trials on
+   one CPU each run their thread pools at one thread: futex calls per
+   CPU-second fall 5× (k-means) to over 1000× (LeNet-5) against the same
+   workload alone on two cores (``bundled-packed.json``),
+   which no within-workload spread of a quiet history covers.  A history
+   with runs at several core counts keeps every feature, and the
+   within-workload spread it measures across them sets the weights.
 
 Its parameters are plain lists, so a fitted scaler is saved as JSON.
 """
@@ -54,7 +65,39 @@ CPU_EVENTS: tuple[str, ...] = (
 CPU_EVENT_SECONDS: dict[str, float] = {"task-clock": 1e-3, "cpu-clock": 1e-3}
 
 #: Substrings that mark level-like figures (not counts): not divided by CPU time.
-LEVEL_MARKERS: tuple[str, ...] = ("rss", "vms", "memory", "mem_mb", "threads", "num_fds", "util")
+#: ("processes": a count of processes is a level; divided by CPU time it
+#: became one over the CPU rate, another copy of the core count.)
+LEVEL_MARKERS: tuple[str, ...] = (
+    "rss", "vms", "memory", "mem_mb", "threads", "num_fds", "util", "processes", "cpus",
+)
+
+#: The profiler's gauge of the CPUs the trial may run on (its cpuset or
+#: affinity, :mod:`pipetune.profiler.procfs`): the condition a profile was
+#: taken in, never a feature.
+CPUS_EVENT = "proc.cpus"
+
+#: Figures that move with the number of cores a trial runs on rather than
+#: with the workload: thread-pool synchronisation (futex calls dominate the
+#: syscalls of a multi-threaded trainer), scheduling (switches, wake-ups,
+#: migrations) and the size of the thread pool.  Measured on the bundled
+#: workloads, quiet on two CPUs against packed on one
+#: (``benchmarks/groundtruth_ari.py --test``).  The CPU rate (``cpu_event``)
+#: is one too: it is the cores used.
+CORE_SENSITIVE: tuple[str, ...] = (
+    "syscalls:sys_enter_futex",
+    "raw_syscalls:sys_enter",
+    "context-switches",
+    "cpu-migrations",
+    "sched:sched_wakeup",
+    "sched:sched_switch",
+    "proc.ctx_voluntary",
+    "proc.ctx_involuntary",
+    "proc.threads",
+)
+
+#: Core counts closer than this are the same condition (``proc.cpus`` is a
+#: time-weighted mean, fractional when the share moved inside the window).
+CPUS_TOLERANCE = 0.25
 
 
 def _within_std(raw: np.ndarray, labels: Sequence[str]) -> np.ndarray:
@@ -131,6 +174,12 @@ class FeatureScaler:
     std: tuple[float, ...]
     #: Per-feature weights (:func:`separation_weights`); empty = all 1.
     weight: tuple[float, ...] = ()
+    #: The core counts (``proc.cpus``) the history was profiled at; empty:
+    #: unknown (older files, profiles without the gauge), no conditioning.
+    fit_cpus: tuple[float, ...] = ()
+    #: The features left out of a comparison with a profile taken at another
+    #: core count (:data:`CORE_SENSITIVE` and the CPU rate, those fitted).
+    core_sensitive: tuple[str, ...] = ()
 
     # -- fitting -------------------------------------------------------------------
 
@@ -144,6 +193,7 @@ class FeatureScaler:
         cpu_events: Sequence[str] = CPU_EVENTS,
         level_markers: Sequence[str] = LEVEL_MARKERS,
         weighted: bool = True,
+        core_sensitive: Sequence[str] = CORE_SENSITIVE,
     ) -> FeatureScaler:
         """Fit on the rates of the training records.
 
@@ -163,6 +213,11 @@ class FeatureScaler:
         With ``weighted`` they also weight each feature by how well it
         separates the named workloads (:func:`separation_weights`).
 
+        Where every record has ``proc.cpus``, the core counts seen are kept
+        (``fit_cpus``) and ``core_sensitive`` (plus the CPU rate) named as
+        the features :meth:`transform` leaves out for a profile taken at
+        another core count; ``proc.cpus`` itself is never a feature.
+
         Raises:
             GroundTruthError: no records, or no event that every record has.
         """
@@ -176,6 +231,12 @@ class FeatureScaler:
                 "the profiles share no event; were they made on hosts with different perf events?"
             )
         cpu_event = next((e for e in cpu_events if e in common), None)
+        fit_cpus: tuple[float, ...] = ()
+        if CPUS_EVENT in common:
+            fit_cpus = tuple(sorted({round(float(r[CPUS_EVENT]), 2) for r in rates}))
+            common.discard(CPUS_EVENT)
+        if not common:
+            raise GroundTruthError("the profiles share no event but the CPUs in force")
         events = tuple(sorted(common))
         levels = tuple(e for e in events if is_level(e, level_markers))
         partial = cls(events, cpu_event, levels, (0.0,) * len(events), (1.0,) * len(events))
@@ -195,8 +256,10 @@ class FeatureScaler:
         weight = None
         if labels is not None and weighted:
             weight = separation_weights((raw - mean) / std, labels)
+        sensitive = tuple(e for e in events if e in set(core_sensitive) or e == cpu_event)
         return cls(events, cpu_event, levels, tuple(map(float, mean)), tuple(map(float, std)),
-                   () if weight is None else tuple(map(float, weight)))
+                   () if weight is None else tuple(map(float, weight)),
+                   fit_cpus=fit_cpus, core_sensitive=sensitive if fit_cpus else ())
 
     # -- transforming ----------------------------------------------------------------
 
@@ -219,13 +282,25 @@ class FeatureScaler:
         """Boolean mask of the scaler's events that ``rates`` has."""
         return np.array([e in rates for e in self.events], dtype=bool)
 
+    def other_cores(self, rates: Mapping[str, float]) -> bool:
+        """Whether ``rates`` were profiled at a core count the history never saw
+        (False when either side does not say)."""
+        cpus = rates.get(CPUS_EVENT)
+        if not self.fit_cpus or cpus is None:
+            return False
+        return all(abs(float(cpus) - c) > CPUS_TOLERANCE for c in self.fit_cpus)
+
     def transform(self, rates: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
-        """(standardised vector over all scaler events, mask of events present).
+        """(standardised vector over all scaler events, mask of events compared).
 
         Missing events are 0 in the vector and False in the mask: callers
-        compare only the masked dimensions.
+        compare only the masked dimensions.  So are the core-sensitive
+        features of a profile taken at another core count (:meth:`other_cores`).
         """
         mask = self.shared(rates)
+        if self.core_sensitive and self.other_cores(rates):
+            sensitive = set(self.core_sensitive)
+            mask &= np.array([e not in sensitive for e in self.events], dtype=bool)
         if self.cpu_event and self.cpu_event not in rates:
             # Without the CPU rate the per-CPU-second features are not comparable.
             level = set(self.levels)
@@ -263,6 +338,8 @@ class FeatureScaler:
             "mean": list(self.mean),
             "std": list(self.std),
             "weight": list(self.weight),
+            "fit_cpus": list(self.fit_cpus),
+            "core_sensitive": list(self.core_sensitive),
         }
 
     @classmethod
@@ -279,5 +356,9 @@ class FeatureScaler:
                        or any(not math.isfinite(w) or w < 0 for w in weight)):
             raise ValueError("features: weight must be one non-negative number per event")
         cpu = d.get("cpu_event")
+        # absent in older files: no conditioning on the cores
+        fit_cpus = tuple(float(x) for x in d.get("fit_cpus", ()))
+        sensitive = tuple(str(e) for e in d.get("core_sensitive", ()))
         return cls(events, None if cpu is None else str(cpu),
-                   tuple(str(e) for e in d.get("levels", ())), mean, std, weight)
+                   tuple(str(e) for e in d.get("levels", ())), mean, std, weight,
+                   fit_cpus=fit_cpus, core_sensitive=sensitive)

@@ -32,6 +32,11 @@ as much between two runs of one workload as between workloads.  So:
 - the match judged in units of the matched cluster's own spread, corrected
   for its size and shrunk toward the pooled spread (:func:`similarity`),
   never tighter than runs of one workload scatter.
+- a profile taken at a core count the history never saw (``proc.cpus``: a
+  packed trial on one CPU, a history profiled alone on two) is compared on
+  the features that do not move with the cores, against radii fitted on
+  those alone (``Cluster.radius_other_cores``): a quiet history then
+  recognises 22/24 packed runs instead of 9/24.
 
 Measured on this VM's recorded profiles of the bundled workloads
 (``benchmarks/groundtruth_ari.py``): without the weights, ``k="auto"`` found
@@ -74,7 +79,7 @@ from pipetune.groundtruth.distance import (
     similarity,
     trimmed_count,
 )
-from pipetune.groundtruth.features import FeatureScaler
+from pipetune.groundtruth.features import CPUS_EVENT, FeatureScaler
 from pipetune.types import EpochProfile, SystemConfig
 
 # Re-exported: callers and tests know these names from this module.
@@ -127,6 +132,11 @@ class Cluster:
     value: float = math.nan  # mean objective value of the members that won with ``config``
     votes: Mapping[str, int] = field(default_factory=dict)
     workloads: Mapping[str, int] = field(default_factory=dict)
+    #: The radius on the features that do not move with the core count
+    #: (:attr:`FeatureScaler.core_sensitive` left out), calibrated the same
+    #: way: what a profile taken at a core count the history never saw is
+    #: judged by.  NaN: not fitted (older files; no ``proc.cpus`` in the history).
+    radius_other_cores: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +147,8 @@ class Cluster:
             "value": None if math.isnan(self.value) else self.value,
             "votes": dict(self.votes),
             "workloads": dict(self.workloads),
+            "radius_other_cores": (None if math.isnan(self.radius_other_cores)
+                                   else self.radius_other_cores),
         }
 
     @classmethod
@@ -151,6 +163,8 @@ class Cluster:
             value=math.nan if value is None else float(value),
             votes={str(k): int(v) for k, v in dict(d.get("votes", {})).items()},
             workloads={str(k): int(v) for k, v in dict(d.get("workloads", {})).items()},
+            radius_other_cores=(math.nan if d.get("radius_other_cores") is None
+                                else float(d["radius_other_cores"])),
         )
 
 
@@ -269,6 +283,22 @@ class ClusterGroundTruth(GroundTruth):
             _cluster(centroid, _radius(s2, n, pooled, floor), [recs[i] for i in idx])
             for (centroid, s2, n), idx in zip(own, groups, strict=True)
         ]
+        # 5. The same radii on the features that do not move with the cores,
+        #    for profiles taken at a core count the history never saw.
+        if scaler.core_sensitive:
+            inv = ~np.isin(np.asarray(scaler.events), np.asarray(scaler.core_sensitive))
+            if inv.any():
+                Xi = X[:, inv]
+                noise_i = run_noise2(Xi, names, trim) if p.use_workloads else None
+                w2 = scaler.weights ** 2
+                floor_i = (math.sqrt(noise_i[0]) if noise_i is not None
+                           else floor * math.sqrt(w2[inv].sum() / max(w2.sum(), 1e-12)))
+                own_i = [own_spread(Xi, idx, trim) for idx in groups]
+                pooled_i = _pooled_spread(own_i)
+                clusters = [
+                    dataclasses.replace(c, radius_other_cores=_radius(s2, n, pooled_i, floor_i))
+                    for c, (_, s2, n) in zip(clusters, own_i, strict=True)
+                ]
         self._set_fitted(scaler, clusters, objective=objective, silhouette=sil,
                          n_records=len(recs), trim=trim)
         log.info("fitted %s", self.describe().splitlines()[0])
@@ -307,30 +337,44 @@ class ClusterGroundTruth(GroundTruth):
     def match(self, profile: EpochProfile | Mapping[str, float]) -> Match:
         """The nearest cluster of ``profile``.  Raises GroundTruthError if not fitted."""
         rates = rates_of(profile)
-        z, mask = self._fitted().transform(rates)
+        scaler = self._fitted()
+        z, mask = scaler.transform(rates)
         dim = len(mask)
         used = int(mask.sum())
-        if used == 0 or used < self.min_shared * dim:
+        # A profile taken at a core count the history never saw is compared on
+        # the features that do not move with it, against radii fitted on
+        # those alone (the transform already left the others out).
+        full = np.ones(dim, dtype=bool)
+        other = (bool(scaler.core_sensitive) and scaler.other_cores(rates)
+                 and all(math.isfinite(c.radius_other_cores) for c in self.clusters))
+        if other:
+            full = ~np.isin(np.asarray(scaler.events), np.asarray(scaler.core_sensitive))
+        comparable = int(full.sum())
+        if used == 0 or used < self.min_shared * comparable:
             return Match(
                 cluster=None, score=0.0, config=None, events_used=used,
-                reason=f"profile shares {used} of the model's {dim} features "
-                f"(needs {math.ceil(self.min_shared * dim)}); were its events different?",
+                reason=f"profile shares {used} of the model's {comparable} features "
+                f"(needs {math.ceil(self.min_shared * comparable)}); were its events different?",
             )
         diff = (self._centroids - z)[:, mask]
-        # Compare on the shared features, scaled up to the full dimension so
-        # the radii (fitted on all features) still apply.
-        dist = np.sqrt(robust_sq_distance(diff, self.trim) * (dim / used))
+        # Compare on the shared features, scaled up to the dimension the radii
+        # were fitted on (all features, or the core-invariant ones) so they apply.
+        dist = np.sqrt(robust_sq_distance(diff, self.trim) * (comparable / used))
         i = int(np.argmin(dist))
         c = self.clusters[i]
-        score = similarity(float(dist[i]), c.radius)
+        radius = c.radius_other_cores if other else c.radius
+        score = similarity(float(dist[i]), radius)
         reason = (
-            f"nearest cluster {i} at {dist[i]:.2f} (radius {c.radius:.2f}), score {score:.2f}"
+            f"nearest cluster {i} at {dist[i]:.2f} (radius {radius:.2f}), score {score:.2f}"
+            + (", on the features that do not move with the cores (profiled at "
+               f"{rates.get(CPUS_EVENT, 0):g} CPUs, the history at "
+               f"{'/'.join(f'{x:g}' for x in scaler.fit_cpus)})" if other else "")
         )
         if c.config is None:
             reason += "; cluster has no known config"
         return Match(
             cluster=i, score=score, config=c.config, distance=float(dist[i]),
-            radius=c.radius, events_used=used, reason=reason, workloads=dict(c.workloads),
+            radius=radius, events_used=used, reason=reason, workloads=dict(c.workloads),
         )
 
     def describe(self) -> str:

@@ -126,11 +126,14 @@ PROC_FIGURES: tuple[str, ...] = (
     "proc.rss_mb",
     "proc.threads",
     "proc.processes",
+    "proc.cpus",
 )
 
 #: Figures that are levels, not counts: a profile averages them instead of
 #: dividing by time.
-GAUGES: frozenset[str] = frozenset({"proc.rss_mb", "proc.threads", "proc.processes"})
+GAUGES: frozenset[str] = frozenset(
+    {"proc.rss_mb", "proc.threads", "proc.processes", "proc.cpus"}
+)
 
 #: perf's aliases, so that samples always use one name per event.
 ALIASES: dict[str, str] = {

@@ -1,7 +1,8 @@
 """procfs/psutil figures of a process tree, as per-interval deltas.
 
 - :class:`ProcTreeReader` — reads CPU time, I/O bytes, context switches
-  and page faults (cumulative) and RSS, threads, processes (gauges) of the target processes
+  and page faults (cumulative) and RSS, threads, processes and the CPUs the
+  tree may run on (gauges) of the target processes
   and all their descendants; :meth:`ProcTreeReader.delta` turns two readings
   into the counts of one interval, under the names of
   :data:`pipetune.profiler.events.PROC_FIGURES`.
@@ -17,6 +18,7 @@ taken from its parent's ``children_*`` times, which would count it twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -73,6 +75,7 @@ class ProcTreeReader:
         rss = 0.0
         threads = 0
         n = 0
+        cpus: set[int] = set()
         for proc in self.processes():
             try:
                 with proc.oneshot():
@@ -87,6 +90,11 @@ class ProcTreeReader:
                     except (psutil.AccessDenied, AttributeError):
                         io = None
                     key = (proc.pid, proc.create_time())
+                # The cores in force while profiled (a packed trial's cpuset or
+                # affinity): rates such as futex calls per CPU-second move with
+                # it (groundtruth.features).
+                with contextlib.suppress(psutil.Error, AttributeError):
+                    cpus.update(proc.cpu_affinity())
             except psutil.Error:
                 continue
             figures = {
@@ -112,6 +120,8 @@ class ProcTreeReader:
             "proc.threads": float(threads),
             "proc.processes": float(n),
         }
+        if cpus:
+            reading.gauges["proc.cpus"] = float(len(cpus))
         return reading
 
     @staticmethod

@@ -68,3 +68,19 @@ def test_real_tree_with_a_child_and_io(tmp_path):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def test_cpus_gauge_is_the_trees_affinity():
+    """proc.cpus: the CPUs the trial may run on (a packed trial's share), a gauge."""
+    import os
+
+    cpus = sorted(os.sched_getaffinity(0))
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                         preexec_fn=lambda: os.sched_setaffinity(0, {cpus[0]}))
+    try:
+        d = ProcTreeReader.delta(None, ProcTreeReader([p.pid]).read())
+        assert d["proc.cpus"] == 1
+        assert ProcTreeReader([os.getpid()]).read().gauges["proc.cpus"] == len(cpus)
+    finally:
+        p.kill()  # our own child, by its handle
+        p.wait()
