@@ -18,11 +18,15 @@ The states, each a frozen record of its own data (what every state shares
 
     state        event                          → next state   effects / decision
     ───────────  ─────────────────────────────  ─────────────  ───────────────────────────────
-    Start        START | first boundary         → Profiling    open trial, apply default,
+    Start        START | first boundary         → Profiling    open trial, apply default
+                                                               (a workload known by name:
+                                                               its hint's config; HINTED),
                                                                start the profiler (late)
     Profiling    PROFILER_STARTED               → Profiling    (samples count from now)
     Profiling    EPOCH_END | WINDOW_END,        → Settled      apply the cluster's config;
                  profile matched (score ≥ thr.)                MATCHED, observation record
+    Profiling    … matched the hint's cluster   → Settled      nothing applied; MATCHED
+                                                               ("confirmed")
     Profiling    … no match, ≥ 2 safe configs   → Probing      apply 1st candidate; PROBE
     Profiling    … nothing to probe / no time   → Settled      apply default; FALLBACK
     Probing      boundary, slot measured,       → Probing      apply next candidate; PROBE
