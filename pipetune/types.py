@@ -317,6 +317,7 @@ class DecisionKind(str, enum.Enum):
     ``decision`` measurement and the report read: keep them."""
 
     MATCHED = "matched"  # ground truth knew the workload: config applied at once
+    HINTED = "hinted"  # workload known by name: its cluster's config applied at start, to confirm
     PROBE = "probe"  # next config to try
     SETTLED = "settled"  # best of the probed configs chosen
     FALLBACK = "fallback"  # could not do better; default config kept

@@ -73,6 +73,24 @@ class Match:
         return self.config is not None and self.score >= threshold
 
 
+@dataclass(frozen=True)
+class Hint:
+    """What the ground truth knows of a workload by its name, before any
+    profile: the cluster holding most of its past records and that
+    cluster's best config.  A trial starts there and its profile confirms
+    or corrects it (issue 15 item 4)."""
+
+    workload: str
+    cluster: int
+    config: SystemConfig
+    records: int  # this workload's records in ``cluster``
+    total: int  # this workload's records in every cluster
+
+    def describe(self) -> str:
+        return (f"known workload {self.workload!r}: {self.records} of its {self.total} "
+                f"record(s) in cluster {self.cluster}, best {self.config}")
+
+
 class GroundTruth(abc.ABC):
     """A model of past workloads, fitted on their records and asked about a
     new profile.  ``fit`` returns the model itself (scikit-learn's rule), so
@@ -93,6 +111,12 @@ class GroundTruth(abc.ABC):
     @abc.abstractmethod
     def match(self, profile: EpochProfile | Mapping[str, float]) -> Match:
         """The nearest cluster of ``profile`` (an epoch profile or its rates)."""
+
+    def hint(self, workload: str) -> Hint | None:
+        """The cluster holding most (more than half) of ``workload``'s past
+        records and its best config; None when the name is unknown, its
+        records are split, or that cluster has no known config.  Never raises."""
+        return None
 
     @property
     def n_clusters(self) -> int:

@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from pipetune.errors import ConfigError, GroundTruthError
-from pipetune.groundtruth.base import GroundTruth, GroundTruthRecord, Match, rates_of
+from pipetune.groundtruth.base import GroundTruth, GroundTruthRecord, Hint, Match, rates_of
 from pipetune.groundtruth.clusterers import (
     CLUSTERER_ALIASES,
     cluster_records,
@@ -376,6 +376,18 @@ class ClusterGroundTruth(GroundTruth):
             cluster=i, score=score, config=c.config, distance=float(dist[i]),
             radius=radius, events_used=used, reason=reason, workloads=dict(c.workloads),
         )
+
+    def hint(self, workload: str) -> Hint | None:
+        """The cluster holding most of ``workload``'s records (base class)."""
+        if not workload or not self.clusters:
+            return None
+        counts = [int(c.workloads.get(workload, 0)) for c in self.clusters]
+        total = sum(counts)
+        i = max(range(len(counts)), key=counts.__getitem__)
+        cfg = self.clusters[i].config
+        if total == 0 or 2 * counts[i] <= total or cfg is None:
+            return None
+        return Hint(workload, i, cfg, counts[i], total)
 
     def describe(self) -> str:
         if self.scaler is None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from pipetune.control.base import format_cpus
 from pipetune.errors import PipetuneError
-from pipetune.groundtruth import EmptyGroundTruth, GroundTruth, Match
+from pipetune.groundtruth import EmptyGroundTruth, GroundTruth, Hint, Match
 from pipetune.groundtruth.persist import load_or_empty
 from pipetune.tuner import records as r
 from pipetune.tuner.base import ConfigApplier, EnergySource, Profiler, ProfilerFactory
@@ -87,6 +87,8 @@ class TrialSide:
             return self.profiler.profile(q.lo, hi, epoch=q.epoch, wait_s=q.wait_s), hi
         if isinstance(q, r.MatchProfile):
             return self._match(q.profile)
+        if isinstance(q, r.KnownWorkload):
+            return self._hint(q.workload)
         if isinstance(q, r.Capacity):
             out = self.advisory("capacity", q.cores)
             return None if out is None else int(out)
@@ -121,6 +123,17 @@ class TrialSide:
             return model.match(profile), why
         except Exception as e:
             return Match(cluster=None, score=0.0, config=None, reason=f"match failed: {e}"), why
+
+    def _hint(self, workload: str) -> Hint | None:
+        """The ground truth's hint for ``workload``; None when unknown or
+        the model cannot say (advisory: the trial then starts at the default)."""
+        src = self.groundtruth
+        model = src if isinstance(src, GroundTruth) else load_or_empty(src)[0]
+        try:
+            return model.hint(workload)
+        except Exception as e:
+            log.debug("trial %s: no hint for %r: %s", self.trial_id, workload, e)
+            return None
 
     def _usage(self) -> tuple[float, int]:
         """(memory peak MB, OOM kills); (0, 0) when unknown (usage is advisory)."""

@@ -18,11 +18,15 @@ The states, each a frozen record of its own data (what every state shares
 
     state        event                          → next state   effects / decision
     ───────────  ─────────────────────────────  ─────────────  ───────────────────────────────
-    Start        START | first boundary         → Profiling    open trial, apply default,
+    Start        START | first boundary         → Profiling    open trial, apply default
+                                                               (a workload known by name:
+                                                               its hint's config; HINTED),
                                                                start the profiler (late)
     Profiling    PROFILER_STARTED               → Profiling    (samples count from now)
     Profiling    EPOCH_END | WINDOW_END,        → Settled      apply the cluster's config;
                  profile matched (score ≥ thr.)                MATCHED, observation record
+    Profiling    … matched the hint's cluster   → Settled      nothing applied; MATCHED
+                                                               ("confirmed")
     Profiling    … no match, ≥ 2 safe configs   → Probing      apply 1st candidate; PROBE
     Profiling    … nothing to probe / no time   → Settled      apply default; FALLBACK
     Probing      boundary, slot measured,       → Probing      apply next candidate; PROBE
@@ -50,7 +54,7 @@ from dataclasses import replace
 from typing import Any
 
 from pipetune.errors import NotSupportedError
-from pipetune.groundtruth import Match
+from pipetune.groundtruth import Hint, Match
 from pipetune.probing import Measurement, Objective, ProbeStrategy, ProbeUnit
 from pipetune.probing.plan import counted_intervals
 from pipetune.tuner import profiling
@@ -59,6 +63,7 @@ from pipetune.tuner.records import (
     Apply,
     Ask,
     AskFailed,
+    Capacity,
     CpusNow,
     Cx,
     Decide,
@@ -66,6 +71,7 @@ from pipetune.tuner.records import (
     Event,
     Interval,
     Kind,
+    KnownWorkload,
     Machine,
     MatchProfile,
     Note,
@@ -166,10 +172,30 @@ def _begin(m: Machine, cx: Cx) -> Machine:
     m = replace(m, state=Profiling())
     cx.ask(OpenTrial())
     m = replace(m, ledger=replace(m.ledger, opened=True))
-    m = _apply(m, cx, m.params.default)
+    hint = cx.ask(KnownWorkload(m.params.workload)) if m.params.workload else None
+    if hint is not None and hint.config in m.params.space.configs():
+        m = _start_hinted(m, cx, hint)
+    else:
+        m = _apply(m, cx, m.params.default)
     # The default is in force: that is what the training thread waits for.
     # Attaching perf takes a while; the training runs on meanwhile.
     cx.emit(StartProfiler())
+    return m
+
+
+def _start_hinted(m: Machine, cx: Cx, hint: Hint) -> Machine:
+    """A workload the ground truth knows by name starts at its cluster's
+    config (within the node share); the profile, taken there, confirms or
+    corrects it (HINTED)."""
+    cfg, capped = hint.config, ""
+    share = cx.ask(Capacity(cfg.cores))
+    if share is not None and 0 < share < cfg.cores:
+        cfg, capped = replace(cfg, cores=share), f", {share} core(s): the node share"
+    m = _apply(m, cx, cfg)
+    m = replace(m, state=Profiling(f"known workload, confirming cluster {hint.cluster}"),
+                ledger=replace(m.ledger, hint=hint))
+    _decide(m, cx, DecisionKind.HINTED, m.ledger.config, 0,
+            f"{hint.describe()}: applied at start{capped}; the profile confirms or corrects it")
     return m
 
 
@@ -288,10 +314,23 @@ def _after_profile(m: Machine, ev: Event, cx: Cx) -> Machine:
     match = found
     why = why or match.reason
     notes = "".join(f"; {n}" for n in m.ledger.profile_notes)
+    hint = m.ledger.hint
     if match.accepted(p.threshold):
         cfg = match.config
         assert cfg is not None
         problem = unusable(m, cx, cfg)
+        if problem is None and hint is not None and match.cluster == hint.cluster \
+                and cfg == hint.config:
+            # Confirmed: the hinted config is in force already.
+            m = replace(m, state=Settled(f"confirmed ({match.reason})", cfg))
+            _decide(m, cx, DecisionKind.MATCHED, cfg, ev.epoch,
+                    f"confirmed: known workload's cluster {match.cluster} matched: "
+                    f"{match.reason}{notes}", score=match.score, threshold=p.threshold)
+            _observe(m, cx, cfg)
+            return m
+        if hint is not None:
+            notes = (f"; hint of cluster {hint.cluster} ({hint.config}) contradicted by the "
+                     f"profile") + notes
         if problem is None:
             m = _apply(m, cx, cfg)
             m = replace(m, state=Settled(f"matched ({match.reason})", cfg))
@@ -305,7 +344,15 @@ def _after_profile(m: Machine, ev: Event, cx: Cx) -> Machine:
         why = f"matched cluster {match.cluster} ({match.reason}), where no trial has probed yet"
     elif match.cluster is not None:
         why = f"no match ({match.reason} < threshold {p.threshold:.2f})"
-    return _plan_probing(m, ev, cx, why + notes, hint=match.config)
+    if hint is not None and not match.accepted(p.threshold):
+        # Profiles taken at another core count than the history's may not
+        # match (issue 15 item 3): not a new workload, but probed as today.
+        at = (f"profiled at the hint's config {m.ledger.config}, not the default "
+              f"{p.default}: profiles at another config may not match"
+              if m.ledger.config != p.default else "profiled at the default")
+        notes = f"; hint of cluster {hint.cluster} not confirmed ({at})" + notes
+    return _plan_probing(m, ev, cx, why + notes,
+                         hint=match.config or (hint.config if hint is not None else None))
 
 
 def _plan_probing(m: Machine, ev: Event, cx: Cx, why: str,

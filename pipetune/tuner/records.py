@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipetune.groundtruth import Hint
 from pipetune.probing import Objective, ProbeStrategy
 from pipetune.types import Decision, EpochProfile, EpochResult, Phase, SystemConfig, SystemSpace
 
@@ -57,6 +58,7 @@ class Params:
     halving_min_windows: int = 1
     halving_eta: int = 2
     grace: float = 0.05
+    workload: str = ""  # the trial's workload name: asked of the ground truth at start
 
     @property
     def default(self) -> SystemConfig:
@@ -161,6 +163,7 @@ class Ledger:
     profile_notes: tuple[str, ...] = ()
     window_profile: EpochProfile | None = None  # taken mid-epoch, not yet stored
     speeds: tuple[tuple[int, float], ...] = ()  # cores -> steps/s measured by probes
+    hint: Hint | None = None  # the known workload's cluster, applied at start (HINTED)
 
     def trained_epochs(self) -> int:
         return max(self.epochs_done, self.epochs_posted)
@@ -266,6 +269,14 @@ class MatchProfile:
     """Match against the ground truth. Answer: (Match, why the model is empty or "")."""
 
     profile: EpochProfile
+
+
+@dataclass(frozen=True)
+class KnownWorkload:
+    """What the ground truth knows of this workload by name.  Answer: a
+    :class:`~pipetune.groundtruth.Hint`, or None (unknown: start at the default)."""
+
+    workload: str
 
 
 @dataclass(frozen=True)

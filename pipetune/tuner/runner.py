@@ -158,6 +158,7 @@ class SystemTuner:
             profile_epochs=int(profile_epochs), profile_min_s=float(profile_min_s),
             total_epochs=total_epochs, memory_margin=memory_margin,
             halving_min_windows=halving_min_windows, halving_eta=halving_eta, grace=grace,
+            workload=workload,
         )
         self.machine = r.initial(self.params, parsed)
         self.ref = ref

@@ -152,7 +152,8 @@ def test_pipetune_job_probes_first_then_matches(tmp_path: Path, ray_session: Non
     learned = next((i for i, t in enumerate(order) if kinds[t][-1] == "settled"), None)
     assert learned is not None, kinds
     later = order[learned + 1 :]
-    assert later and all(kinds[t] == ["matched"] for t in later), why
+    # (known by name: each starts at the winner, HINTED, and its profile confirms it)
+    assert later and all(kinds[t] == ["hinted", "matched"] for t in later), why
     assert len(records) >= 1 and set(records["workload"]) == {"deepcnn-mnist"}
     # the tuner's own epoch points carry the profile's event rates
     assert any(c.startswith("rate.") for c in epochs.columns)

@@ -67,8 +67,9 @@ def test_second_run_of_a_users_script_is_matched_and_reported_finished(
     kinds2 = list(d2.sort_values("time")["kind"])
     assert kinds1[0] == "probe" and kinds1[-1] == "settled", list(d1["reason"])
     # No callback, no `groundtruth retrain`: the first run's trial refit the
-    # model at its end, and the second run's trial is matched at once.
-    assert kinds2 == ["matched"], list(d2["reason"])
+    # model at its end, and the second run's trial starts at the winner (its
+    # workload is known by name: HINTED) and its profile confirms it.
+    assert kinds2 == ["hinted", "matched"], list(d2["reason"])
     assert all(r for r in d1["reason"]) and all(r for r in d2["reason"])
     # One workload identity for one script (function name + code digest).
     workloads = set(records["workload"])

@@ -207,13 +207,15 @@ def test_probe_then_match_then_no_match(tmp_path):
         decisions = store.decisions("real-job", "t1")
         assert list(decisions["kind"]) == ["probe", "probe", "settled"]
 
-        # 2. retrain; the same workload now matches and does not probe
+        # 2. retrain; the same workload is known by name: it starts at the
+        # winner (HINTED) and its profile, taken there, confirms it (no probe)
         assert cli_main(["groundtruth", "retrain", "--store", url, "--out", str(model_path)]) == 0
         second, t_matched = run_trial(tmp_path, "t2", kind="matmul", epochs=3, store=store,
                                       model=str(model_path), threshold=0.6)
         kinds = [d.kind for d in second.decisions]
-        assert kinds == [DecisionKind.MATCHED], second.decisions
-        assert second.decisions[0].config == settled.config
+        assert kinds == [DecisionKind.HINTED, DecisionKind.MATCHED], second.decisions
+        assert second.decisions[1].reason.startswith("confirmed"), second.decisions
+        assert {d.config for d in second.decisions} == {settled.config}
         assert t_matched is not None and t_unseen is not None
         print(f"time to a settled config: matched {t_matched:.1f} s, unseen {t_unseen:.1f} s "
               f"(ratio {t_unseen / t_matched:.2f})")
