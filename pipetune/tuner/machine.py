@@ -28,7 +28,9 @@ The states, each a frozen record of its own data (what every state shares
     Profiling    … matched the hint's cluster   → Settled      nothing applied; MATCHED
                                                                ("confirmed")
     Profiling    … no match, ≥ 2 safe configs   → Probing      apply 1st candidate; PROBE
-    Profiling    … nothing to probe / no time   → Settled      apply default; FALLBACK
+    Profiling    … nothing to probe / no time   → Settled      apply default (a hinted
+                                                               workload keeps the hint's
+                                                               config); FALLBACK
     Probing      boundary, slot measured,       → Probing      apply next candidate; PROBE
                  strategy proposes another
     Probing      … strategy done / trial ends   → Settled      apply best; SETTLED,
@@ -359,12 +361,12 @@ def _plan_probing(m: Machine, ev: Event, cx: Cx, why: str,
                   hint: SystemConfig | None) -> Machine:
     strategy, order, note = probe_plan(m, cx, hint)
     if strategy is None:
-        return _settle_default(m, ev, cx, f"{why}; nothing to probe ({len(order)} safe "
-                                          f"config(s)){note}")
+        return _settle_unprobed(m, ev, cx, f"{why}; nothing to probe ({len(order)} safe "
+                                           f"config(s)){note}")
     slots = budget(m, strategy)
     if slots is not None and (slots < 2 or not strategy.shorten(slots)):
-        return _settle_default(m, ev, cx, f"{why}; only {epochs_left(m)} epoch(s) left, too "
-                                          f"few to probe {len(order)} configs{note}")
+        return _settle_unprobed(m, ev, cx, f"{why}; only {epochs_left(m)} epoch(s) left, too "
+                                           f"few to probe {len(order)} configs{note}")
     m = replace(m, state=Probing(why + note, strategy))
     return _next_probe(m, ev, cx, why + note)
 
@@ -500,6 +502,23 @@ def _settle_best(m: Machine, ev: Event, cx: Cx, note: str = "") -> Machine:
     if learnable:  # (profile, winner, value): the next similar trial skips probing
         assert profile is not None
         cx.emit(WriteGroundTruth(profile, cfg, objective, value))
+    return m
+
+
+def _settle_unprobed(m: Machine, ev: Event, cx: Cx, reason: str) -> Machine:
+    """Nothing can be probed.  A known workload keeps its hinted config (in
+    force since the start, as far as the node share allowed): its history
+    backed it, while the default is only a guess; an unconfirmed profile is
+    weaker evidence against it than that history (profiles taken at another
+    core count may simply not match)."""
+    hint = m.ledger.hint
+    if hint is None:
+        return _settle_default(m, ev, cx, reason)
+    cfg = m.ledger.config
+    reason = f"{reason}; kept the known workload's config {cfg} (cluster {hint.cluster})"
+    m = replace(m, state=Settled(reason, cfg))
+    _decide(m, cx, DecisionKind.FALLBACK, cfg, ev.epoch, reason)
+    _observe(m, cx, cfg)
     return m
 
 

@@ -122,6 +122,18 @@ def test_an_unmatched_hint_probes_as_today_and_says_why():
     assert "not the default" in d.decision.reason
 
 
+def test_an_unmatched_hint_without_epochs_to_probe_keeps_the_hinted_config():
+    m = machine(workload="deepcnn-mnist", total_epochs=2)
+    m, _ = settle(m, ev(r.Kind.START, 0.0, 0, 0, None, HINT, None, r.Applied(C1, 0.0)))
+    m, _ = settle(m, r.Event(r.Kind.PROFILER_STARTED, 0.0, wait_s=2.0))
+    m, effects, answers = profiled(m, Match(cluster=3, score=0.2, config=C1, reason="far"))
+    assert m.phase is Phase.SETTLED and m.ledger.config == C1
+    assert not of(tuple(answers), r.Applied)  # the default (2 cores) is not applied
+    assert decisions(effects) == [(DecisionKind.FALLBACK, C1)]
+    (d,) = of(effects, r.Decide)
+    assert "kept the known workload's config" in d.decision.reason
+
+
 def test_an_unknown_workload_starts_at_the_default_as_before():
     m = machine(workload="new-one")
     m, effects = settle(m, ev(r.Kind.START, 0.0, 0, 0, None, None, r.Applied(C2, 0.0)))
