@@ -229,3 +229,30 @@ def test_the_session_restarts_the_group_when_the_tuners_strategy_changes() -> No
                          parallel=ParallelConfig("gpipe", 2, chunks=2))
     fixed.report({"epoch": 0})  # a fixed strategy is never changed by the config
     assert fixed.take_restart() is None
+
+
+@pytest.mark.slow
+def test_auto_job_probes_strategies_and_its_decisions_name_the_chosen_one(
+    tmp_path: Path, ray_session: None
+) -> None:
+    # 4 epochs: the profile, two one-epoch probes (the strategy in force and
+    # one other: 4 strategies do not fit), the winner.
+    settings = Settings.load({"home": str(tmp_path / "home")}, env={})
+    spec = JobSpec("lenet5-mnist", samples=1, epochs=4, job="t-auto",
+                   parallel=ParallelConfig("none"), parallel_auto=2,
+                   fixed_hparams={"max_train_samples": 512, "batch_size": 64})
+    result = run_job(spec, settings, verbose=0)
+    (trial,) = result.trials
+    assert trial["error"] is None and trial["epochs"] == 4
+    strategies = [h["pt_parallel"] for h in trial["history"]]
+    assert strategies[:2] == ["none", "none"] and strategies[2] != "none"  # as probed
+    assert strategies[2] in ("ddp", "mp", "gpipe")
+    store = open_store(settings.store, spool_root=settings.spool_dir)
+    decisions = store.query("decision", {"job": "t-auto"})
+    store.close()
+    settled = decisions[decisions["kind"] == "settled"]
+    assert len(settled) == 1
+    chosen = settled["parallel"].iloc[0]
+    assert chosen in ("none", "ddp", "mp", "gpipe") and chosen == strategies[3]
+    probes = decisions[decisions["kind"] == "probe"]
+    assert list(probes["parallel"]) == ["none", strategies[2]]
