@@ -57,7 +57,8 @@ class SystemConfig:
         if not isinstance(self.gpus, int) or self.gpus < 0:
             raise ConfigError(f"gpus={self.gpus!r}: must be an integer >= 0")
         if self.parallel not in PARALLEL_STRATEGIES:
-            raise ConfigError(f"parallel={self.parallel!r}: one of {', '.join(PARALLEL_STRATEGIES)}")
+            raise ConfigError(
+                f"parallel={self.parallel!r}: one of {', '.join(PARALLEL_STRATEGIES)}")
 
     def __str__(self) -> str:
         mem = "-" if self.memory_mb is None else str(self.memory_mb)

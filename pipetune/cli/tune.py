@@ -119,7 +119,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.space:
         kwargs["space"] = space = _space(args.space)
         if args.parallel == "auto" and space.parallel != ("none",):
-            raise UsageError("--parallel auto chooses the strategies: leave parallel out of --space")
+            raise UsageError("--parallel auto chooses the strategies: "
+                             "leave parallel out of --space")
         if len(space.parallel) > 1 or len(space.workers) > 1:
             raise UsageError("--space with several parallel strategies or worker counts is not "
                              "supported: use --parallel auto --workers N (the tuner chooses "

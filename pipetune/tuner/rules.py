@@ -73,8 +73,9 @@ def budget(m: Machine, strategy: ProbeStrategy) -> int | None:
     return slot_budget(epochs_left(m), strategy.unit, m.ledger.windows_per_epoch)
 
 
-def strategy_plan(m: Machine,
-                  hint: SystemConfig | None) -> tuple[ProbeStrategy | None, list[SystemConfig], str]:
+def strategy_plan(
+    m: Machine, hint: SystemConfig | None,
+) -> tuple[ProbeStrategy | None, list[SystemConfig], str]:
     """The probe plan when the space holds several parallel strategies: each
     strategy once, one epoch each, at the config in force (the trial's
     current core share and memory), the strategy in force first (it needs no
