@@ -27,7 +27,7 @@ import psutil
 
 from pipetune.errors import ConfigError
 
-_CONFIG_RE = re.compile(r"^\s*(\d+)c(?:/(\d+|-)m)?(?:/(\d+)g)?\s*$")
+_CONFIG_RE = re.compile(r"^\s*(\d+)c(?:/(\d+|-)m)?(?:/(\d+)g)?(?:/([a-z]+))?\s*$")
 
 
 @dataclass(frozen=True, order=True)
@@ -36,12 +36,16 @@ class SystemConfig:
 
     ``memory_mb=None`` means "no memory limit".  Printed as ``4c/8192m/0g``
     (``4c/-m/0g`` without a memory limit), and :meth:`parse` reads that back,
-    so the string is also the ``config`` tag in the store.
+    so the string is also the ``config`` tag in the store.  ``parallel``:
+    the trial's parallel strategy (``none``, ``ddp``, ``mp``, ``gpipe``),
+    printed only when not ``none`` (``2c/-m/0g/ddp``), so the strings of
+    every config without a strategy are what they always were.
     """
 
     cores: int
     memory_mb: int | None = None
     gpus: int = 0
+    parallel: str = "none"
 
     def __post_init__(self) -> None:
         if not isinstance(self.cores, int) or isinstance(self.cores, bool) or self.cores < 1:
@@ -52,28 +56,36 @@ class SystemConfig:
             raise ConfigError(f"memory_mb={self.memory_mb!r}: must be an integer >= 1 or unset")
         if not isinstance(self.gpus, int) or self.gpus < 0:
             raise ConfigError(f"gpus={self.gpus!r}: must be an integer >= 0")
+        if self.parallel not in PARALLEL_STRATEGIES:
+            raise ConfigError(
+                f"parallel={self.parallel!r}: one of {', '.join(PARALLEL_STRATEGIES)}")
 
     def __str__(self) -> str:
         mem = "-" if self.memory_mb is None else str(self.memory_mb)
-        return f"{self.cores}c/{mem}m/{self.gpus}g"
+        tail = "" if self.parallel == "none" else f"/{self.parallel}"
+        return f"{self.cores}c/{mem}m/{self.gpus}g{tail}"
 
     @classmethod
     def parse(cls, text: str) -> SystemConfig:
-        """Read ``4c/8192m/0g`` (memory and GPU parts optional)."""
+        """Read ``4c/8192m/0g`` or ``4c/8192m/0g/ddp`` (memory, GPU and strategy optional)."""
         m = _CONFIG_RE.match(text)
         if not m:
             raise ConfigError(f"system config {text!r}: expected e.g. '2c/4096m/0g'")
         mem = None if m.group(2) in (None, "-") else int(m.group(2))
-        return cls(int(m.group(1)), mem, int(m.group(3) or 0))
+        return cls(int(m.group(1)), mem, int(m.group(3) or 0), m.group(4) or "none")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cores": self.cores, "memory_mb": self.memory_mb, "gpus": self.gpus}
+        out: dict[str, Any] = {"cores": self.cores, "memory_mb": self.memory_mb, "gpus": self.gpus}
+        if self.parallel != "none":
+            out["parallel"] = self.parallel
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SystemConfig:
         try:
             mem = d.get("memory_mb")
-            return cls(int(d["cores"]), None if mem is None else int(mem), int(d.get("gpus", 0)))
+            return cls(int(d["cores"]), None if mem is None else int(mem), int(d.get("gpus", 0)),
+                       str(d.get("parallel") or "none"))
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"system config {dict(d)!r}: {e}") from e
 

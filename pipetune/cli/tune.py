@@ -77,8 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="STRATEGY",
         help="train every trial with a parallel strategy: none | ddp | mp | gpipe (its ranks "
-        "are child processes of the trial: one cgroup, one profile); auto (the tuner "
-        "chooses) is not implemented yet. Default: one process, the workload's own loop",
+        "are child processes of the trial: one cgroup, one profile); auto: the tuner "
+        "probes the strategies that fit, one epoch each, and keeps the fastest. "
+        "Default: one process, the workload's own loop",
     )
     parser.add_argument("--workers", type=int, default=None,
                         help="ranks per trial for --parallel (default 2; 1 for none)")
@@ -113,12 +114,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     parallel = parallel_config(args)
     if parallel is not None:
         kwargs["parallel"] = parallel
+    if args.parallel == "auto":
+        kwargs["parallel_auto"] = args.workers if args.workers is not None else 2
     if args.space:
         kwargs["space"] = space = _space(args.space)
+        if args.parallel == "auto" and space.parallel != ("none",):
+            raise UsageError("--parallel auto chooses the strategies: "
+                             "leave parallel out of --space")
         if len(space.parallel) > 1 or len(space.workers) > 1:
             raise UsageError("--space with several parallel strategies or worker counts is not "
-                             "implemented yet (the tuner does not choose strategies yet); "
-                             "use --parallel STRATEGY --workers N")
+                             "supported: use --parallel auto --workers N (the tuner chooses "
+                             "among the strategies that fit) or --parallel STRATEGY")
         if parallel is None and space.parallel != ("none",):
             from pipetune.parallel import ParallelConfig
 
@@ -208,19 +214,23 @@ def parallel_config(args: argparse.Namespace) -> object:
     """``--parallel/--workers/--chunks/--device`` as a ParallelConfig, or None
     (no ``--parallel``: trials train in one process, as before).
 
-    Raises:
-        NotSupportedError-like UsageError (exit 2): ``auto``, until the tuner
-            chooses strategies.
+    ``auto``: a trial starts with ``none`` and the tuner chooses among the
+    strategies that fit (see :func:`pipetune.tune.job.auto_strategies`).
     """
     if args.parallel is None:
         for flag in ("workers", "chunks"):
             if getattr(args, flag) is not None:
                 raise UsageError(f"--{flag} needs --parallel")
         return None
-    if args.parallel == "auto":
-        raise UsageError("--parallel auto is not implemented yet (the tuner does not choose "
-                         "strategies yet); pick none, ddp, mp or gpipe")
     from pipetune.parallel import ParallelConfig
+
+    if args.parallel == "auto":
+        # The trial starts in one process; the tuner probes the strategies
+        # that fit (pipetune.tune.job.auto_strategies) with --workers ranks.
+        if args.chunks is not None:
+            raise UsageError("--chunks with --parallel auto is not supported: gpipe is "
+                             "probed with 4 micro-batches")
+        return ParallelConfig("none", workers=1, device=args.device)
 
     workers = args.workers if args.workers is not None else (1 if args.parallel == "none" else 2)
     chunks = args.chunks if args.chunks is not None else (4 if args.parallel == "gpipe" else 1)

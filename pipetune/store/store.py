@@ -281,6 +281,11 @@ class Store:
             fields["objective"] = decision.objective
         if decision.candidates:
             fields["candidates"] = ",".join(str(c) for c in decision.candidates)
+        if decision.config.parallel != "none" or any(
+                c.parallel != "none" for c in decision.candidates):
+            # The strategy chosen or probed, named even when it is "none"
+            # (which a config's string leaves out).
+            fields["parallel"] = decision.config.parallel
         tags = {"node": ref.node, "job": ref.job, "trial": ref.trial, "kind": decision.kind.value}
         self.write(Point("decision", tags, fields, _ns(time_s)))
 

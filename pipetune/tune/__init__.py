@@ -237,6 +237,9 @@ def wrap(
             record={"mode": mode, "workload": workload, "hparams": _hparams(config),
                     "degraded": degraded},
             parallel=parallel,
+            # --parallel auto: the tuner chooses among the space's strategies
+            strategies=system.parallel if len(system.parallel) > 1 else (),
+            strategy_workers=max(system.workers),
         )
         session_module.set_current(session)
         error: BaseException | None = None

@@ -10,6 +10,7 @@ scheduler and seeds, so any comparison between them is like for like:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -55,6 +56,10 @@ class JobSpec:
     reuse: bool = False
     #: The trials' parallel strategy (None: one process, the workload's own loop).
     parallel: Any = None
+    #: ``--parallel auto``: ranks per strategy (0: the strategy is fixed).  The
+    #: space's ``parallel`` becomes the strategies that fit every trial and the
+    #: tuner chooses among them (:func:`auto_strategies`).
+    parallel_auto: int = 0
     #: A GPU power limit (W) for every GPU of every trial (NVML; None: as is).
     gpu_power_w: float | None = None
 
@@ -157,6 +162,28 @@ def check_parallel(cls: type, spec: JobSpec, trials: list[dict[str, Any]]) -> No
         strategy.check(cls, hp, spec.parallel, share_cores=True)
 
 
+def auto_strategies(cls: type, spec: JobSpec, trials: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The strategies ``--parallel auto`` may choose: those whose checks pass
+    for every trial (``none`` always; ddp/mp/gpipe with ``parallel_auto``
+    ranks, gpipe with 4 micro-batches), as the fixed ``--parallel`` refuses
+    the others."""
+    from pipetune.parallel import ParallelConfig, get_strategy
+
+    fits = []
+    for name in ("none", "ddp", "mp", "gpipe"):
+        config = ParallelConfig(name, workers=1 if name == "none" else spec.parallel_auto,
+                                chunks=4 if name == "gpipe" else 1, device=spec.parallel.device)
+        try:
+            for t in trials:
+                hp = cls.resolve_hparams({k: v for k, v in t.items() if k in cls.hyperparameters})
+                get_strategy(name).check(cls, hp, config, share_cores=True)
+        except (PipetuneError, ValueError) as e:
+            log.info("--parallel auto: %s left out: %s", name, e)
+            continue
+        fits.append(name)
+    return tuple(fits)
+
+
 def _workload_train_fn(workload: str, epochs: int, seed: int) -> Any:
     """The function trainable of a bundled workload (uses pipetune.report)."""
 
@@ -256,6 +283,10 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
     spec.space.validate()
     if spec.grouped:
         check_parallel(cls, spec, sample_trials(cls, spec))  # before Ray starts
+    if spec.parallel_auto:
+        spec.space = dataclasses.replace(
+            spec.space, parallel=auto_strategies(cls, spec, sample_trials(cls, spec)),
+            workers=(spec.parallel_auto,))
     # Opening the store first fails early, with a clear line, on a bad URL.
     store = open_store(settings.store, spool_root=settings.spool_dir)
     power = _power_sampler(store, settings)
@@ -309,7 +340,7 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
         )
         # A trial's ranks are its own child processes: Ray reserves at least
         # one CPU per rank, and a GPU per rank when the space gives trials GPUs.
-        workers = spec.parallel.workers if spec.grouped else 1
+        workers = max(spec.parallel.workers, spec.parallel_auto) if spec.grouped else 1
         gpus = max(spec.space.gpus)
         extra = {"gpu": gpus} if gpus else {}
         if spec.mode == "v2":

@@ -108,6 +108,8 @@ class TrialSession:
         decision_wait_s: float = DECISION_WAIT_S,
         parallel: Any = None,
         gpus: Any = None,
+        strategies: tuple[str, ...] = (),
+        strategy_workers: int = 2,
     ) -> None:
         self.ref = ref
         self.policy = policy
@@ -126,7 +128,12 @@ class TrialSession:
         #: The trial's GPUs (a :class:`~pipetune.tune.gpus.TrialGpus`), if any.
         self.gpus = gpus
         self._restart: Any = None
+        #: The strategies the tuner chooses among (``--parallel auto``; empty:
+        #: the strategy is fixed) and the ranks each but ``none`` trains with.
+        self.strategies = tuple(strategies) if parallel is not None else ()
+        self.strategy_workers = int(strategy_workers)
         strategy = getattr(parallel, "strategy", "none")
+        self._strategy = str(strategy)
         workers = int(getattr(parallel, "workers", 1))
         self._extra.setdefault("pt_parallel", strategy)
         self._extra.setdefault("pt_workers", workers)
@@ -216,6 +223,30 @@ class TrialSession:
         the strategy as a system parameter: whoever decides calls this."""
         self._restart = config
 
+    def _follow_strategy(self, group: GroupFacts | None) -> None:
+        """Put the tuner's strategy in force: when the config it decided names
+        a strategy other than the group's, ask for the group's restart at this
+        boundary.  The restart's ``restart_s`` comes back with the next epoch,
+        whose time (and the tuner's probe of that strategy) includes it."""
+        if group is not None:
+            self._strategy = group.strategy
+        if not self.strategies or self._restart is not None:
+            return
+        try:
+            want = str(getattr(self.policy.config(), "parallel", "none"))
+        except Exception as e:  # noqa: BLE001
+            log.debug("trial %s: config unknown: %s", self.ref.trial, e)
+            return
+        if want == self._strategy or want not in self.strategies:
+            return
+        from pipetune.parallel import ParallelConfig
+
+        self.request_parallel(ParallelConfig(
+            want, workers=1 if want == "none" else self.strategy_workers,
+            chunks=4 if want == "gpipe" else 1,
+            device=getattr(self.parallel, "device", "auto")))
+        self._strategy = want
+
     def take_restart(self) -> Any:
         """The restart asked for since the last boundary (once), or None."""
         config, self._restart = self._restart, None
@@ -304,6 +335,7 @@ class TrialSession:
             self.policy.wait_decision(self._decision_wait_s)
         except Exception as e:  # noqa: BLE001
             log.warning("trial %s: system policy failed at epoch end: %s", self.ref.trial, e)
+        self._follow_strategy(group)
         if self._store is not None and not self.policy.writes_to_store:
             self._store.write_epoch(self.ref, result, phase=phase, time_s=now)
         out = dict(metrics)

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,12 @@ class TrialSide:
             self.applied = self.controller.apply(self.handle, q.config)
             # A node allocator may give fewer cores than asked: what is in force counts.
             in_force = getattr(self.applied, "config", None)
-            return r.Applied(in_force if isinstance(in_force, SystemConfig) else q.config,
-                             self.clock())
+            if not isinstance(in_force, SystemConfig):
+                in_force = q.config
+            # The strategy is the trial side's to put in force (a worker-group
+            # restart at the boundary), not the controller's: it keeps what was asked.
+            in_force = replace(in_force, parallel=q.config.parallel)
+            return r.Applied(in_force, self.clock())
         if isinstance(q, r.Usage):
             return self._usage()
         if isinstance(q, r.TakeProfile):

@@ -261,8 +261,19 @@ def _epoch_end(m: Machine, ev: Event, cx: Cx) -> Machine:
         # Stopped once the decision is out: stopping perf takes a while.
         cx.emit(StopProfiler(late=True))
     elif isinstance(m.state, Probing):
-        m = _probe_progress(m, ev, cx, epoch_over=True)
+        m = _probe_progress(_with_restart(m, ev), ev, cx, epoch_over=True)
     return m
+
+
+def _with_restart(m: Machine, ev: Event) -> Machine:
+    """The slot in progress with the worker-group restart this epoch reported
+    (a change of parallel strategy): counted in the probe's time."""
+    s = m.state
+    restart_s = ev.result.metrics.get("restart_s") if ev.result is not None else None
+    if not isinstance(s, Probing) or s.slot is None or not restart_s:
+        return m
+    slot = replace(s.slot, restart_s=s.slot.restart_s + float(restart_s))
+    return replace(m, state=replace(s, slot=slot))
 
 
 def _write_epoch(m: Machine, ev: Event, cx: Cx, profile: EpochProfile | None) -> Machine:
@@ -449,8 +460,12 @@ def _finish_slot(m: Machine, cx: Cx, counted: list[Interval]) -> Machine:
         cx.emit(Note("warning", f"{slot.config} caused OOM kills; marked infeasible"))
         return m
     energies = [iv.energy_j for iv in counted]
+    # A restart falls in the slot's first interval (the epoch it began):
+    # when the warm-up left that interval out, its cost is added back, so a
+    # strategy is never favoured by hiding its restart.
+    hidden_s = slot.restart_s if slot.intervals and slot.intervals[0] not in counted else 0.0
     meas = Measurement(
-        slot.config, seconds=sum(iv.t1 - iv.t0 for iv in counted),
+        slot.config, seconds=sum(iv.t1 - iv.t0 for iv in counted) + hidden_s,
         steps=sum(iv.steps for iv in counted),
         energy_j=None if any(e is None for e in energies) else sum(energies),  # type: ignore[arg-type]
     )

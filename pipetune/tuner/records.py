@@ -87,6 +87,7 @@ class Slot:
     windows: int  # counted windows wanted (window strategies)
     oom_kills_at_start: int = 0
     intervals: tuple[Interval, ...] = ()
+    restart_s: float = 0.0  # a worker-group restart this config cost (its ``restart_s``)
 
 
 @dataclass(frozen=True)

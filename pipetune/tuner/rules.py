@@ -8,7 +8,9 @@ window's deadline (:mod:`pipetune.tuner.profiling`).
 
 from __future__ import annotations
 
-from pipetune.probing import ProbeStrategy, make_strategy, safe_candidates
+from dataclasses import replace
+
+from pipetune.probing import GridProbe, ProbeStrategy, make_strategy, safe_candidates
 from pipetune.probing.plan import probe_order, slot_budget, strategy_for
 from pipetune.tuner.records import Capacity, Cx, Machine, Usage
 from pipetune.types import SystemConfig
@@ -26,7 +28,8 @@ def oom_kills(cx: Cx) -> int:
 
 def unusable(m: Machine, cx: Cx, cfg: SystemConfig) -> str | None:
     """Why a matched cluster's ``cfg`` cannot be applied to this trial, or None."""
-    if cfg not in m.params.space.configs():
+    space = m.params.space
+    if replace(cfg, parallel="none") not in space.configs() or cfg.parallel not in space.parallel:
         return "is outside this trial's space"
     if not safe_candidates([cfg], peak_mb(cx), m.params.memory_margin)[0]:
         return "is below this trial's memory peak"
@@ -38,6 +41,8 @@ def probe_plan(m: Machine, cx: Cx,
     """(strategy, candidates in order, note) for probing now; no strategy
     when fewer than two configs are safe to probe."""
     p = m.params
+    if len(p.space.parallel) > 1:
+        return strategy_plan(m, hint)
     peak = peak_mb(cx)
     safe, unsafe = safe_candidates(p.space.configs(), peak, p.memory_margin)
     note = f"; {len(unsafe)} configs below memory peak {peak:.0f} MB skipped" if unsafe else ""
@@ -66,3 +71,23 @@ def epochs_left(m: Machine) -> int | None:
 def budget(m: Machine, strategy: ProbeStrategy) -> int | None:
     """Slots the plan may still use, leaving the winner its epoch."""
     return slot_budget(epochs_left(m), strategy.unit, m.ledger.windows_per_epoch)
+
+
+def strategy_plan(
+    m: Machine, hint: SystemConfig | None,
+) -> tuple[ProbeStrategy | None, list[SystemConfig], str]:
+    """The probe plan when the space holds several parallel strategies: each
+    strategy once, one epoch each, at the config in force (the trial's
+    current core share and memory), the strategy in force first (it needs no
+    restart) unless a similar workload's winner is known.  Cores are not
+    probed beside strategies: a grid of both would cost a restart per core
+    count.  Grid, whole epochs: a strategy change restarts the worker group,
+    which happens only at an epoch boundary."""
+    now = m.ledger.config
+    order = [replace(now, parallel=s) for s in m.params.space.parallel]
+    order.sort(key=lambda c: c.parallel != now.parallel)
+    if hint is not None:
+        order = probe_order(order, replace(now, parallel=hint.parallel))
+    if len(order) < 2:
+        return None, order, ""
+    return GridProbe(order, keep=now), order, "; probing parallel strategies"

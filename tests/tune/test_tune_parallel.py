@@ -20,12 +20,14 @@ from pipetune.types import SystemSpace, TrialRef
 HP = {"batch_size": 64, "max_train_samples": 512, "lr": 0.05}
 
 
-def test_cli_parallel_auto_is_refused_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_parallel_flags_that_do_not_fit_are_refused_with_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from pipetune.cli import main
 
-    assert main(["tune", "lenet5-mnist", "--parallel", "auto"]) == 2
+    assert main(["tune", "lenet5-mnist", "--parallel", "auto", "--chunks", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--parallel auto is not implemented yet" in err[0]
+    assert len(err) == 1 and "--chunks with --parallel auto" in err[0]
     assert main(["tune", "lenet5-mnist", "--workers", "2"]) == 2
     assert main(["tune", "lenet5-mnist", "--space", "parallel=none,ddp"]) == 2
 
@@ -176,3 +178,81 @@ def test_a_restart_asked_of_the_session_runs_at_the_next_boundary() -> None:
     assert [r["strategy"] for r in records] == ["none", "ddp"]
     assert session.history[1].metrics["restart_s"] > 0
     assert session.history[1].metrics["strategy.ddp"] == 2
+
+
+def test_auto_keeps_the_strategies_that_fit_every_trial() -> None:
+    from pipetune.tune.job import auto_strategies
+    from workloads import get_workload
+
+    cls = get_workload("lenet5-mnist")
+    spec = JobSpec("lenet5-mnist", parallel=ParallelConfig("none"), parallel_auto=2)
+    assert auto_strategies(cls, spec, [{"batch_size": 64}]) == ("none", "ddp", "mp", "gpipe")
+    # 3 ranks do not divide a batch of 64: ddp is left out
+    spec3 = JobSpec("lenet5-mnist", parallel=ParallelConfig("none"), parallel_auto=3)
+    assert "ddp" not in auto_strategies(cls, spec3, [{"batch_size": 64}])
+
+
+class FollowPolicy:
+    """A policy whose config in force names a strategy, as the tuner's does."""
+
+    phase = "probing"
+    reason = "test"
+    controller_name = "dry-run"
+    writes_to_store = False
+
+    def __init__(self) -> None:
+        from pipetune.types import SystemConfig
+
+        self.cfg = SystemConfig(2)
+
+    def config(self) -> Any:
+        return self.cfg
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: 1 if name == "threads" else None
+
+
+def test_the_session_restarts_the_group_when_the_tuners_strategy_changes() -> None:
+    from pipetune.types import SystemConfig
+
+    policy = FollowPolicy()
+    session = TrialSession(TrialRef("job", "t-follow", "node"), policy,  # type: ignore[arg-type]
+                           parallel=ParallelConfig("none"), strategies=("none", "ddp"),
+                           strategy_workers=2)
+    policy.cfg = SystemConfig(2, parallel="ddp")
+    session.report({"epoch": 0})
+    restart = session.take_restart()
+    assert restart == ParallelConfig("ddp", 2)
+    session.report({"epoch": 1})  # the strategy is in force: no second restart
+    assert session.take_restart() is None
+    fixed = TrialSession(TrialRef("job", "t-fixed", "node"), policy,  # type: ignore[arg-type]
+                         parallel=ParallelConfig("gpipe", 2, chunks=2))
+    fixed.report({"epoch": 0})  # a fixed strategy is never changed by the config
+    assert fixed.take_restart() is None
+
+
+@pytest.mark.slow
+def test_auto_job_probes_strategies_and_its_decisions_name_the_chosen_one(
+    tmp_path: Path, ray_session: None
+) -> None:
+    # 4 epochs: the profile, two one-epoch probes (the strategy in force and
+    # one other: 4 strategies do not fit), the winner.
+    settings = Settings.load({"home": str(tmp_path / "home")}, env={})
+    spec = JobSpec("lenet5-mnist", samples=1, epochs=4, job="t-auto",
+                   parallel=ParallelConfig("none"), parallel_auto=2,
+                   fixed_hparams={"max_train_samples": 512, "batch_size": 64})
+    result = run_job(spec, settings, verbose=0)
+    (trial,) = result.trials
+    assert trial["error"] is None and trial["epochs"] == 4
+    strategies = [h["pt_parallel"] for h in trial["history"]]
+    assert strategies[:2] == ["none", "none"] and strategies[2] != "none"  # as probed
+    assert strategies[2] in ("ddp", "mp", "gpipe")
+    store = open_store(settings.store, spool_root=settings.spool_dir)
+    decisions = store.query("decision", {"job": "t-auto"})
+    store.close()
+    settled = decisions[decisions["kind"] == "settled"]
+    assert len(settled) == 1
+    chosen = settled["parallel"].iloc[0]
+    assert chosen in ("none", "ddp", "mp", "gpipe") and chosen == strategies[3]
+    probes = decisions[decisions["kind"] == "probe"]
+    assert list(probes["parallel"]) == ["none", strategies[2]]

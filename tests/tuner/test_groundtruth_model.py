@@ -383,3 +383,14 @@ def test_observations_shape_the_clusters_but_only_probe_winners_vote():
     assert by_wl["w1"].config is None and by_wl["w1"].votes == {}
     m = model.match(recs[5].rates)  # a w1 run: close, but no config to reuse
     assert m.score >= 0.8 and m.config is None and not m.accepted(0.8)
+
+
+def test_a_probed_strategy_round_trips_through_the_ground_truth(tmp_path):
+    # --parallel auto: the winner's config names its strategy; a matched trial
+    # of the cluster gets it back (and restarts its group into it).
+    recs = [GroundTruthRecord(r.rates, SystemConfig(r.config.cores, parallel="ddp"), r.objective,
+                              r.value, r.workload) for r in workloads(seed=3)]
+    again = load_model(save_model(fit_groundtruth(recs), tmp_path / "gt.json"))
+    m = again.match(EpochProfile(recs[0].rates, 0.0, 10.0, 10))
+    assert m.config is not None and m.config.parallel == "ddp"
+    assert str(m.config).endswith("/ddp")

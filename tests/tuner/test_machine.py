@@ -15,7 +15,14 @@ from pipetune.groundtruth import Match
 from pipetune.probing import Objective
 from pipetune.tuner import records as r
 from pipetune.tuner.machine import step
-from pipetune.types import DecisionKind, EpochProfile, Phase, SystemConfig, SystemSpace
+from pipetune.types import (
+    DecisionKind,
+    EpochProfile,
+    EpochResult,
+    Phase,
+    SystemConfig,
+    SystemSpace,
+)
 
 C1, C2 = SystemConfig(1), SystemConfig(2)
 SPACE = SystemSpace(cores=(1, 2))  # default: 2 cores
@@ -254,3 +261,70 @@ def test_the_sessions_epoch_result_is_stored_as_built_not_rebuilt():
                                result=bare))
     (w,) = of(effects, r.WriteEpoch)
     assert w.result == replace(bare, energy_j=5.0, energy_method="estimated")
+
+
+# -- parallel strategies as a system parameter (issue 17 item 2) ----------------------------
+
+STRATEGY_SPACE = SystemSpace(cores=(1, 2), parallel=("none", "ddp"), workers=(2,))
+DDP2 = replace(C2, parallel="ddp")
+
+
+def train_strategies(m: r.Machine, epochs: range, t: float, spe: dict[str, float],
+                     restart_s: float, steps: int = 10
+                     ) -> tuple[r.Machine, list[object], float]:
+    """Like :func:`train`, per strategy; the epoch after a change of strategy
+    reports the worker group's ``restart_s`` (and lasts that much longer), as
+    the trial session does."""
+    out: list[object] = []
+    in_force = m.ledger.config.parallel
+    for e in epochs:
+        m, fx = answer(m, ev(r.Kind.EPOCH_START, t, e, posted=e))
+        out += fx
+        restarted = m.ledger.config.parallel != in_force
+        in_force = m.ledger.config.parallel
+        t += steps * spe[in_force] + (restart_s if restarted else 0.0)
+        metrics = {"restart_s": restart_s} if restarted else {}
+        result = EpochResult(e, m.ledger.config, 0.0, steps, metrics=metrics)
+        m, fx = answer(m, ev(r.Kind.EPOCH_END, t, e, steps, posted=e + 1, result=result))
+        out += fx
+    return m, out, t
+
+
+def strategy_machine(**params: object) -> r.Machine:
+    m = r.initial(r.Params(space=STRATEGY_SPACE, warmup_s=0.0, probe_min_s=0.0,
+                           profile_min_s=1.0, **params), Objective.RUNTIME)  # type: ignore[arg-type]
+    m, _ = settle(m, ev(r.Kind.START, 0.0, 0, 0, None, r.Applied(C2, 0.0)))
+    m, _ = settle(m, ev(r.Kind.PROFILER_STARTED, 0.0, wait_s=2.0))
+    return m
+
+
+def test_strategies_are_probed_at_the_share_in_force_and_the_faster_one_settles():
+    m = strategy_machine(total_epochs=5)
+    m, effects, _ = train_strategies(m, range(4), 0.0, {"none": 1.0, "ddp": 0.5}, restart_s=1.0)
+    assert decisions(tuple(effects)) == [
+        (DecisionKind.PROBE, C2), (DecisionKind.PROBE, DDP2), (DecisionKind.SETTLED, DDP2)]
+    assert isinstance(m.state, r.Settled)
+    # ddp's probe epoch: 10 steps x 0.5 s + its 1 s restart, per step
+    assert dict(m.state.probed) == {C2: pytest.approx(1.0), DDP2: pytest.approx(0.6)}
+    (record,) = of(tuple(effects), r.WriteGroundTruth)
+    assert record.config == DDP2 and str(record.config) == "2c/-m/0g/ddp"
+    assert SystemConfig.parse(str(record.config)) == DDP2  # through the ground truth's string
+
+
+def test_a_restart_slower_than_the_strategy_gains_keeps_the_strategy_in_force():
+    m = strategy_machine(total_epochs=5)
+    m, effects, _ = train_strategies(m, range(4), 0.0, {"none": 1.0, "ddp": 0.8}, restart_s=3.0)
+    assert decisions(tuple(effects))[-1] == (DecisionKind.SETTLED, C2)
+
+
+def test_a_restart_the_warm_up_left_out_is_still_counted():
+    m = strategy_machine(total_epochs=6)
+    m = replace(m, params=replace(m.params, warmup_s=1.5, probe_min_s=100.0))
+    m, effects, _ = train_strategies(m, range(5), 0.0, {"none": 1.0, "ddp": 0.8},
+                                     restart_s=4.0, steps=1)
+    # none: its second epoch (the first is warm-up) = 1 s/step; ddp: 0.8 s/step
+    # over its second epoch plus the 4 s restart of its first -> 4.8 s/step
+    assert isinstance(m.state, r.Settled), m.state
+    probed = dict(m.state.probed)
+    assert probed[DDP2] == pytest.approx(4.8) and probed[C2] == pytest.approx(1.0)
+    assert decisions(tuple(effects))[-1] == (DecisionKind.SETTLED, C2)
