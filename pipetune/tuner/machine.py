@@ -449,6 +449,24 @@ def _slot_done(m: Machine, counted: list[Interval], strategy: ProbeStrategy) -> 
     return left is not None and left < strategy.slots_needed() + 1
 
 
+def _restart_share(m: Machine, slot: Slot, counted: list[Interval]) -> float:
+    """What a worker-group restart (a change of strategy) adds to a probe's
+    measured seconds.  It is paid once and then serves every epoch the
+    strategy would train, so the measured epochs carry their share of it —
+    ``restart × counted / (counted + epochs left)`` — rather than all of it
+    (which made the strategy in force win whenever its rival restarted) or
+    none (a strategy favoured by hiding its restart).  A trial of unknown
+    length carries the whole restart.  The restart lies in the slot's first
+    interval: when that one was counted, its time is taken out first."""
+    if not slot.restart_s:
+        return 0.0
+    inside = slot.restart_s if slot.intervals and slot.intervals[0] in counted else 0.0
+    left = epochs_left(m)
+    n = max(len(counted), 1)
+    share = slot.restart_s if left is None else slot.restart_s * n / (n + left)
+    return share - inside
+
+
 def _finish_slot(m: Machine, cx: Cx, counted: list[Interval]) -> Machine:
     s = m.state
     assert isinstance(s, Probing) and s.slot is not None
@@ -460,12 +478,9 @@ def _finish_slot(m: Machine, cx: Cx, counted: list[Interval]) -> Machine:
         cx.emit(Note("warning", f"{slot.config} caused OOM kills; marked infeasible"))
         return m
     energies = [iv.energy_j for iv in counted]
-    # A restart falls in the slot's first interval (the epoch it began):
-    # when the warm-up left that interval out, its cost is added back, so a
-    # strategy is never favoured by hiding its restart.
-    hidden_s = slot.restart_s if slot.intervals and slot.intervals[0] not in counted else 0.0
     meas = Measurement(
-        slot.config, seconds=sum(iv.t1 - iv.t0 for iv in counted) + hidden_s,
+        slot.config, seconds=sum(iv.t1 - iv.t0 for iv in counted) + _restart_share(m, slot,
+                                                                                   counted),
         steps=sum(iv.steps for iv in counted),
         energy_j=None if any(e is None for e in energies) else sum(energies),  # type: ignore[arg-type]
     )

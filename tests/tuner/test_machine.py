@@ -304,8 +304,9 @@ def test_strategies_are_probed_at_the_share_in_force_and_the_faster_one_settles(
     assert decisions(tuple(effects)) == [
         (DecisionKind.PROBE, C2), (DecisionKind.PROBE, DDP2), (DecisionKind.SETTLED, DDP2)]
     assert isinstance(m.state, r.Settled)
-    # ddp's probe epoch: 10 steps x 0.5 s + its 1 s restart, per step
-    assert dict(m.state.probed) == {C2: pytest.approx(1.0), DDP2: pytest.approx(0.6)}
+    # ddp's probe epoch: 10 steps x 0.5 s + its share of the 1 s restart (it
+    # serves this epoch and the 2 left: 1/3 s), per step
+    assert dict(m.state.probed) == {C2: pytest.approx(1.0), DDP2: pytest.approx(0.5 + 1 / 30)}
     (record,) = of(tuple(effects), r.WriteGroundTruth)
     assert record.config == DDP2 and str(record.config) == "2c/-m/0g/ddp"
     assert SystemConfig.parse(str(record.config)) == DDP2  # through the ground truth's string
@@ -313,8 +314,19 @@ def test_strategies_are_probed_at_the_share_in_force_and_the_faster_one_settles(
 
 def test_a_restart_slower_than_the_strategy_gains_keeps_the_strategy_in_force():
     m = strategy_machine(total_epochs=5)
-    m, effects, _ = train_strategies(m, range(4), 0.0, {"none": 1.0, "ddp": 0.8}, restart_s=3.0)
+    # ddp saves 2 s an epoch over 3 epochs; its 9 s restart costs more (3 s an epoch)
+    m, effects, _ = train_strategies(m, range(4), 0.0, {"none": 1.0, "ddp": 0.8}, restart_s=9.0)
     assert decisions(tuple(effects))[-1] == (DecisionKind.SETTLED, C2)
+
+
+def test_a_restart_is_amortised_over_the_epochs_it_serves():
+    # the same 3 s restart charged whole to ddp's probe epoch would lose (1.1 s/step);
+    # spread over the 3 epochs it serves, ddp wins (0.9 s/step)
+    m = strategy_machine(total_epochs=5)
+    m, effects, _ = train_strategies(m, range(4), 0.0, {"none": 1.0, "ddp": 0.8}, restart_s=3.0)
+    assert isinstance(m.state, r.Settled)
+    assert dict(m.state.probed)[DDP2] == pytest.approx(0.9)
+    assert decisions(tuple(effects))[-1] == (DecisionKind.SETTLED, DDP2)
 
 
 def test_a_restart_the_warm_up_left_out_is_still_counted():
@@ -323,8 +335,9 @@ def test_a_restart_the_warm_up_left_out_is_still_counted():
     m, effects, _ = train_strategies(m, range(5), 0.0, {"none": 1.0, "ddp": 0.8},
                                      restart_s=4.0, steps=1)
     # none: its second epoch (the first is warm-up) = 1 s/step; ddp: 0.8 s/step
-    # over its second epoch plus the 4 s restart of its first -> 4.8 s/step
+    # over its second epoch plus the share of its first epoch's 4 s restart that
+    # the counted epoch carries (it and the 1 epoch left: 2 s) -> 2.8 s/step
     assert isinstance(m.state, r.Settled), m.state
     probed = dict(m.state.probed)
-    assert probed[DDP2] == pytest.approx(4.8) and probed[C2] == pytest.approx(1.0)
+    assert probed[DDP2] == pytest.approx(2.8) and probed[C2] == pytest.approx(1.0)
     assert decisions(tuple(effects))[-1] == (DecisionKind.SETTLED, C2)
