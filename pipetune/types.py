@@ -324,25 +324,15 @@ class EpochResult:
     metrics: Mapping[str, float] = field(default_factory=dict)
 
 
-class DecisionKind(str, enum.Enum):
-    """What the tuner decided (DESIGN §5).  The values are what the store's
-    ``decision`` measurement and the report read: keep them."""
-
-    MATCHED = "matched"  # ground truth knew the workload: config applied at once
-    HINTED = "hinted"  # workload known by name: its cluster's config applied at start, to confirm
-    PROBE = "probe"  # next config to try
-    SETTLED = "settled"  # best of the probed configs chosen
-    FALLBACK = "fallback"  # could not do better; default config kept
-    DEGRADED = "degraded"  # system side failed; training continues untouched
-    FIXED = "fixed"  # a baseline (V1/V2) fixed the config for the whole trial
-
-
 class Phase(str, enum.Enum):
-    """Where a trial's system side stands: the tuner's states (the first
-    five) and the phase a policy reports to Tune and writes with each epoch
-    (``pt_phase``; the store's ``phase`` tag).  One enum for every place
-    that spelled these as strings; the values are those strings, kept as
-    they were because the store and the reports read them."""
+    """Where a trial's system side stands and what it decided: the tuner's
+    states (the first five), the phase a policy reports to Tune and writes
+    with each epoch (``pt_phase``; the store's ``phase`` tag) and the kind of
+    each decision (the store's ``decision`` measurement, ``kind`` tag).  One
+    enum for every place that spelled these as strings (``DecisionKind`` is
+    the same enum under the name a decision reads best with); the values are
+    those strings, kept as they were because the store and the reports read
+    them."""
 
     START = "start"  # the tuner: not started yet
     PROFILING = "profiling"  # the tuner: sampling the profile at the default config
@@ -356,9 +346,17 @@ class Phase(str, enum.Enum):
     FIXED = "fixed"  # one config for the whole trial
     V1 = "v1"  # baseline V1: the default config for every trial
     V2 = "v2"  # baseline V2: the config Tune sampled
+    # decisions only (a decision kind that is not also a phase)
+    PROBE = "probe"  # the next config to try
+    HINTED = "hinted"  # workload known by name: its cluster's config applied at start, to confirm
 
     def __str__(self) -> str:
         return str(self.value)
+
+
+#: What the tuner decided (DESIGN §5): MATCHED, HINTED, PROBE, SETTLED,
+#: FALLBACK, DEGRADED, FIXED.  The same enum as :class:`Phase`.
+DecisionKind = Phase
 
 
 @dataclass(frozen=True)
