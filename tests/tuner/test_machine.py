@@ -10,6 +10,7 @@ import math
 from dataclasses import replace
 
 import pytest
+from support.machine_steps import decisions, of, settle
 
 from pipetune.groundtruth import Match
 from pipetune.probing import Objective
@@ -37,21 +38,6 @@ def machine(**params: object) -> r.Machine:
 def ev(kind: r.Kind, t: float, epoch: int = 0, steps: int = 0, *answers: object,
        posted: int = 0, **kw: object) -> r.Event:
     return r.Event(kind, t, epoch, steps, posted=posted, answers=answers, **kw)  # type: ignore[arg-type]
-
-
-def settle(m: r.Machine, e: r.Event) -> tuple[r.Machine, tuple[object, ...]]:
-    """One step whose answers are all recorded in ``e``: it must ask nothing more."""
-    new, effects = step(m, e)
-    assert not effects or not isinstance(effects[-1], r.Ask), effects[-1]
-    return new, effects
-
-
-def of(effects: tuple[object, ...], kind: type) -> list[object]:
-    return [x for x in effects if isinstance(x, kind)]
-
-
-def decisions(effects: tuple[object, ...]) -> list[tuple[DecisionKind, SystemConfig]]:
-    return [(d.decision.kind, d.decision.config) for d in of(effects, r.Decide)]
 
 
 def profile(lo: float, hi: float, rates: dict[str, float] = RATES) -> EpochProfile:

@@ -5,6 +5,8 @@ no threads, clocks or fakes."""
 
 from __future__ import annotations
 
+from support.machine_steps import decisions, of, settle
+
 from pipetune.groundtruth import ClusterGroundTruth, GroundTruthRecord, Hint, Match
 from pipetune.probing import Objective
 from pipetune.tuner import records as r
@@ -25,20 +27,6 @@ def machine(**params: object) -> r.Machine:
 def ev(kind: r.Kind, t: float, epoch: int = 0, steps: int = 0, *answers: object,
        posted: int = 0) -> r.Event:
     return r.Event(kind, t, epoch, steps, posted=posted, answers=answers)
-
-
-def settle(m: r.Machine, e: r.Event) -> tuple[r.Machine, tuple[object, ...]]:
-    new, effects = step(m, e)
-    assert not effects or not isinstance(effects[-1], r.Ask), effects[-1]
-    return new, effects
-
-
-def of(effects: tuple[object, ...], kind: type) -> list[object]:
-    return [x for x in effects if isinstance(x, kind)]
-
-
-def decisions(effects: tuple[object, ...]) -> list[tuple[DecisionKind, SystemConfig]]:
-    return [(d.decision.kind, d.decision.config) for d in of(effects, r.Decide)]
 
 
 def hinted() -> tuple[r.Machine, tuple[object, ...]]:
