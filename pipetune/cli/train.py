@@ -80,9 +80,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     from pipetune.parallel import ParallelConfig, train
 
-    workers = args.workers if args.workers is not None else (1 if args.parallel == "none" else 2)
-    chunks = args.chunks if args.chunks is not None else (4 if args.parallel == "gpipe" else 1)
-    config = ParallelConfig(args.parallel, workers=workers, chunks=chunks, device=args.device)
+    config = ParallelConfig.of(args.parallel, workers=args.workers, chunks=args.chunks,
+                               device=args.device)
     data_dir = args.data_dir or str(settings.home / "data")
     cls = get_workload(args.workload)
     said_data = False

@@ -128,10 +128,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if parallel is None and space.parallel != ("none",):
             from pipetune.parallel import ParallelConfig
 
-            strategy = space.parallel[0]
-            kwargs["parallel"] = ParallelConfig(
-                strategy, workers=space.workers[0],
-                chunks=args.chunks or (4 if strategy == "gpipe" else 1), device=args.device)
+            kwargs["parallel"] = ParallelConfig.of(space.parallel[0], workers=space.workers[0],
+                                                   device=args.device)
         if not args.json:
             print(f"system space: {_describe(space)}")
     spec = JobSpec(
@@ -232,9 +230,8 @@ def parallel_config(args: argparse.Namespace) -> object:
                              "probed with 4 micro-batches")
         return ParallelConfig("none", workers=1, device=args.device)
 
-    workers = args.workers if args.workers is not None else (1 if args.parallel == "none" else 2)
-    chunks = args.chunks if args.chunks is not None else (4 if args.parallel == "gpipe" else 1)
-    return ParallelConfig(args.parallel, workers=workers, chunks=chunks, device=args.device)
+    return ParallelConfig.of(args.parallel, workers=args.workers, chunks=args.chunks,
+                             device=args.device)
 
 
 def _space(items: list[str]) -> SystemSpace:

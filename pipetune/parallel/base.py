@@ -71,6 +71,18 @@ class ParallelConfig:
                 f"unknown device {self.device!r} (known: {', '.join(DEVICE_CHOICES)})"
             )
 
+    @classmethod
+    def of(cls, strategy: str, *, workers: int | None = None, chunks: int | None = None,
+           device: str = "auto") -> ParallelConfig:
+        """``strategy`` with the defaults every entry point shares for what is
+        left out: one process for ``none`` and 2 ranks for the others;
+        4 micro-batches for ``gpipe`` and 1 for the others."""
+        if workers is None:
+            workers = 1 if strategy == "none" else 2
+        if chunks is None:
+            chunks = 4 if strategy == "gpipe" else 1
+        return cls(strategy, workers=workers, chunks=chunks, device=device)
+
     def __str__(self) -> str:
         s = f"{self.strategy}"
         if self.strategy != "none":

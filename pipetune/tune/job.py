@@ -171,8 +171,8 @@ def auto_strategies(cls: type, spec: JobSpec, trials: list[dict[str, Any]]) -> t
 
     fits = []
     for name in ("none", "ddp", "mp", "gpipe"):
-        config = ParallelConfig(name, workers=1 if name == "none" else spec.parallel_auto,
-                                chunks=4 if name == "gpipe" else 1, device=spec.parallel.device)
+        config = ParallelConfig.of(name, workers=1 if name == "none" else spec.parallel_auto,
+                                   device=spec.parallel.device)
         try:
             for t in trials:
                 hp = cls.resolve_hparams({k: v for k, v in t.items() if k in cls.hyperparameters})

@@ -241,9 +241,8 @@ class TrialSession:
             return
         from pipetune.parallel import ParallelConfig
 
-        self.request_parallel(ParallelConfig(
+        self.request_parallel(ParallelConfig.of(
             want, workers=1 if want == "none" else self.strategy_workers,
-            chunks=4 if want == "gpipe" else 1,
             device=getattr(self.parallel, "device", "auto")))
         self._strategy = want
 
