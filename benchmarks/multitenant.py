@@ -10,7 +10,7 @@ one too.  V1 and V2 jobs each get a fresh home.
 
 The node serves one tuning job at a time, first come first served (a job
 takes the whole node: 2 cores here).  Every job is *run for real*, one after
-the other, with the three modes interleaved job by job (order rotating); the
+the other, with the modes interleaved job by job (order rotating); the
 queue is then replayed on the measured service times: start = max(arrival,
 previous finish), response = finish − arrival.  That is exactly the FIFO
 single-server schedule those service times give, without making the machine
@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-MODES = ("v1", "v2", "pipetune")
+MODES = ("v1", "v1-packed", "v2", "pipetune")
 
 
 # -- pure helpers (tested in tests/benchmarks/test_benchmarks_smoke.py) -----------------
@@ -100,8 +100,13 @@ def _run(mode: str, workload: str, home: Path, args: argparse.Namespace, job: st
     from pipetune.tune.job import JobSpec, run_job
     from pipetune.types import SystemSpace
 
-    spec = JobSpec(workload=workload, mode=mode, samples=args.samples, epochs=args.epochs,
-                   space=SystemSpace(cores=tuple(range(1, (os.cpu_count() or 1) + 1))),
+    cores = tuple(range(1, (os.cpu_count() or 1) + 1))
+    if mode == "v1-packed":
+        # V1 packed by hand, as in benchmarks/tuning.py: every trial on one
+        # core, Ray running as many at once as those reservations fit.
+        cores = (1,)
+    spec = JobSpec(workload=workload, mode={"v1-packed": "v1"}.get(mode, mode),
+                   samples=args.samples, epochs=args.epochs, space=SystemSpace(cores=cores),
                    seed=args.seed, job=job,
                    fixed_hparams={"max_train_samples": args.max_train_samples}
                    if args.max_train_samples else {})
@@ -116,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="4 jobs of 2 trials x 3 epochs")
     p.add_argument("--jobs", type=int, help="jobs in the stream (quick 4, else 10)")
     p.add_argument("--type", default="I", help="workload type: I, II or III")
+    p.add_argument("--workloads", metavar="A,B,...",
+                   help="the stream's workloads instead of a type's: the last one is the "
+                        "unseen one (e.g. deepcnn-mnist,lenet5-fashion,lenet5-mnist)")
+    p.add_argument("--modes", default=",".join(MODES), help="comma list of " + ",".join(MODES))
     p.add_argument("--unseen", type=float, default=0.2, help="fraction of unseen jobs")
     p.add_argument("--mean-interarrival-s", type=float, default=None,
                    help="mean gap between arrivals (quick 30, else 60)")
@@ -133,9 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from workloads import REGISTRY
 
-    names = [w for w, cls in REGISTRY.items() if getattr(cls, "kind", "") == args.type]
-    if len(names) < 2:
-        p.error(f"type {args.type!r} has {len(names)} workloads; need 2 or more")
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if "pipetune" not in modes or "v1" not in modes or set(modes) - set(MODES):
+        p.error(f"--modes {args.modes!r}: a comma list of {', '.join(MODES)} with v1 and pipetune")
+    if args.workloads:
+        names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+        missing = [w for w in names if w not in REGISTRY]
+        if missing or len(names) < 2:
+            p.error(f"--workloads {args.workloads!r}: two or more of {', '.join(sorted(REGISTRY))}")
+    else:
+        names = [w for w, cls in REGISTRY.items() if getattr(cls, "kind", "") == args.type]
+        if len(names) < 2:
+            p.error(f"type {args.type!r} has {len(names)} workloads; need 2 or more")
     seen, unseen = names[:-1], names[-1:]
     plan = job_plan(n, seen, unseen, args.unseen, args.seed)
     arr = arrivals(n, mean_gap, args.seed)
@@ -145,13 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{n} jobs of type {args.type}: " + ", ".join(
         f"{w}{' (unseen)' if u else ''}@{a:.0f}s" for (w, u), a in zip(plan, arr, strict=True)),
         flush=True)
-    service: dict[str, list[float]] = {m: [] for m in MODES}
+    service: dict[str, list[float]] = {m: [] for m in modes}
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
              log_to_driver=False)
     try:
         for j, (workload, is_unseen) in enumerate(plan):
-            for k in range(len(MODES)):
-                mode = MODES[(j + k) % len(MODES)]
+            for k in range(len(modes)):
+                mode = modes[(j + k) % len(modes)]
                 if mode == "pipetune":
                     home = shared
                     if is_unseen:
@@ -171,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     summary = {}
     unseen_idx = [j for j, (_, u) in enumerate(plan) if u]
-    for mode in MODES:
+    for mode in modes:
         resp = fifo_response_s(arr, service[mode])
         summary[mode] = {
             "mean_response_s": statistics.fmean(resp), "p95_response_s": p95(resp),
@@ -180,13 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if unseen_idx else None,
             "response_s": resp, "service_s": service[mode],
         }
-    head = f"{'mode':<10} {'mean resp s':>11} {'p95 resp s':>10} {'mean service s':>14}"
+    head = f"{'mode':<20} {'mean resp s':>11} {'p95 resp s':>10} {'mean service s':>14}"
     print("\n" + head + "\n" + "-" * len(head))
     for mode, r in summary.items():
-        print(f"{mode:<10} {r['mean_response_s']:>11.1f} {r['p95_response_s']:>10.1f} "
+        print(f"{mode:<20} {r['mean_response_s']:>11.1f} {r['p95_response_s']:>10.1f} "
               f"{r['mean_service_s']:>14.1f}")
-    for den in ("v1", "v2"):
-        print(f"pipetune/{den:<3} {summary['pipetune']['mean_response_s'] / summary[den]['mean_response_s']:>11.3f} "  # noqa: E501
+    for den in (m for m in modes if m != "pipetune"):
+        print(f"{'pipetune/' + den:<20} {summary['pipetune']['mean_response_s'] / summary[den]['mean_response_s']:>11.3f} "  # noqa: E501
               f"{summary['pipetune']['p95_response_s'] / summary[den]['p95_response_s']:>10.3f}")
     data = {"benchmark": "multitenant", "argv": sys.argv[1:], "plan": plan, "arrivals_s": arr,
             "samples": args.samples, "epochs": args.epochs,
