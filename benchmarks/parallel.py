@@ -35,6 +35,14 @@ tuning time, and the ratios to the single process::
 
     python benchmarks/parallel.py --tune --quick      # lenet5-mnist, v1, 2 trials x 2 epochs
 
+``--auto`` adds a ``--parallel auto`` job (mode pipetune: each trial's tuner
+probes the strategies and keeps the fastest) and prints its tuning time and
+best accuracy against the best fixed strategy's (issue 17's target: within
+1.10x at equal best accuracy)::
+
+    python benchmarks/parallel.py --tune --auto --workloads deepcnn-mnist --trials 1 \
+        --epochs 6 --samples 0
+
 (``--mode v1`` by default: every trial holds all cores, so the rows differ by
 strategy only; in mode pipetune the single-process trial also pays its step
 windows' decision waits and the tuner's probes, which the groups do not.)
@@ -82,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="with --tune: lenet5-mnist, 2 trials x 2 epochs, 1024 samples")
     p.add_argument("--trials", type=int, default=2, help="with --tune: trials per job")
+    p.add_argument("--auto", action="store_true",
+                   help="with --tune: also a --parallel auto job (mode pipetune), compared "
+                   "with the best fixed strategy")
     p.add_argument("--mode", default="v1",
                    help="with --tune: the jobs' mode (default v1: every trial on all cores, "
                    "so the strategies differ and the tuner's probing does not)")
@@ -100,7 +111,10 @@ def run_tune_job(workload: str, strategy: str, args: argparse.Namespace,
     from pipetune.store import open_store
 
     job = f"bench-{strategy}"
-    cmd = [sys.executable, "-m", "pipetune", "tune", workload, "--mode", args.mode,
+    # auto needs the tuner (it is the one choosing), so it always runs in mode
+    # pipetune; the fixed strategies run in --mode (v1: nothing but the strategy).
+    mode = "pipetune" if strategy == "auto" else args.mode
+    cmd = [sys.executable, "-m", "pipetune", "tune", workload, "--mode", mode,
            "--samples", str(args.trials),
            "--epochs", str(args.epochs), "--concurrent", "1", "--job", job, "--json",
            "--set", f"max_train_samples={args.samples}", f"batch_size={args.batch_size}",
@@ -135,8 +149,9 @@ def run_tune_job(workload: str, strategy: str, args: argparse.Namespace,
                 r = int(key.removeprefix("pt_rank").split("_")[0])
                 ranks[r] = max(ranks.get(r, 0.0), float(v))
     return {
-        "workload": workload, "strategy": strategy, "job": job,
+        "workload": workload, "strategy": strategy, "job": job, "mode": mode,
         "parallel": trials[0].get("parallel"), "workers": trials[0].get("workers"),
+        "chosen": [h.get("pt_parallel") for h in last],
         "epoch_s": statistics.median(h["pt_epoch_s"] for h in last),
         "threads_per_rank": last[0].get("pt_rank0_threads") or last[0].get("pt_threads"),
         "rank_rss_peak_mb": [ranks[r] for r in sorted(ranks)],
@@ -156,6 +171,8 @@ def tune_table(rows: list[dict[str, Any]]) -> str:
         d = max(abs(a - b) / abs(b) for a, b in zip(r["final_losses"], base["final_losses"],
                                                   strict=True))
         label = ("single " + f"{r['threads_per_rank']}t" if r["strategy"] == "single"
+                 else "auto->" + "/".join(sorted({str(c) for c in r["chosen"]}))
+                 if r["strategy"] == "auto"
                  else f"{r['strategy']} {r['workers']}x{r['threads_per_rank']}t")
         rss = ", ".join(f"{v:.0f}" for v in r["rank_rss_peak_mb"]) or "-"
         loss = ", ".join(f"{v:.4f}" for v in r["final_losses"])
@@ -163,7 +180,20 @@ def tune_table(rows: list[dict[str, Any]]) -> str:
             f"{label:14s} {r['epoch_s']:8.2f} {r['epoch_s'] / base['epoch_s']:8.2f} "
             f"{r['tuning_s']:9.1f} {r['tuning_s'] / base['tuning_s']:8.2f} {loss:>22s} "
             f"{100 * d:10.2f}%  {rss}")
+    auto = next((r for r in rows if r["strategy"] == "auto"), None)
+    fixed = [r for r in rows if r["strategy"] != "auto"]
+    if auto is not None and fixed:
+        best = min(fixed, key=lambda r: r["tuning_s"])
+        lines.append(
+            f"\nauto / best fixed ({best['strategy']}): tuning time "
+            f"{auto['tuning_s'] / best['tuning_s']:.2f}x; best accuracy "
+            f"{_best(auto['accuracy'])} vs {_best(best['accuracy'])}")
     return "\n".join(lines)
+
+
+def _best(values: list[Any]) -> str:
+    scored = [float(v) for v in values if v is not None]
+    return f"{max(scored):.4f}" if scored else "-"
 
 
 def main_tune(args: argparse.Namespace) -> int:
@@ -175,7 +205,7 @@ def main_tune(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="pipetune-bench-") as tmp:
-        for strategy in TUNE_STRATEGIES:
+        for strategy in TUNE_STRATEGIES + (("auto",) if args.auto else ()):
             print(f"pipetune tune {workload} with {strategy} ...", file=sys.stderr, flush=True)
             rows.append(run_tune_job(workload, strategy, args, Path(tmp) / strategy))
     text = tune_table(rows)

@@ -125,3 +125,18 @@ def test_arrivals_and_plan_are_seeded(multitenant: ModuleType) -> None:
     assert sum(u for _, u in plan) == 2 and not plan[0][1]
     assert [w for w, u in plan if not u][:3] == ["s1", "s2", "s1"]
     assert all(w == "u" for w, u in plan if u)
+
+
+def test_parallel_tune_table_compares_auto_with_the_best_fixed_strategy() -> None:
+    parallel = _load("parallel")
+
+    def row(strategy: str, tuning_s: float, acc: float, chosen: str | None = None) -> dict:
+        return {"strategy": strategy, "workers": 2, "threads_per_rank": 1, "epoch_s": 2.0,
+                "tuning_s": tuning_s, "final_losses": [1.0], "rank_rss_peak_mb": [],
+                "accuracy": [acc], "chosen": [chosen or strategy]}
+
+    text = parallel.tune_table([row("single", 100.0, 0.9), row("ddp", 80.0, 0.91),
+                                row("auto", 92.0, 0.91, chosen="ddp")])
+    assert "auto->ddp" in text
+    # the best fixed strategy is ddp (80 s), not the single process
+    assert "auto / best fixed (ddp): tuning time 1.15x; best accuracy 0.9100 vs 0.9100" in text
