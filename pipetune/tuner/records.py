@@ -185,6 +185,44 @@ def initial(params: Params, objective: Objective) -> Machine:
     return Machine(params, Ledger(config=params.default, objective=objective), Start())
 
 
+@dataclass(frozen=True)
+class StageHint:
+    """The stage a trial resumes from (a stage tree's parent, see
+    :mod:`pipetune.stages`): what that stage's tuner had at its end.
+
+    Why a hint of its own beside :class:`~pipetune.groundtruth.Hint`: the
+    parent trained the *same* workload, with the same hyperparameters up to
+    the branch point, so its settled config and its profile describe the
+    child better than any cluster of the history does; the child decides
+    at once from them (no profiling epoch, no probing).  When the batch size
+    changes at the branch point the workload is another one to the system
+    (another profile, another best config), so the child is profiled afresh.
+
+    ``key``: the parent stage's epoch key (the prefix it ends); ``phase``:
+    its tuner's state at the end (only a SETTLED parent's config is a
+    decision); ``profile``: the profile that tuner had (None: none taken);
+    ``parent_batch_size``/``batch_size``: the batch size of the parent's
+    last epoch and of the child's first (None: no such hyperparameter);
+    ``epoch``: the child's first epoch to train."""
+
+    key: str
+    config: SystemConfig
+    phase: Phase
+    profile: EpochProfile | None = None
+    parent_batch_size: Any = None
+    batch_size: Any = None
+    how: str = ""  # the parent's last decision kind (matched, settled, fallback …)
+    epoch: int = 0
+
+    @property
+    def batch_changed(self) -> bool:
+        return self.parent_batch_size != self.batch_size
+
+    def describe(self) -> str:
+        how = f" ({self.how})" if self.how else ""
+        return f"parent stage {self.key}: its tuner settled on {self.config}{how}"
+
+
 # -- events ---------------------------------------------------------------------------------
 
 
@@ -198,6 +236,7 @@ class Kind(enum.Enum):
     CLOSE = "close"
     PROFILER_STARTED = "profiler_started"
     FAIL = "fail"  # the system side failed outside a step (perf did not start, a bug)
+    PARENT_STAGE = "parent_stage"  # the trial resumed from a parent stage (``Event.stage``)
 
 
 @dataclass(frozen=True)
@@ -219,6 +258,7 @@ class Event:
     reason: str = ""  # FAIL
     result: EpochResult | None = None  # EPOCH_END: the trial session's record of the epoch
     answers: tuple[Any, ...] = ()
+    stage: StageHint | None = None  # PARENT_STAGE: the stage the trial resumed from
 
 
 # -- effects and the questions the machine asks ------------------------------------------------
