@@ -153,8 +153,9 @@ class StageLedger:
     def load(self, namespace: str) -> dict[str, dict[str, Any]]:
         """The trained epochs of ``namespace`` recorded by earlier jobs, by
         epoch key: ``{"metrics", "checkpoint" (None if gone), "job",
-        "cpu_s", "system" (None in version-1 points)}``.  Per key, the latest record whose checkpoint file still
-        exists wins, else the latest (its metrics alone)."""
+        "cpu_s", "system" (None in version-1 points)}``.  Per key, the
+        latest record whose checkpoint file still exists wins, else the
+        latest (its metrics alone)."""
         self.store.flush()
         df = self.store.query("stage", {"space": space_of(namespace)})
         out: dict[str, dict[str, Any]] = {}
