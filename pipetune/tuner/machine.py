@@ -42,6 +42,8 @@ The states, each a frozen record of its own data (what every state shares
                                                                profiler (late)
     Profiling    … batch size changed, parent   → Profiling    nothing: profiled afresh
                  not settled, or profiled already
+    Settled      REPROFILE (the batch size      → Profiling    apply default, start the
+                 changes at this boundary)                     profiler (late): a new workload
     any          REBALANCE (not mid-probe)      → same         take the node share now
     any          REASSERT                       → same         apply the config in force again
     any          FAIL | an answer failed        → Degraded     restore default; DEGRADED
@@ -148,6 +150,8 @@ def _on(m: Machine, ev: Event, cx: Cx) -> Machine:
         return replace(m, state=replace(s, sampling_from=ev.t, wait_s=ev.wait_s))
     if k is Kind.PARENT_STAGE:
         return _from_parent(m, cx, ev.stage)
+    if k is Kind.REPROFILE:
+        return _reprofile(m, cx, ev.reason)
     if k is Kind.REBALANCE:
         return _rebalance(m, cx)
     if k is Kind.REASSERT:
@@ -257,6 +261,25 @@ def _from_parent(m: Machine, cx: Cx, hint: StageHint | None) -> Machine:
             f"{hint.describe()}; decided once for this stage from the parent's profile, "
             f"not profiled{capped}")
     cx.emit(StopProfiler(late=True))
+    return m
+
+
+def _reprofile(m: Machine, cx: Cx, why: str) -> Machine:
+    """The workload changed under a settled trial — its schedule changes the
+    batch size at this boundary — so the config settled for the old one
+    says little about the new one: profile it again as a new trial would,
+    at the default, then match or probe.  What was learnt of the old
+    workload (its profile, speeds, hint) is dropped; its ground-truth
+    records stay.  Only from SETTLED: a trial still profiling or probing
+    decides on epochs of both batch sizes (a note says so)."""
+    if not isinstance(m.state, Settled):
+        cx.emit(Note("info", f"{why}: not re-profiled while {m.phase.value}"))
+        return m
+    m = _apply(m, cx, m.params.default)
+    m = replace(m, state=Profiling(f"re-profiling: {why}"),
+                ledger=replace(m.ledger, profile=None, profile_notes=(), window_profile=None,
+                               hint=None, speeds=()))
+    cx.emit(StartProfiler())
     return m
 
 

@@ -28,7 +28,9 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.START: frozenset({Phase.PROFILING, Phase.DEGRADED}),
     Phase.PROFILING: frozenset({Phase.SETTLED, Phase.PROBING, Phase.DEGRADED}),
     Phase.PROBING: frozenset({Phase.PROBING, Phase.SETTLED, Phase.DEGRADED}),
-    Phase.SETTLED: frozenset({Phase.DEGRADED}),
+    # SETTLED → PROFILING: the workload changed under it (REPROFILE: a
+    # schedule changed the batch size at a boundary of the trial's own run).
+    Phase.SETTLED: frozenset({Phase.DEGRADED, Phase.PROFILING}),
     Phase.DEGRADED: frozenset(),
 }
 
@@ -237,6 +239,7 @@ class Kind(enum.Enum):
     PROFILER_STARTED = "profiler_started"
     FAIL = "fail"  # the system side failed outside a step (perf did not start, a bug)
     PARENT_STAGE = "parent_stage"  # the trial resumed from a parent stage (``Event.stage``)
+    REPROFILE = "reprofile"  # the workload changed at this boundary (``Event.reason``: how)
 
 
 @dataclass(frozen=True)
@@ -255,7 +258,7 @@ class Event:
     posted: int = 0
     energy: tuple[float, str] | None = None
     wait_s: float = 2.0  # PROFILER_STARTED: how long a profile may wait for a sample
-    reason: str = ""  # FAIL
+    reason: str = ""  # FAIL, REPROFILE
     result: EpochResult | None = None  # EPOCH_END: the trial session's record of the epoch
     answers: tuple[Any, ...] = ()
     stage: StageHint | None = None  # PARENT_STAGE: the stage the trial resumed from

@@ -80,6 +80,7 @@ class _Posted:
     seq: int = 0
     result: EpochResult | None = None
     stage: r.StageHint | None = None
+    reason: str = ""
 
 
 class SystemTuner:
@@ -305,6 +306,13 @@ class SystemTuner:
         the parent's config in force before that epoch trains."""
         self._post(r.Kind.PARENT_STAGE, stage=hint)
 
+    def reprofile(self, reason: str) -> None:
+        """The workload changes at this boundary (``reason``: how, e.g. the
+        batch size a schedule sets for the next epoch): a settled tuner
+        profiles again, at the default, as for a new trial.  Post it between
+        an epoch's end and the next one's start."""
+        self._post(r.Kind.REPROFILE, reason=reason)
+
     def stage_facts(self) -> dict[str, Any]:
         """What a stage tree keeps of this tuner at the end of a trained
         epoch, so a child stage can start from it (see :meth:`resume_stage`):
@@ -384,14 +392,15 @@ class SystemTuner:
 
     def _post(self, kind: r.Kind, epoch: int = 0, steps: int = 0,
               metrics: Mapping[str, float] | None = None,
-              result: EpochResult | None = None, stage: r.StageHint | None = None) -> None:
+              result: EpochResult | None = None, stage: r.StageHint | None = None,
+              reason: str = "") -> None:
         try:
             if self._closing:
                 return
             with self._idle:
                 self._posted_seq += 1
                 ev = _Posted(kind, self.clock(), int(epoch), int(steps), dict(metrics or {}),
-                             self._posted_seq, result, stage)
+                             self._posted_seq, result, stage, reason)
                 if kind is r.Kind.EPOCH_END:
                     self._epochs_posted = max(self._epochs_posted, ev.epoch + 1)
                 self._busy += 1
@@ -426,7 +435,7 @@ class SystemTuner:
             energy = self.side.read_energy()
         self._feed(r.Event(p.kind, p.t, p.epoch, p.steps, p.metrics,
                            posted=self._epochs_posted, energy=energy, result=p.result,
-                           stage=p.stage))
+                           stage=p.stage, reason=p.reason))
 
     def _feed(self, ev: r.Event) -> None:
         """Step the machine with ``ev`` until it needs no more answers,

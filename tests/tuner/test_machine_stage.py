@@ -146,3 +146,42 @@ def test_stage_facts_read_back_as_a_hint():
     assert hint.batch_changed
     assert stage_hint("k3", {}) is None  # a v1 trial's stage, a version-1 record
     assert stage_hint("k3", {"config": "1c/-m/0g", "phase": "fixed"}).phase is Phase.FIXED
+
+
+def test_a_batch_size_change_inside_the_run_reprofiles_a_settled_trial():
+    m, _ = resumed(started(), parent(), None, r.Applied(C1, 1.0))
+    m, _ = settle(m, r.Event(r.Kind.EPOCH_START, 1.0, 3))
+    m, _ = settle(m, r.Event(r.Kind.EPOCH_END, 5.0, 3, 40, posted=4))
+    why = "batch size 32 -> 64 from epoch 4"
+    new, effects = step(m, r.Event(r.Kind.REPROFILE, 5.0, reason=why))
+    assert new is m and effects == (r.Ask(r.Apply(C2)),)  # the default, as for a new trial
+    m, effects = settle(m, r.Event(r.Kind.REPROFILE, 5.0, reason=why,
+                                   answers=(r.Applied(C2, 5.0),)))
+    assert m.phase is Phase.PROFILING and m.ledger.config == C2
+    assert m.state.reason == f"re-profiling: {why}" and m.ledger.profile is None
+    assert of(effects, r.StartProfiler) == [r.StartProfiler()] and not of(effects, r.Decide)
+    # the next epoch is profiled and decided as a new workload's
+    m, _ = settle(m, r.Event(r.Kind.PROFILER_STARTED, 5.0, wait_s=2.0))
+    m, _ = settle(m, r.Event(r.Kind.EPOCH_START, 5.0, 4))
+    answers: list[object] = []
+    e = r.Event(r.Kind.EPOCH_END, 9.0, 4, 40, posted=5)
+    while True:
+        m2, effects = step(m, r.Event(**{**e.__dict__, "answers": tuple(answers)}))
+        if not effects or not isinstance(effects[-1], r.Ask):
+            break
+        q = effects[-1].query
+        answers.append((PROFILE, 9.0) if isinstance(q, r.TakeProfile)
+                       else (Match(cluster=1, score=0.9, config=C1, reason="close"), "")
+                       if isinstance(q, r.MatchProfile)
+                       else r.Applied(q.config, 9.0) if isinstance(q, r.Apply)
+                       else (100.0, 0) if isinstance(q, r.Usage) else None)
+    assert m2.phase is Phase.SETTLED and decisions(effects) == [(DecisionKind.MATCHED, C1)]
+    (w,) = of(effects, r.WriteEpoch)
+    assert w.phase is Phase.PROFILING and w.profile == PROFILE
+
+
+def test_a_reprofile_while_profiling_or_probing_is_a_note_only():
+    m = started()
+    new, effects = step(m, r.Event(r.Kind.REPROFILE, 1.0, reason="batch size 32 -> 64"))
+    assert new is m and not of(effects, r.Decide) and of(effects, r.Note)
+    assert r.TRANSITIONS[Phase.SETTLED] == frozenset({Phase.DEGRADED, Phase.PROFILING})
