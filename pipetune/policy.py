@@ -103,6 +103,10 @@ class SystemPolicy(abc.ABC):
         policy decides the child stage from them; a fixed one has nothing
         to decide (default)."""
 
+    def reprofile(self, reason: str) -> None:  # noqa: B027 - optional hook
+        """The workload changes at this boundary (``reason``: how): a tuning
+        policy profiles it again; a fixed one has nothing to decide."""
+
     def stage_facts(self) -> dict[str, Any]:
         """What a stage tree keeps of this policy at the end of a trained
         epoch: ``config`` (its string), ``phase``, ``decision`` (the last
@@ -420,6 +424,10 @@ class TunerPolicy(SystemPolicy):
             return
         if self.tuner is not None:
             self.tuner.resume_stage(hint)
+
+    def reprofile(self, reason: str) -> None:
+        if self.tuner is not None:
+            self.tuner.reprofile(reason)
 
     def stage_facts(self) -> dict[str, Any]:
         if self.tuner is None:

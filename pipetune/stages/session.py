@@ -28,7 +28,10 @@ decides the child stage once, at the parent's settled config within the
 node share (decision MATCHED, reason "parent stage KEY …"), with no
 profiling epoch and no probing — unless the batch size changes at the
 branch point, or the parent was not settled, when it profiles as a new
-trial would.  Replayed epochs never reach the tuner.
+trial would.  When the trial's own schedule changes the batch size after
+an epoch it trained, its tuner re-profiles the next epoch (a settled one
+goes back to profiling at the default).  Replayed epochs never reach the
+tuner.
 
 Outside a stage run (no :class:`StageSession`), :func:`resume` returns
 ``start`` and :func:`report` is :func:`pipetune.tune.report`: the same
@@ -179,6 +182,23 @@ class StageSession:
                              parent_batch_size=before.get(BATCH_SIZE),
                              batch_size=after.get(BATCH_SIZE))
 
+    def _batch_change(self, epoch: int) -> None:
+        """When this trial's schedule changes the batch size after ``epoch``
+        (and it trains on), its tuner profiles the next epoch afresh: the
+        config settled for the old batch size is another workload's.  Called
+        once ``epoch``'s boundary is decided, before the next one starts."""
+        if epoch + 1 >= self.plan.epochs:
+            return
+        before = dict(self.plan.point(epoch)).get(BATCH_SIZE)
+        after = dict(self.plan.point(epoch + 1)).get(BATCH_SIZE)
+        if before == after:
+            return
+        from pipetune.tune.session import current_session
+
+        session = current_session()
+        if session is not None:
+            session.reprofile(f"batch size {before} -> {after} from epoch {epoch + 1}")
+
     def _read_checkpoint(self, path: str) -> Any:
         """The state in ``path``, or None (one warning line) when the file is
         gone or unreadable: a stage another job wrote may have been removed
@@ -222,6 +242,7 @@ class StageSession:
                          if isinstance(v, (int, float, str, bool)) or v is None}
                 self._call("record", self.trial, key, plain, seconds=seconds, cpu_s=cpu_s,
                            checkpoint=path, epoch=epoch, system=dict(system) if system else None)
+            self._batch_change(epoch)
 
         self._wall_mark = now
         self.epoch = epoch + 1

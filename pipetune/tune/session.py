@@ -402,6 +402,19 @@ class TrialSession:
                         self.ref.trial, e)
         self._sync_threads()
 
+    def reprofile(self, reason: str) -> None:
+        """The workload changes from the next epoch on (``reason``: how, e.g.
+        a schedule's batch size): the policy profiles it again.  Called
+        between an epoch's decision and the next epoch's start (a stage
+        session does it from ``report``'s ``on_decided``); the decision is
+        waited for like a boundary's, and the threads follow at the next
+        epoch's start."""
+        try:
+            self.policy.reprofile(reason)
+            self.policy.wait_decision(self._decision_wait_s)
+        except Exception as e:  # noqa: BLE001
+            log.warning("trial %s: system policy failed to re-profile: %s", self.ref.trial, e)
+
     def close(self, error: BaseException | None = None) -> None:
         """The trial ended (``error``: the exception that ended it)."""
         try:
