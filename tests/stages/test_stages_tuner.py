@@ -28,6 +28,10 @@ class FakeTrialSession:
 
     def __init__(self) -> None:
         self.resumed: list[tuple[Any, ...]] = []
+        self.reprofiled: list[str] = []
+
+    def reprofile(self, reason: str) -> None:
+        self.reprofiled.append(reason)
 
     def stage_facts(self) -> dict[str, Any]:
         return dict(FACTS)
@@ -83,8 +87,11 @@ def test_a_child_keeping_the_batch_size_is_told_so(tmp_path: Path, fake: FakeTri
     store = StageStore()
     store.register([keep, grow])
     _train(_session(store, "t1", grow, tmp_path))
+    # t1 trains on through its own batch-size change: its tuner re-profiles there
+    assert fake.reprofiled == ["batch size 32 -> 64 from epoch 2"]
     _train(_session(store, "t2", keep, tmp_path))
     assert fake.resumed == [(grow.epoch_keys()[1], FACTS, 2, 32, 32)]
+    assert len(fake.reprofiled) == 1  # t2 keeps its batch size
 
 
 def test_the_facts_outlive_the_job_in_the_stage_points(tmp_path: Path) -> None:

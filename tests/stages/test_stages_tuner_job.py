@@ -8,7 +8,8 @@ decay rates x batch size kept or doubled), one trial at a time so the first
 trial's tuner has the whole node to probe and settles by epoch 2 (a 4-epoch
 trial's plan leaves the winner's epoch).  Whichever trial trains the prefix,
 the other three resume from it: at least one keeps batch size 32, at least
-one doubles it.  The controller is the dry run: what is checked is who
+one doubles it; the first trial, when its own schedule doubles the batch
+size at epoch 3, re-profiles that epoch.  The controller is the dry run: what is checked is who
 decided what, and a trial's own affinity controller on this host degraded
 the first trial when it asked for 2 cores after confining itself to 1."""
 
@@ -84,3 +85,30 @@ def test_children_are_decided_from_their_parent_unless_their_batch_size_changes(
     # The children that kept batch size 32 are those decided from the parent.
     assert {t for t in children if batch_at_3[t] == 32} == parent_named
     assert {t for t in children if batch_at_3[t] == 64} == profiled
+    # The trial that trained the prefix re-profiles epoch 3 when its own
+    # schedule doubles the batch size there, and not otherwise.
+    (first,) = prefix
+    phase_3 = epochs[(epochs["trial"] == first) & (epochs["epoch"].astype(int) == 3)]["phase"]
+    assert (list(phase_3) == ["profiling"]) == (batch_at_3[first] == 64), list(phase_3)
+
+
+def test_a_trial_whose_own_schedule_changes_the_batch_size_reprofiles_there(
+    tmp_path: Path, ray_session: None
+) -> None:
+    settings = Settings.load({"home": str(tmp_path / "home"), "controller": "dry-run"},
+                             env={})
+    spec = JobSpec("lenet5-mnist", "pipetune", epochs=EPOCHS, job="stg-reprofile",
+                   space=SystemSpace.parse(["cores=1,2"]), concurrent=1,
+                   fixed_hparams={"max_train_samples": 256},
+                   schedules=("batch_size=batch:32/factor=2/at=3",), stages=True)
+    result = run_job(spec, settings, verbose=0)
+    assert all(t["error"] is None for t in result.trials)
+    store = open_store(settings.store)
+    try:
+        store.flush()
+        epochs = store.query("epoch", {"job": spec.job})
+    finally:
+        store.close()
+    phases = {int(e): p for e, p in zip(epochs["epoch"], epochs["phase"], strict=True)}
+    # settled by epoch 2 (profile at 0, probes at 1 and 2), profiled again at 3
+    assert phases[2] == "probing" and phases[3] == "profiling", phases
