@@ -96,6 +96,25 @@ class SystemPolicy(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """The trial ended (or crashed): restore and release everything."""
 
+    def resume_stage(self, key: str, facts: Mapping[str, Any], *, epoch: int,  # noqa: B027
+                     parent_batch_size: Any = None, batch_size: Any = None) -> None:
+        """The trial resumed at ``epoch`` from parent stage ``key``, whose
+        trial left ``facts`` (:meth:`stage_facts`) at its end.  A tuning
+        policy decides the child stage from them; a fixed one has nothing
+        to decide (default)."""
+
+    def reprofile(self, reason: str) -> None:  # noqa: B027 - optional hook
+        """The workload changes at this boundary (``reason``: how): a tuning
+        policy profiles it again; a fixed one has nothing to decide."""
+
+    def stage_facts(self) -> dict[str, Any]:
+        """What a stage tree keeps of this policy at the end of a trained
+        epoch: ``config`` (its string), ``phase``, ``decision`` (the last
+        decision's kind) and ``profile`` (rates and window, or None)."""
+        return {"config": str(self.config()), "phase": str(getattr(self.phase, "value",
+                                                                    self.phase)),
+                "decision": "", "profile": None}
+
 
 class FixedPolicy(SystemPolicy):
     """One config for the whole trial: baseline V1 (the same default config
@@ -394,3 +413,53 @@ class TunerPolicy(SystemPolicy):
         if self.tuner is not None:
             self.tuner.close()
             self._refresh()
+
+    def resume_stage(self, key: str, facts: Mapping[str, Any], *, epoch: int,
+                     parent_batch_size: Any = None, batch_size: Any = None) -> None:
+        hint = stage_hint(key, facts, epoch=epoch, parent_batch_size=parent_batch_size,
+                          batch_size=batch_size)
+        if hint is None:
+            log.info("trial %s: parent stage %s left no tuner facts (%s); this stage is "
+                     "profiled afresh", self.ref.trial, key, dict(facts))
+            return
+        if self.tuner is not None:
+            self.tuner.resume_stage(hint)
+
+    def reprofile(self, reason: str) -> None:
+        if self.tuner is not None:
+            self.tuner.reprofile(reason)
+
+    def stage_facts(self) -> dict[str, Any]:
+        if self.tuner is None:
+            return super().stage_facts()
+        return self.tuner.stage_facts()
+
+
+def stage_hint(key: str, facts: Mapping[str, Any], *, epoch: int = 0,
+               parent_batch_size: Any = None, batch_size: Any = None) -> Any:
+    """A :class:`~pipetune.tuner.records.StageHint` from the plain facts a
+    stage record keeps (:meth:`SystemPolicy.stage_facts`, read back from the
+    stage store or the ``stage`` points of an earlier job); None when they
+    name no tuner state or config this version can read (a v1/v2 trial's
+    stage, a record older than the facts)."""
+    from pipetune.tuner.records import StageHint
+    from pipetune.types import EpochProfile
+
+    try:
+        phase = Phase(str(facts["phase"]))
+        config = SystemConfig.parse(str(facts["config"]))
+    except (KeyError, ValueError, PipetuneError):
+        return None
+    profile = None
+    raw = facts.get("profile")
+    if isinstance(raw, Mapping) and isinstance(raw.get("rates"), Mapping):
+        try:
+            profile = EpochProfile(
+                rates={str(k): float(v) for k, v in raw["rates"].items()},
+                start=float(raw.get("start", 0.0)), end=float(raw.get("end", 0.0)),
+                n_samples=int(raw.get("n_samples", 0)), epoch=int(raw.get("epoch", 0)))
+        except (TypeError, ValueError):
+            profile = None
+    return StageHint(key=key, config=config, phase=phase, profile=profile,
+                     parent_batch_size=parent_batch_size, batch_size=batch_size,
+                     how=str(facts.get("decision") or ""), epoch=int(epoch))

@@ -11,7 +11,12 @@ two measurements:
   later job loads the epochs of its own namespace in one query.  Fields: the
   epoch's metrics (``metrics``, JSON), the checkpoint written after it
   (``checkpoint``, a path; absent when none was), ``job``, ``trial``,
-  ``epoch``, ``seconds``, ``cpu_s`` and ``schema_version``.
+  ``epoch``, ``seconds``, ``cpu_s``, ``schema_version`` and, since version
+  2, ``system`` (JSON: the config the trial's system policy had in force at
+  the epoch's end, its state, its last decision and its profile's rates;
+  absent for a trial without facts), from which a later job's child stage
+  is decided (:class:`~pipetune.tuner.records.StageHint`).  Version-1
+  points have no ``system``: their children are profiled afresh.
 - ``stage_job`` (tag ``job``) — one point at the end of a stage job: its
   tree (``tree``, JSON rows of :meth:`StageStore.tree_rows` made compact by
   :func:`compact_tree`: the values that differ between nodes, the Tune
@@ -41,8 +46,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MAX_TREE_CHARS", "SCHEMA_VERSION", "StageLedger", "compact_tree", "space_of"]
 
-#: Version of the fields of ``stage`` and ``stage_job`` points.
-SCHEMA_VERSION = 1
+#: Version of the fields of ``stage`` and ``stage_job`` points (2: ``stage``
+#: points carry ``system``; version-1 points are read as before, without it).
+SCHEMA_VERSION = 2
 
 
 def space_of(namespace: str) -> str:
@@ -70,6 +76,18 @@ def compact_tree(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict
         row["values"] = {k: v for k, v in r.get("values", {}).items() if k in varying}
         out.append(row)
     return out, fixed
+
+
+def _system_of(raw: Any) -> dict[str, Any] | None:
+    """A ``stage`` point's ``system`` field read back; None when absent (a
+    version-1 point) or unreadable."""
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class StageLedger:
@@ -110,8 +128,10 @@ class StageLedger:
         trial: str,
         seconds: float,
         cpu_s: float,
+        system: Mapping[str, Any] | None = None,
     ) -> None:
-        """One trained epoch (never blocks: the store queues it)."""
+        """One trained epoch (never blocks: the store queues it); ``system``:
+        the trial's system facts at its end (see the module docstring)."""
         from pipetune.store import Point
 
         fields: dict[str, Any] = {
@@ -126,13 +146,16 @@ class StageLedger:
         }
         if checkpoint:
             fields["checkpoint"] = str(checkpoint)
+        if system:
+            fields["system"] = json.dumps(dict(system), sort_keys=True, default=repr)
         self.store.write(Point("stage", {"space": space_of(namespace), "prefix": key}, fields))
 
     def load(self, namespace: str) -> dict[str, dict[str, Any]]:
         """The trained epochs of ``namespace`` recorded by earlier jobs, by
         epoch key: ``{"metrics", "checkpoint" (None if gone), "job",
-        "cpu_s"}``.  Per key, the latest record whose checkpoint file still
-        exists wins, else the latest (its metrics alone)."""
+        "cpu_s", "system" (None in version-1 points)}``.  Per key, the
+        latest record whose checkpoint file still exists wins, else the
+        latest (its metrics alone)."""
         self.store.flush()
         df = self.store.query("stage", {"space": space_of(namespace)})
         out: dict[str, dict[str, Any]] = {}
@@ -161,6 +184,7 @@ class StageLedger:
                 "checkpoint": ckpt,
                 "job": str(row.get("job", "")),
                 "cpu_s": float(cpu) if isinstance(cpu, (int, float)) else None,
+                "system": _system_of(row.get("system")),
             }
         gone = [g for g in gone if not any(r["checkpoint"] == g for r in out.values())]
         if gone:

@@ -41,7 +41,11 @@ deletes them; a later job retrains what it finds gone or unreadable.  At
 :meth:`StageRunner.close` the job's tree and figures go to the store too
 (``pipetune report`` draws them).
 
-Not here (yet): the system tuner deciding once per stage; see the README.
+**The system tuner per stage**: in mode ``pipetune`` each trained epoch's
+record keeps the trial's system facts at its end, and a trial resuming from
+a parent stage decides its stage once from them (see
+:mod:`pipetune.stages.session`); concurrent stages are Tune trials, so the
+node allocator packs them as it packs trials.
 """
 
 from __future__ import annotations

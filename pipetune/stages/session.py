@@ -17,7 +17,21 @@
 - :func:`report` — records the epoch's metrics under its prefix key, writes
   a checkpoint where the stage tree branches (``state()`` is only called
   then), and forwards the metrics to :func:`pipetune.tune.report` (so a
-  trial wrapped by :func:`pipetune.wrap` keeps its system tuner).
+  trial wrapped by :func:`pipetune.wrap` keeps its system tuner).  The
+  record also keeps what the trial's system policy had once the epoch's
+  boundary was decided (config in force, state, profile).
+
+**The system tuner per stage.**  A trial that resumes from a parent stage's
+checkpoint hands that record to its pipetune session
+(:meth:`~pipetune.tune.session.TrialSession.resume_stage`): its tuner
+decides the child stage once, at the parent's settled config within the
+node share (decision MATCHED, reason "parent stage KEY …"), with no
+profiling epoch and no probing — unless the batch size changes at the
+branch point, or the parent was not settled, when it profiles as a new
+trial would.  When the trial's own schedule changes the batch size after
+an epoch it trained, its tuner re-profiles the next epoch (a settled one
+goes back to profiling at the default).  Replayed epochs never reach the
+tuner.
 
 Outside a stage run (no :class:`StageSession`), :func:`resume` returns
 ``start`` and :func:`report` is :func:`pipetune.tune.report`: the same
@@ -42,9 +56,14 @@ from pipetune.stages.tree import TrialPlan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StageSession", "current", "report", "resume", "set_current"]
+__all__ = ["BATCH_SIZE", "StageSession", "current", "report", "resume", "set_current"]
 
 _current: StageSession | None = None
+
+#: The hyperparameter whose change at a branch point makes a child stage
+#: another workload to the system tuner (profiled afresh, not decided from
+#: its parent): the bundled workloads' and :func:`growing_batch`'s name.
+BATCH_SIZE = "batch_size"
 
 
 def current() -> StageSession | None:
@@ -141,8 +160,44 @@ class StageSession:
         log.info("trial %s resumes after epoch %d from stage checkpoint %s",
                  self.trial, got.resume_epoch, got.checkpoint)
         self.epoch = got.resume_epoch + 1
+        if self.epoch < len(self.keys) and got.checkpoint is not None and load is not None:
+            self._tell_tuner(got.resume_epoch, got.system)
         self._wall_mark = time.time()
         return self.epoch
+
+    def _tell_tuner(self, parent_epoch: int, system: Mapping[str, Any] | None) -> None:
+        """Hand the parent stage's system facts to this trial's pipetune
+        session, so its tuner decides the child stage from them (or profiles
+        it afresh when the batch size changes at the branch point) instead of
+        profiling as a new trial.  Outside a pipetune trial: nothing."""
+        from pipetune.tune.session import current_session
+
+        session = current_session()
+        if session is None:
+            return
+        before = dict(self.plan.point(parent_epoch))
+        after = dict(self.plan.point(parent_epoch + 1))
+        session.resume_stage(self.keys[parent_epoch], dict(system or {}),
+                             epoch=parent_epoch + 1,
+                             parent_batch_size=before.get(BATCH_SIZE),
+                             batch_size=after.get(BATCH_SIZE))
+
+    def _batch_change(self, epoch: int) -> None:
+        """When this trial's schedule changes the batch size after ``epoch``
+        (and it trains on), its tuner profiles the next epoch afresh: the
+        config settled for the old batch size is another workload's.  Called
+        once ``epoch``'s boundary is decided, before the next one starts."""
+        if epoch + 1 >= self.plan.epochs:
+            return
+        before = dict(self.plan.point(epoch)).get(BATCH_SIZE)
+        after = dict(self.plan.point(epoch + 1)).get(BATCH_SIZE)
+        if before == after:
+            return
+        from pipetune.tune.session import current_session
+
+        session = current_session()
+        if session is not None:
+            session.reprofile(f"batch size {before} -> {after} from epoch {epoch + 1}")
 
     def _read_checkpoint(self, path: str) -> Any:
         """The state in ``path``, or None (one warning line) when the file is
@@ -177,19 +232,30 @@ class StageSession:
             os.replace(tmp, final)  # a reader never sees half a checkpoint
             path = str(final)
         now = time.time()
-        if key is not None:
-            plain = {k: v for k, v in metrics.items()
-                     if isinstance(v, (int, float, str, bool)) or v is None}
-            self._call("record", self.trial, key, plain, seconds=now - self._wall_mark,
-                       cpu_s=self._cpu_since_mark(), checkpoint=path, epoch=epoch)
+        seconds, cpu_s = now - self._wall_mark, self._cpu_since_mark()
+
+        def record(system: Mapping[str, Any] | None) -> None:
+            # After the trial's system policy decided this boundary (the
+            # config in force at the epoch's end), before Tune hears of it.
+            if key is not None:
+                plain = {k: v for k, v in metrics.items()
+                         if isinstance(v, (int, float, str, bool)) or v is None}
+                self._call("record", self.trial, key, plain, seconds=seconds, cpu_s=cpu_s,
+                           checkpoint=path, epoch=epoch, system=dict(system) if system else None)
+            self._batch_change(epoch)
+
         self._wall_mark = now
         self.epoch = epoch + 1
         out = {**metrics, "pt_stage_replayed": False}
         if self._report_fn is not None:
+            from pipetune.tune.session import current_session
+
+            session = current_session()
+            record(session.stage_facts() if session is not None else None)
             return self._report_fn(out, steps=steps, checkpoint=checkpoint)
         import pipetune.tune as pt
 
-        return pt.report(out, steps=steps, checkpoint=checkpoint)
+        return pt.report(out, steps=steps, checkpoint=checkpoint, on_decided=record)
 
     def close(self) -> None:
         """Hand back unrecorded CPU time and every claim still held."""

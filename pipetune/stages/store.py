@@ -43,7 +43,10 @@ class Acquired:
     resume from ``checkpoint`` (a path; None = from the trial's own state),
     which holds the state after epoch ``resume_epoch`` (-1 = none), replay
     ``replay`` (the recorded metrics of epochs ``first_replayed`` ..
-    ``resume_epoch``) and train from ``resume_epoch + 1``.
+    ``resume_epoch``) and train from ``resume_epoch + 1``.  ``system``:
+    what the system policy of the trial that trained epoch ``resume_epoch``
+    had at its end (config, state, last decision, profile; see
+    :meth:`StageStore.record`), None when nothing was recorded.
     """
 
     wait_for: str | None = None
@@ -51,6 +54,7 @@ class Acquired:
     checkpoint: str | None = None
     first_replayed: int = 0
     replay: tuple[dict[str, Any], ...] = ()
+    system: dict[str, Any] | None = None
 
 
 class StageStore:
@@ -147,6 +151,7 @@ class StageStore:
             checkpoint=self.records[keys[resume]]["checkpoint"],
             first_replayed=from_epoch,
             replay=replay,
+            system=self.records[keys[resume]].get("system"),
         )
 
     def wants_checkpoint(self, trial: str, plan_id: str, epoch: int, key: str) -> bool:
@@ -164,15 +169,21 @@ class StageStore:
         return False
 
     def record(self, trial: str, key: str, metrics: dict[str, Any], *, seconds: float,
-               cpu_s: float, checkpoint: str | None, epoch: int | None = None) -> None:
+               cpu_s: float, checkpoint: str | None, epoch: int | None = None,
+               system: dict[str, Any] | None = None) -> None:
         """Epoch ``key`` (epoch number ``epoch``) is trained: keep its metrics
-        (and checkpoint path); with a ledger, write them to the store too."""
+        (and checkpoint path); with a ledger, write them to the store too.
+        ``system``: the trial's system policy at the epoch's end, once that
+        boundary was decided (config in force, state, last decision, profile:
+        :meth:`~pipetune.policy.SystemPolicy.stage_facts`), so a child stage
+        resuming here is decided from it instead of profiled afresh."""
         self.heard[trial] = time.time()
         self.longest_epoch_s = max(self.longest_epoch_s, seconds)
         old = self.records.get(key)
         if old is None or (checkpoint and not old.get("checkpoint")):
             self.records[key] = {"metrics": dict(metrics), "trial": trial, "cpu_s": float(cpu_s),
-                                 "checkpoint": checkpoint or (old or {}).get("checkpoint")}
+                                 "checkpoint": checkpoint or (old or {}).get("checkpoint"),
+                                 "system": dict(system) if system else (old or {}).get("system")}
         if self.claims.get(key) == trial:
             del self.claims[key]
         self.trained[trial] = self.trained.get(trial, 0) + 1
@@ -184,7 +195,7 @@ class StageStore:
                 namespace=plan.namespace, key=key,
                 epoch=epoch if epoch is not None else plan.epoch_keys().index(key),
                 metrics=metrics, checkpoint=checkpoint, job=self.job, trial=trial,
-                seconds=seconds, cpu_s=cpu_s,
+                seconds=seconds, cpu_s=cpu_s, system=system,
             )
 
     def forget_checkpoint(self, trial: str, key: str, replayed: int = 0) -> None:

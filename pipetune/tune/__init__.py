@@ -55,20 +55,28 @@ def window(steps: int) -> None:
 
 
 def report(metrics: Mapping[str, Any], *, steps: int = 0, checkpoint: Any = None,
-           group: Any = None) -> dict[str, Any]:
+           group: Any = None, on_decided: Callable[[dict[str, Any]], Any] | None = None
+           ) -> dict[str, Any]:
     """End the current epoch (drop-in for ``ray.tune.report``).  ``group``: a
     worker group's :class:`~pipetune.tune.session.GroupFacts` (see
-    :mod:`pipetune.tune.parallel`)."""
+    :mod:`pipetune.tune.parallel`).  ``on_decided``: called with the system
+    facts in force once the boundary is decided, before Tune hears of the
+    epoch (``{}`` outside a pipetune trial; see
+    :meth:`~pipetune.tune.session.TrialSession.report`)."""
     session = current_session()
     if session is None:
         from ray import tune
+
+        if on_decided is not None:
+            on_decided({})
 
         if checkpoint is not None:
             tune.report(dict(metrics), checkpoint=checkpoint)
         else:
             tune.report(dict(metrics))
         return dict(metrics)
-    return session.report(metrics, steps=steps, checkpoint=checkpoint, group=group)
+    return session.report(metrics, steps=steps, checkpoint=checkpoint, group=group,
+                          on_decided=on_decided)
 
 
 def _open_store(settings: Settings) -> Any:

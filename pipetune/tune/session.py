@@ -281,11 +281,15 @@ class TrialSession:
         steps: int = 0,
         checkpoint: Any = None,
         group: GroupFacts | None = None,
+        on_decided: Callable[[dict[str, Any]], Any] | None = None,
     ) -> dict[str, Any]:
         """End the current epoch with ``metrics``; returns what went to Tune.
 
         ``group``: the epoch's worker-group facts when the trial trains with a
-        parallel strategy (see :class:`GroupFacts`).
+        parallel strategy (see :class:`GroupFacts`).  ``on_decided``: called
+        with :meth:`stage_facts` once this boundary is decided and before
+        Tune hears of the epoch — a stage tree records the config in force
+        at the epoch's end there (Tune may stop the trial inside its report).
         """
         now = time.time()
         if isinstance(metrics.get("epoch"), int) and not isinstance(metrics["epoch"], bool):
@@ -335,6 +339,8 @@ class TrialSession:
         except Exception as e:  # noqa: BLE001
             log.warning("trial %s: system policy failed at epoch end: %s", self.ref.trial, e)
         self._follow_strategy(group)
+        if on_decided is not None:
+            on_decided(self.stage_facts())
         if self._store is not None and not self.policy.writes_to_store:
             self._store.write_epoch(self.ref, result, phase=phase, time_s=now)
         out = dict(metrics)
@@ -370,6 +376,44 @@ class TrialSession:
             else:
                 self._report_fn(out)
         return out
+
+    def stage_facts(self) -> dict[str, Any]:
+        """The policy's state for a stage tree's record of the epoch just
+        decided (:meth:`SystemPolicy.stage_facts`); never raises."""
+        try:
+            return dict(self.policy.stage_facts())
+        except Exception as e:  # noqa: BLE001 - a record without facts is still a record
+            log.debug("trial %s: no stage facts: %s", self.ref.trial, e)
+            return {}
+
+    def resume_stage(self, key: str, facts: Mapping[str, Any], *, epoch: int,
+                     parent_batch_size: Any = None, batch_size: Any = None) -> None:
+        """The trial resumed at ``epoch`` from parent stage ``key`` (a stage
+        tree), whose trial left ``facts`` at its end: the policy decides this
+        stage from them, and the threads follow before the first epoch
+        trains (the decision is waited for like a boundary's)."""
+        try:
+            self.policy.resume_stage(key, facts, epoch=epoch,
+                                     parent_batch_size=parent_batch_size,
+                                     batch_size=batch_size)
+            self.policy.wait_decision(self._decision_wait_s)
+        except Exception as e:  # noqa: BLE001
+            log.warning("trial %s: system policy failed at the stage resume: %s",
+                        self.ref.trial, e)
+        self._sync_threads()
+
+    def reprofile(self, reason: str) -> None:
+        """The workload changes from the next epoch on (``reason``: how, e.g.
+        a schedule's batch size): the policy profiles it again.  Called
+        between an epoch's decision and the next epoch's start (a stage
+        session does it from ``report``'s ``on_decided``); the decision is
+        waited for like a boundary's, and the threads follow at the next
+        epoch's start."""
+        try:
+            self.policy.reprofile(reason)
+            self.policy.wait_decision(self._decision_wait_s)
+        except Exception as e:  # noqa: BLE001
+            log.warning("trial %s: system policy failed to re-profile: %s", self.ref.trial, e)
 
     def close(self, error: BaseException | None = None) -> None:
         """The trial ended (``error``: the exception that ended it)."""

@@ -36,6 +36,14 @@ The states, each a frozen record of its own data (what every state shares
     Probing      … strategy done / trial ends   → Settled      apply best; SETTLED,
                                                                ground-truth record
     Probing      … next probe exceeds the share → Settled      apply default; FALLBACK
+    Profiling    PARENT_STAGE (resumed from a   → Settled      apply the parent's config
+                 settled parent stage, same                    within the node share; MATCHED
+                 batch size, nothing profiled)                 ("parent stage KEY"), stop the
+                                                               profiler (late)
+    Profiling    … batch size changed, parent   → Profiling    nothing: profiled afresh
+                 not settled, or profiled already
+    Settled      REPROFILE (the batch size      → Profiling    apply default, start the
+                 changes at this boundary)                     profiler (late): a new workload
     any          REBALANCE (not mid-probe)      → same         take the node share now
     any          REASSERT                       → same         apply the config in force again
     any          FAIL | an answer failed        → Degraded     restore default; DEGRADED
@@ -86,6 +94,7 @@ from pipetune.tuner.records import (
     Release,
     Settled,
     Slot,
+    StageHint,
     Start,
     StartProfiler,
     StopProfiler,
@@ -95,7 +104,7 @@ from pipetune.tuner.records import (
     guard,
 )
 from pipetune.tuner.rules import budget, epochs_left, oom_kills, probe_plan, unusable
-from pipetune.types import Decision, DecisionKind, EpochProfile, EpochResult, SystemConfig
+from pipetune.types import Decision, DecisionKind, EpochProfile, EpochResult, Phase, SystemConfig
 
 __all__ = ["TRANSITIONS", "step"]
 
@@ -139,6 +148,10 @@ def _on(m: Machine, ev: Event, cx: Cx) -> Machine:
         if not isinstance(s, Profiling):
             return m
         return replace(m, state=replace(s, sampling_from=ev.t, wait_s=ev.wait_s))
+    if k is Kind.PARENT_STAGE:
+        return _from_parent(m, cx, ev.stage)
+    if k is Kind.REPROFILE:
+        return _reprofile(m, cx, ev.reason)
     if k is Kind.REBALANCE:
         return _rebalance(m, cx)
     if k is Kind.REASSERT:
@@ -198,6 +211,75 @@ def _start_hinted(m: Machine, cx: Cx, hint: Hint) -> Machine:
                 ledger=replace(m.ledger, hint=hint))
     _decide(m, cx, DecisionKind.HINTED, m.ledger.config, 0,
             f"{hint.describe()}: applied at start{capped}; the profile confirms or corrects it")
+    return m
+
+
+def _from_parent(m: Machine, cx: Cx, hint: StageHint | None) -> Machine:
+    """A trial resumed from a parent stage's checkpoint: the child stage is
+    decided once, from the parent's settled config and profile, instead of
+    being profiled and probed as a new trial — the parent *was* this
+    workload up to the branch point.  The decision is MATCHED (the child is
+    matched to its parent: ``pt_phase`` "matched", the reason names the
+    parent stage), capped by the node share like a known workload's hint.
+    A batch size that changes at the branch point makes another workload
+    to the system, so that child profiles (and matches or probes) afresh;
+    so does one whose parent was not settled at its end (still profiling or
+    probing, or degraded).  Only before anything is profiled: a trial that
+    has its own profile already decides by it, and before START (which the
+    trial session always posts first) there is nothing to decide from:
+    START → SETTLED is no transition of the table."""
+    if hint is None:
+        return m
+    s = m.state
+    fresh = ""
+    if isinstance(s, Start):
+        fresh = "this trial's tuner has not started"
+    elif not isinstance(s, Profiling) or s.epochs > 0 or m.ledger.profile is not None:
+        fresh = f"this trial's tuner is {m.phase.value} already"
+    elif hint.phase is not Phase.SETTLED:
+        fresh = f"its tuner was {hint.phase.value} at its end, not settled"
+    elif hint.batch_changed:
+        fresh = (f"batch size {hint.parent_batch_size} there, {hint.batch_size} here: "
+                 f"another workload to the system")
+    elif hint.config not in m.params.space.configs():
+        fresh = f"its config {hint.config} is not in this trial's space"
+    if fresh:
+        cx.emit(Note("info", f"parent stage {hint.key} not used ({fresh}): profiled afresh"))
+        if isinstance(s, Profiling) and s.epochs == 0 and m.ledger.profile is None:
+            m = replace(m, state=replace(s, reason=f"resumed from parent stage {hint.key}, "
+                                                   f"profiled afresh: {fresh}"))
+        return m
+    cfg, capped = hint.config, ""
+    share = cx.ask(Capacity(cfg.cores))
+    if share is not None and 0 < share < cfg.cores:
+        cfg, capped = replace(cfg, cores=share), f"; {share} core(s): the node share"
+    m = _apply(m, cx, cfg)
+    reason = f"parent stage {hint.key}"
+    m = replace(m, state=Settled(reason, m.ledger.config),
+                ledger=replace(m.ledger, profile=hint.profile))
+    _decide(m, cx, DecisionKind.MATCHED, m.ledger.config, hint.epoch,
+            f"{hint.describe()}; decided once for this stage from the parent's profile, "
+            f"not profiled{capped}")
+    cx.emit(StopProfiler(late=True))
+    return m
+
+
+def _reprofile(m: Machine, cx: Cx, why: str) -> Machine:
+    """The workload changed under a settled trial — its schedule changes the
+    batch size at this boundary — so the config settled for the old one
+    says little about the new one: profile it again as a new trial would,
+    at the default, then match or probe.  What was learnt of the old
+    workload (its profile, speeds, hint) is dropped; its ground-truth
+    records stay.  Only from SETTLED: a trial still profiling or probing
+    decides on epochs of both batch sizes (a note says so)."""
+    if not isinstance(m.state, Settled):
+        cx.emit(Note("info", f"{why}: not re-profiled while {m.phase.value}"))
+        return m
+    m = _apply(m, cx, m.params.default)
+    m = replace(m, state=Profiling(f"re-profiling: {why}"),
+                ledger=replace(m.ledger, profile=None, profile_notes=(), window_profile=None,
+                               hint=None, speeds=()))
+    cx.emit(StartProfiler())
     return m
 
 

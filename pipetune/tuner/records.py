@@ -28,7 +28,9 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.START: frozenset({Phase.PROFILING, Phase.DEGRADED}),
     Phase.PROFILING: frozenset({Phase.SETTLED, Phase.PROBING, Phase.DEGRADED}),
     Phase.PROBING: frozenset({Phase.PROBING, Phase.SETTLED, Phase.DEGRADED}),
-    Phase.SETTLED: frozenset({Phase.DEGRADED}),
+    # SETTLED → PROFILING: the workload changed under it (REPROFILE: a
+    # schedule changed the batch size at a boundary of the trial's own run).
+    Phase.SETTLED: frozenset({Phase.DEGRADED, Phase.PROFILING}),
     Phase.DEGRADED: frozenset(),
 }
 
@@ -185,6 +187,44 @@ def initial(params: Params, objective: Objective) -> Machine:
     return Machine(params, Ledger(config=params.default, objective=objective), Start())
 
 
+@dataclass(frozen=True)
+class StageHint:
+    """The stage a trial resumes from (a stage tree's parent, see
+    :mod:`pipetune.stages`): what that stage's tuner had at its end.
+
+    Why a hint of its own beside :class:`~pipetune.groundtruth.Hint`: the
+    parent trained the *same* workload, with the same hyperparameters up to
+    the branch point, so its settled config and its profile describe the
+    child better than any cluster of the history does; the child decides
+    at once from them (no profiling epoch, no probing).  When the batch size
+    changes at the branch point the workload is another one to the system
+    (another profile, another best config), so the child is profiled afresh.
+
+    ``key``: the parent stage's epoch key (the prefix it ends); ``phase``:
+    its tuner's state at the end (only a SETTLED parent's config is a
+    decision); ``profile``: the profile that tuner had (None: none taken);
+    ``parent_batch_size``/``batch_size``: the batch size of the parent's
+    last epoch and of the child's first (None: no such hyperparameter);
+    ``epoch``: the child's first epoch to train."""
+
+    key: str
+    config: SystemConfig
+    phase: Phase
+    profile: EpochProfile | None = None
+    parent_batch_size: Any = None
+    batch_size: Any = None
+    how: str = ""  # the parent's last decision kind (matched, settled, fallback …)
+    epoch: int = 0
+
+    @property
+    def batch_changed(self) -> bool:
+        return self.parent_batch_size != self.batch_size
+
+    def describe(self) -> str:
+        how = f" ({self.how})" if self.how else ""
+        return f"parent stage {self.key}: its tuner settled on {self.config}{how}"
+
+
 # -- events ---------------------------------------------------------------------------------
 
 
@@ -198,6 +238,8 @@ class Kind(enum.Enum):
     CLOSE = "close"
     PROFILER_STARTED = "profiler_started"
     FAIL = "fail"  # the system side failed outside a step (perf did not start, a bug)
+    PARENT_STAGE = "parent_stage"  # the trial resumed from a parent stage (``Event.stage``)
+    REPROFILE = "reprofile"  # the workload changed at this boundary (``Event.reason``: how)
 
 
 @dataclass(frozen=True)
@@ -216,9 +258,10 @@ class Event:
     posted: int = 0
     energy: tuple[float, str] | None = None
     wait_s: float = 2.0  # PROFILER_STARTED: how long a profile may wait for a sample
-    reason: str = ""  # FAIL
+    reason: str = ""  # FAIL, REPROFILE
     result: EpochResult | None = None  # EPOCH_END: the trial session's record of the epoch
     answers: tuple[Any, ...] = ()
+    stage: StageHint | None = None  # PARENT_STAGE: the stage the trial resumed from
 
 
 # -- effects and the questions the machine asks ------------------------------------------------

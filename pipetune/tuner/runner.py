@@ -79,6 +79,8 @@ class _Posted:
     metrics: Mapping[str, float] = field(default_factory=dict)
     seq: int = 0
     result: EpochResult | None = None
+    stage: r.StageHint | None = None
+    reason: str = ""
 
 
 class SystemTuner:
@@ -295,6 +297,36 @@ class SystemTuner:
         died); the controller opens the trial again where it must."""
         self._post(r.Kind.REASSERT)
 
+    def resume_stage(self, hint: r.StageHint) -> None:
+        """The trial resumed from a parent stage's checkpoint (a stage tree):
+        decide this stage once from ``hint`` (the parent's settled config
+        and profile) instead of profiling it as a new trial, unless its batch
+        size changed (:func:`pipetune.tuner.machine._from_parent`).  Post it
+        before the first trained epoch ends; :meth:`wait_decided` then puts
+        the parent's config in force before that epoch trains."""
+        self._post(r.Kind.PARENT_STAGE, stage=hint)
+
+    def reprofile(self, reason: str) -> None:
+        """The workload changes at this boundary (``reason``: how, e.g. the
+        batch size a schedule sets for the next epoch): a settled tuner
+        profiles again, at the default, as for a new trial.  Post it between
+        an epoch's end and the next one's start."""
+        self._post(r.Kind.REPROFILE, reason=reason)
+
+    def stage_facts(self) -> dict[str, Any]:
+        """What a stage tree keeps of this tuner at the end of a trained
+        epoch, so a child stage can start from it (see :meth:`resume_stage`):
+        the config in force, the state, the last decision's kind and the
+        profile (its rates, a plain JSON-able dict; None before one is taken)."""
+        m = self.machine
+        last = self.decisions[-1] if self.decisions else None
+        p = m.ledger.profile
+        profile = None if p is None else {
+            "rates": dict(p.rates), "start": p.start, "end": p.end,
+            "n_samples": p.n_samples, "epoch": p.epoch}
+        return {"config": str(m.ledger.config), "phase": m.phase.value,
+                "decision": last.kind.value if last else "", "profile": profile}
+
     def threads_to_use(self) -> int:
         """Threads the training thread should use now (``sync_threads`` it at
         the next boundary): the cores of the config in force."""
@@ -360,14 +392,15 @@ class SystemTuner:
 
     def _post(self, kind: r.Kind, epoch: int = 0, steps: int = 0,
               metrics: Mapping[str, float] | None = None,
-              result: EpochResult | None = None) -> None:
+              result: EpochResult | None = None, stage: r.StageHint | None = None,
+              reason: str = "") -> None:
         try:
             if self._closing:
                 return
             with self._idle:
                 self._posted_seq += 1
                 ev = _Posted(kind, self.clock(), int(epoch), int(steps), dict(metrics or {}),
-                             self._posted_seq, result)
+                             self._posted_seq, result, stage, reason)
                 if kind is r.Kind.EPOCH_END:
                     self._epochs_posted = max(self._epochs_posted, ev.epoch + 1)
                 self._busy += 1
@@ -401,7 +434,8 @@ class SystemTuner:
         if p.kind in _BOUNDARIES and self.state is not Phase.DEGRADED:
             energy = self.side.read_energy()
         self._feed(r.Event(p.kind, p.t, p.epoch, p.steps, p.metrics,
-                           posted=self._epochs_posted, energy=energy, result=p.result))
+                           posted=self._epochs_posted, energy=energy, result=p.result,
+                           stage=p.stage, reason=p.reason))
 
     def _feed(self, ev: r.Event) -> None:
         """Step the machine with ``ev`` until it needs no more answers,
