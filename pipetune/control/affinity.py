@@ -60,6 +60,15 @@ class AffinityController(Controller):
     def __init__(self) -> None:
         super().__init__()
         self._trials: dict[str, _Trial] = {}
+        # The CPUs this process may use *now*, before it pins anything.  Read
+        # later, ``sched_getaffinity(0)`` would be the mask this controller
+        # gave: embedded in a trial process, it pins that very process, and a
+        # trial shrunk to 1 core could never be given 2 again.
+        self._allowed = sorted(os.sched_getaffinity(0))
+
+    def allowed_cpus(self) -> list[int]:
+        """The CPUs this process could use when the controller was made."""
+        return list(self._allowed)
 
     def open_trial(self, trial_id: str, pids: Sequence[int]) -> TrialHandle:
         with self._lock:

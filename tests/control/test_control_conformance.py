@@ -355,3 +355,30 @@ def test_open_trials_are_thread_safe(h, spawn):
     finally:
         for hd in handles:
             h.ctl.close_trial(hd)
+
+
+EMBEDDED_AFFINITY = """
+import os, sys
+from pipetune.control import AffinityController
+from pipetune.types import SystemConfig
+c = AffinityController()
+h = c.open_trial("self", [os.getpid()])
+for cores in (1, 2, 1, 2):
+    a = c.apply(h, SystemConfig(cores=cores))
+    print(cores, len(a.cpus), len(os.sched_getaffinity(0)), flush=True)
+c.close_trial(h)
+print("closed", len(os.sched_getaffinity(0)), flush=True)
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_embedded_affinity_controller_grows_its_own_process_back() -> None:
+    """Embedded in a trial process, the affinity controller pins that very
+    process: a trial shrunk to 1 core must still be given 2 again (the CPUs
+    it may use are those of the process before it pinned anything)."""
+    out = subprocess.run([sys.executable, "-c", EMBEDDED_AFFINITY], capture_output=True,
+                         text=True, timeout=60, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    lines = out.stdout.split("\n")
+    assert lines[:4] == ["1 1 1", "2 2 2", "1 1 1", "2 2 2"], out.stdout + out.stderr
+    assert lines[4] == f"closed {len(os.sched_getaffinity(0))}"
