@@ -94,7 +94,14 @@ from pipetune.tuner.records import (
     WriteGroundTruth,
     guard,
 )
-from pipetune.tuner.rules import budget, epochs_left, oom_kills, probe_plan, unusable
+from pipetune.tuner.rules import (
+    budget,
+    epochs_left,
+    for_this_trial,
+    oom_kills,
+    probe_plan,
+    unusable,
+)
 from pipetune.types import Decision, DecisionKind, EpochProfile, EpochResult, SystemConfig
 
 __all__ = ["TRANSITIONS", "step"]
@@ -175,6 +182,8 @@ def _begin(m: Machine, cx: Cx) -> Machine:
     cx.ask(OpenTrial())
     m = replace(m, ledger=replace(m.ledger, opened=True))
     hint = cx.ask(KnownWorkload(m.params.workload)) if m.params.workload else None
+    if hint is not None:
+        hint = replace(hint, config=for_this_trial(m, hint.config)[0])
     if hint is not None and hint.config in m.params.space.configs():
         m = _start_hinted(m, cx, hint)
     else:
@@ -329,8 +338,9 @@ def _after_profile(m: Machine, ev: Event, cx: Cx) -> Machine:
     notes = "".join(f"; {n}" for n in m.ledger.profile_notes)
     hint = m.ledger.hint
     if match.accepted(p.threshold):
-        cfg = match.config
-        assert cfg is not None
+        assert match.config is not None
+        cfg, kept = for_this_trial(m, match.config)
+        notes = kept + notes
         problem = unusable(m, cx, cfg)
         if problem is None and hint is not None and match.cluster == hint.cluster \
                 and cfg == hint.config:
@@ -364,8 +374,9 @@ def _after_profile(m: Machine, ev: Event, cx: Cx) -> Machine:
               f"{p.default}: profiles at another config may not match"
               if m.ledger.config != p.default else "profiled at the default")
         notes = f"; hint of cluster {hint.cluster} not confirmed ({at})" + notes
+    first = match.config or (hint.config if hint is not None else None)
     return _plan_probing(m, ev, cx, why + notes,
-                         hint=match.config or (hint.config if hint is not None else None))
+                         hint=None if first is None else for_this_trial(m, first)[0])
 
 
 def _plan_probing(m: Machine, ev: Event, cx: Cx, why: str,
