@@ -96,6 +96,7 @@ from pipetune.tuner.records import (
 )
 from pipetune.tuner.rules import (
     budget,
+    chooses_strategy,
     epochs_left,
     for_this_trial,
     oom_kills,
@@ -270,19 +271,25 @@ def _epoch_end(m: Machine, ev: Event, cx: Cx) -> Machine:
         # Stopped once the decision is out: stopping perf takes a while.
         cx.emit(StopProfiler(late=True))
     elif isinstance(m.state, Probing):
-        m = _probe_progress(_with_restart(m, ev), ev, cx, epoch_over=True)
+        m = _probe_progress(_with_group_facts(m, ev), ev, cx, epoch_over=True)
     return m
 
 
-def _with_restart(m: Machine, ev: Event) -> Machine:
-    """The slot in progress with the worker-group restart this epoch reported
-    (a change of parallel strategy): counted in the probe's time."""
+def _with_group_facts(m: Machine, ev: Event) -> Machine:
+    """The slot in progress with the worker-group facts this epoch reported:
+    the restart (a change of parallel strategy), counted in the probe's
+    time, and the heaviest rank's peak memory, kept as the slot's peak."""
     s = m.state
-    restart_s = ev.result.metrics.get("restart_s") if ev.result is not None else None
-    if not isinstance(s, Probing) or s.slot is None or not restart_s:
+    if not isinstance(s, Probing) or s.slot is None or ev.result is None:
         return m
-    slot = replace(s.slot, restart_s=s.slot.restart_s + float(restart_s))
-    return replace(m, state=replace(s, slot=slot))
+    slot = s.slot
+    restart_s = ev.result.metrics.get("restart_s")
+    if restart_s:
+        slot = replace(slot, restart_s=slot.restart_s + float(restart_s))
+    peak = ev.result.metrics.get("rss_peak_per_rank_mb")
+    if peak is not None and math.isfinite(peak) and peak > 0:
+        slot = replace(slot, rss_peak_per_rank_mb=max(slot.rss_peak_per_rank_mb or 0.0, peak))
+    return m if slot is s.slot else replace(m, state=replace(s, slot=slot))
 
 
 def _write_epoch(m: Machine, ev: Event, cx: Cx, profile: EpochProfile | None) -> Machine:
@@ -494,6 +501,10 @@ def _finish_slot(m: Machine, cx: Cx, counted: list[Interval]) -> Machine:
                                                                                    counted),
         steps=sum(iv.steps for iv in counted),
         energy_j=None if any(e is None for e in energies) else sum(energies),  # type: ignore[arg-type]
+        # Memory per rank tells strategies apart; between core counts it is
+        # the same model in the same ranks, and the memory objective has
+        # nothing to compare (it then falls back to runtime).
+        rss_peak_per_rank_mb=slot.rss_peak_per_rank_mb if chooses_strategy(m) else None,
     )
     objective = m.ledger.objective
     try:

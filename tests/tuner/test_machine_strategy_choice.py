@@ -4,22 +4,27 @@ machine (issue 17): recorded events, answers included, no threads or clocks.
 - A trial whose strategy is fixed (``--parallel ddp``, not ``auto``) that
   matches a cluster whose winner names another strategy takes the winner's
   cores/memory/GPUs and keeps its own strategy, instead of probing.
+- With the memory objective, ``--parallel auto`` settles on the strategy
+  whose heaviest rank peaked lowest.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from support.machine_steps import decisions, of, settle
 
+from pipetune.errors import NotSupportedError
 from pipetune.groundtruth import Hint, Match
-from pipetune.probing import Objective
+from pipetune.probing import Measurement, Objective
 from pipetune.tuner import records as r
 from pipetune.tuner.machine import step
 from pipetune.tuner.rules import for_this_trial
 from pipetune.types import (
     DecisionKind,
     EpochProfile,
+    EpochResult,
     Phase,
     SystemConfig,
     SystemSpace,
@@ -124,3 +129,55 @@ def test_for_this_trial_changes_nothing_where_the_tuner_chooses_or_strategies_ag
         SystemConfig(1, parallel="mp"), "")
     cfg, note = for_this_trial(fixed, SystemConfig(1, 512, parallel="ddp"))
     assert cfg == SystemConfig(1, 512) and "strategy ddp left out" in note
+
+
+# -- the memory objective: the lowest peak per rank ------------------------------------------
+
+
+def train_strategies(m: r.Machine, epochs: range, spe: dict[str, float],
+                     peak_mb: dict[str, float], t: float = 4.0
+                     ) -> tuple[r.Machine, list[object]]:
+    """Epochs of 10 steps; each epoch's result carries the heaviest rank's
+    peak of the strategy in force, as the trial session reports it."""
+    out: list[object] = []
+    for e in epochs:
+        m, fx = answer(m, r.Event(r.Kind.EPOCH_START, t, e, posted=e))
+        out += fx
+        strategy = m.ledger.config.parallel
+        t += 10 * spe[strategy]
+        result = EpochResult(e, m.ledger.config, 0.0, 10,
+                             metrics={"rss_peak_per_rank_mb": peak_mb[strategy]})
+        m, fx = answer(m, r.Event(r.Kind.EPOCH_END, t, e, 10, posted=e + 1, result=result))
+        out += fx
+    return m, out
+
+
+def test_the_memory_objective_settles_on_the_strategy_with_the_lowest_peak_per_rank():
+    m, _ = started(machine(AUTO, Objective.MEMORY, total_epochs=6))
+    # mp is the slowest but splits the model: its heaviest rank needs least
+    m, effects = train_strategies(m, range(5), spe={"none": 1.0, "ddp": 0.5, "mp": 1.5},
+                                  peak_mb={"none": 900.0, "ddp": 950.0, "mp": 500.0})
+    assert isinstance(m.state, r.Settled)
+    assert decisions(tuple(effects))[-1] == (DecisionKind.SETTLED, replace(C2, parallel="mp"))
+    assert dict(m.state.probed) == {C2: 900.0, replace(C2, parallel="ddp"): 950.0,
+                                    replace(C2, parallel="mp"): 500.0}
+    (record,) = of(tuple(effects), r.WriteGroundTruth)
+    assert record.objective == "memory" and record.value == 500.0
+
+
+def test_the_same_trial_by_runtime_settles_on_the_fastest():
+    m, _ = started(machine(AUTO, Objective.RUNTIME, total_epochs=6))
+    m, effects = train_strategies(m, range(5), spe={"none": 1.0, "ddp": 0.5, "mp": 1.5},
+                                  peak_mb={"none": 900.0, "ddp": 950.0, "mp": 500.0})
+    assert decisions(tuple(effects))[-1] == (DecisionKind.SETTLED, replace(C2, parallel="ddp"))
+
+
+def test_the_memory_objective_without_strategies_to_compare_uses_runtime():
+    with pytest.raises(NotSupportedError, match="peak memory per rank"):
+        Objective.MEMORY.cost(Measurement(C1, seconds=1.0, steps=1))
+    assert Objective.MEMORY.cost(Measurement(C1, 1.0, 1, rss_peak_per_rank_mb=320.0)) == 320.0
+    m, _ = started(machine(FIXED, Objective.MEMORY, total_epochs=5))
+    m, effects = train_strategies(m, range(4), spe={"none": 1.0}, peak_mb={"none": 400.0})
+    notes = [n.message for n in of(tuple(effects), r.Note)]
+    assert any("using runtime" in n for n in notes)
+    assert m.ledger.objective is Objective.RUNTIME
