@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -270,7 +271,8 @@ def test_hyperband_job_with_a_strategy_keeps_it_and_resumes_paused_trials(
     result of every trial names the strategy and both ranks, and a trial
     HyperBand pauses comes back in a new trial process (so a new worker
     group) that resumes from its checkpoint: its epochs go on from where
-    they stopped.  (``--samples 2 --epochs 2`` pauses nothing: HyperBand's
+    they stopped; the groups' own checkpoints go with the job (a stopped
+    trial never cleans up after itself).  (``--samples 2 --epochs 2`` pauses nothing: HyperBand's
     first bracket runs every trial to ``max_t``; with 4 epochs the 3rd to
     5th trials form a bracket that stops at epoch 1 and promotes one.)
     About 2 minutes on 2 cores."""
@@ -298,3 +300,5 @@ def test_hyperband_job_with_a_strategy_keeps_it_and_resumes_paused_trials(
             if before["pid"] != after["pid"]:  # paused, then started again
                 resumed.append((int(before["epoch"]), int(after["epoch"])))
     assert resumed and all(after == before + 1 for before, after in resumed), resumed
+    # The stopped and paused trials' group checkpoints went with the job.
+    assert not list(Path(tempfile.gettempdir()).glob("pipetune-groups-t-hb-*"))
