@@ -28,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-OBJECTIVES = ("runtime", "energy", "edp", "resource_time")
+OBJECTIVES = ("runtime", "energy", "edp", "resource_time", "memory")
 CONTROLLERS = ("auto", "cgroup", "affinity", "dry-run")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 

@@ -128,6 +128,10 @@ class PowerLimitKnob(abc.ABC):
         """Back to the device default."""
         raise NotSupportedError(f"{self.name}: cannot reset power limits")
 
+    def processes(self, index: int) -> list[int]:  # noqa: B027 - optional
+        """PIDs computing on GPU ``index`` now (whose work its limit throttles)."""
+        raise NotSupportedError(f"{self.name}: cannot list a GPU's processes")
+
 
 class NoPowerLimit(PowerLimitKnob):
     """A host without a usable NVML: every call says why."""
@@ -212,6 +216,10 @@ class NvmlPowerLimit(PowerLimitKnob):
         now = self._call("nvmlDeviceGetPowerManagementLimit", h) / 1000.0
         log.info("GPU %d power limit set to %.0f W", index, now)
         return now
+
+    def processes(self, index: int) -> list[int]:
+        running = self._call("nvmlDeviceGetComputeRunningProcesses", self._handle(index))
+        return sorted({int(p.pid) for p in running})
 
     def reset(self, index: int) -> float:
         h = self._handle(index)

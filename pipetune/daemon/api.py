@@ -2,7 +2,7 @@
 API v2, JSON answers (the endpoints are listed in :mod:`pipetune.daemon.server`).
 
 - :func:`body_field`, :func:`body_pids`, :func:`check_trial_id`,
-  :func:`body_config`, :func:`body_quota` — a request body's fields, checked;
+  :func:`body_config`, :func:`body_quota`, :func:`body_gpus` — a request body's fields, checked;
   a bad one is a :class:`~pipetune.daemon.base.BadRequestError` (400).
 - :class:`UnixHTTPServer`, :class:`RequestHandler` — ``http.server`` over the
   Unix socket; each request's caller comes from ``SO_PEERCRED``; errors map
@@ -76,6 +76,17 @@ def body_pids(body: Mapping[str, Any]) -> list[int]:
         if isinstance(p, bool) or not isinstance(p, int) or p < 1:
             raise BadRequestError(f"field 'pids': {p!r} is not a positive integer")
     return list(dict.fromkeys(pids))
+
+
+def body_gpus(body: Mapping[str, Any]) -> list[int]:
+    """The ``gpus`` field: distinct NVML indices >= 0 (may be empty: none held)."""
+    gpus = body_field(body, "gpus", list)
+    for g in gpus:
+        if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+            raise BadRequestError(f"field 'gpus': {g!r} is not a GPU index >= 0")
+    if len(set(gpus)) != len(gpus):
+        raise BadRequestError(f"field 'gpus': {gpus} repeats an index")
+    return list(gpus)
 
 
 def check_trial_id(value: Any, what: str = "field 'trial'") -> str:
@@ -228,7 +239,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             if parts[2] == "rebalance":
                 allow("POST")
                 return 200, daemon.rebalance(caller, parts[1])
-            actions = {"pids": daemon.add_pids, "apply": daemon.apply, "speedup": daemon.speedup}
+            actions = {"pids": daemon.add_pids, "apply": daemon.apply, "speedup": daemon.speedup,
+                       "gpus": daemon.claim_gpus, "gpu_power": daemon.gpu_power}
             action = actions.get(parts[2])
             if action is not None:
                 allow("POST")

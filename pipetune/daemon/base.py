@@ -27,6 +27,7 @@ from typing import Any
 from pipetune.errors import (
     ConfigError,
     ControlError,
+    NotSupportedError,
     PipetuneError,
     PrivilegeError,
 )
@@ -104,6 +105,9 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (TrialConflictError, 409),
     *((t, 400) for t in _control_input_error()),
     (ConfigError, 400),
+    # A knob this node lacks (no NVML for GPU power limits): not the caller's
+    # fault, and not a failure of the daemon either.
+    (NotSupportedError, 501),
     (ControlError, 500),
     (PipetuneError, 500),
 )
@@ -131,6 +135,7 @@ _CLIENT_TYPES: dict[str, type[PipetuneError]] = {
     "UsageError": ConfigError,
     "ControlInputError": next(iter(_control_input_error()), ConfigError),  # type: ignore[dict-item]
     "ControlError": ControlError,
+    "NotSupportedError": NotSupportedError,
 }
 
 

@@ -178,33 +178,48 @@ class DaemonClient:
     def energy(self) -> dict[str, Any]:
         return self.request("GET", "/energy")
 
+    def claim_gpus(self, trial_id: str, gpus: Sequence[int]) -> dict[str, Any]:
+        """Tell the daemon which GPUs (NVML indices) trial ``trial_id`` holds, so
+        it may set their power limit (``POST /trials/ID/gpus``).
+
+        Raises:
+            NotSupportedError: a daemon without GPU power limits (404), or a
+                node without NVML (501).
+            TrialConflictError: another trial holds one of them.
+            PrivilegeError: one of them runs another user's process.
+        """
+        return self._gpu_request(trial_id, "gpus", {"gpus": [int(g) for g in gpus]})
+
     def gpu_power(self, trial_id: str, index: int, watts: float | None = None) -> dict[str, Any]:
         """Set (``watts``) or read (None) the power limit of GPU ``index`` (NVML's
-        numbering) that trial ``trial_id`` holds; answers ``{"index", "watts",
-        "min_w", "max_w"}``.
+        numbering) that trial ``trial_id`` claimed (:meth:`claim_gpus`); answers
+        ``{"index", "watts", "min_w", "max_w"}`` with what is in force.
 
-        ``POST /trials/ID/gpu_power {"index": I, "watts": W}`` — the server must
-        check that the trial owns the GPU (it runs a process of the trial), set
-        the limit through NVML as root (``pipetune.control.gpu.NvmlPowerLimit``),
-        restore the default when the trial closes, and map NVML errors as the
-        knob raises them (ControlInputError 400, NotSupportedError 501).
+        The daemon sets it through NVML as root and puts the limit the GPU had
+        back when the trial closes.
 
         Raises:
             NotSupportedError: the daemon has no such endpoint (404 unknown path:
-                a daemon of a version without GPU power limits).
+                a daemon of a version without GPU power limits), or its node has
+                no NVML (501).
+            PrivilegeError: a GPU the trial did not claim, or another user's trial.
+            ControlInputError: watts outside what the GPU accepts.
         """
-        from pipetune.daemon.base import UnknownPathError
-        from pipetune.errors import NotSupportedError
-
         body: dict[str, Any] = {"index": int(index)}
         if watts is not None:
             body["watts"] = float(watts)
+        return self._gpu_request(trial_id, "gpu_power", body)
+
+    def _gpu_request(self, trial_id: str, what: str, body: Mapping[str, Any]) -> Any:
+        from pipetune.daemon.base import UnknownPathError
+        from pipetune.errors import NotSupportedError
+
         try:
-            return self.request("POST", f"/trials/{_q(trial_id)}/gpu_power", body)
+            return self.request("POST", f"/trials/{_q(trial_id)}/{what}", body)
         except UnknownPathError as e:
             raise NotSupportedError(
                 "this pipetune daemon cannot set GPU power limits (no POST "
-                "/trials/ID/gpu_power endpoint); run the trial as root or update the daemon"
+                f"/trials/ID/{what} endpoint); run the trial as root or update the daemon"
             ) from e
 
 
@@ -404,8 +419,10 @@ class DaemonPowerLimit(PowerLimitKnob):
     root (NVML refuses to set limits to others): the same interface as
     :class:`~pipetune.control.gpu.NvmlPowerLimit`, one trial's GPUs.
 
-    Raises NotSupportedError on use when the daemon has no GPU power endpoint
-    (see :meth:`DaemonClient.gpu_power`).
+    The first use claims the trial's GPUs (:meth:`DaemonClient.claim_gpus`):
+    the daemon sets limits only on GPUs a trial claimed, and the trial learns
+    its GPUs after it registered.  Raises NotSupportedError on use when the
+    daemon has no GPU power endpoint (see :meth:`DaemonClient.gpu_power`).
     """
 
     name = "daemon"
@@ -414,16 +431,23 @@ class DaemonPowerLimit(PowerLimitKnob):
         self.client = client
         self.trial_id = trial_id
         self.gpus = tuple(int(g) for g in gpus)
+        self._claimed = False
+
+    def _power(self, index: int, watts: float | None = None) -> dict[str, Any]:
+        if not self._claimed:
+            self.client.claim_gpus(self.trial_id, self.gpus)
+            self._claimed = True
+        return self.client.gpu_power(self.trial_id, index, watts)
 
     def count(self) -> int:
         return len(self.gpus)
 
     def get_w(self, index: int) -> float:
-        return float(self.client.gpu_power(self.trial_id, index)["watts"])
+        return float(self._power(index)["watts"])
 
     def constraints_w(self, index: int) -> tuple[float, float]:
-        answer = self.client.gpu_power(self.trial_id, index)
+        answer = self._power(index)
         return float(answer["min_w"]), float(answer["max_w"])
 
     def set_w(self, index: int, watts: float) -> float:
-        return float(self.client.gpu_power(self.trial_id, index, watts)["watts"])
+        return float(self._power(index, watts)["watts"])

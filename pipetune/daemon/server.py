@@ -30,17 +30,24 @@ cleans up after trials and after a daemon that died.
       POST   /v2/trials/<id>/rebalance       apply its share again if others moved it
       GET    /v2/trials/<id>/capacity?cores=N  cores it would get now
       POST   /v2/trials/<id>/speedup         {curve: {cores: speed}} from its probes
-      DELETE /v2/trials/<id>                 processes back, group removed
+      POST   /v2/trials/<id>/gpus            {gpus: [NVML index]}: the GPUs it holds
+      POST   /v2/trials/<id>/gpu_power       {index, watts?}: set/read a held GPU's
+                                             power limit (NVML, as root)
+      DELETE /v2/trials/<id>                 processes back, group removed, GPU
+                                             power limits back
 
 The caller's identity comes from ``SO_PEERCRED``: a caller may only register
-and limit processes it owns (root may do all), checked again at every apply.
+and limit processes it owns (root may do all), checked again at every apply;
+it may set the power limit only of GPUs its trial claimed, and may not claim
+one another trial holds or another user's process computes on.
 
 Stale state: the daemon records its trials (pids, their start times and
-original CPU affinity) in ``<socket>.state.json``.  A daemon that starts
-after one that died removes the stale socket, asks the controller to remove
-groups left by dead owners (``cleanup_stale``: the live trials of the dead
-daemon are released at once, never left confined), and gives the recorded
-processes that still run their original affinity back.
+original CPU affinity, the GPU power limits they changed) in
+``<socket>.state.json``.  A daemon that starts after one that died removes
+the stale socket, asks the controller to remove groups left by dead owners
+(``cleanup_stale``: the live trials of the dead daemon are released at once,
+never left confined), gives the recorded processes that still run their
+original affinity back, and the GPUs their original power limits.
 """
 
 from __future__ import annotations
@@ -153,6 +160,9 @@ class Daemon(TrialOps):
             collected once at start).
         meters: the energy meters only the daemon may read, served to trials
             (default: RAPL when this host has it and the daemon can read it).
+        gpu_power: the node's GPU power-limit knob
+            (:class:`~pipetune.control.gpu.PowerLimitKnob`; default: NVML,
+            probed on first use, or a knob saying why there is none).
 
     Thread safety: request threads and the reaper share ``_lock`` for the
     trial table and each trial's own lock for its state.
@@ -169,8 +179,10 @@ class Daemon(TrialOps):
         reap_interval_s: float = 1.0,
         capabilities: Mapping[str, Any] | None = None,
         meters: Sequence[Any] | None = None,
+        gpu_power: Any = None,
     ) -> None:
         self.settings = settings
+        self._gpu_power = gpu_power
         self._meters = list(meters) if meters is not None else None
         self.socket_path = Path(settings.socket)
         self.state_path = Path(str(self.socket_path) + ".state.json")
@@ -295,7 +307,7 @@ class Daemon(TrialOps):
     def _recover(self, stale_socket: bool) -> dict[str, Any]:
         """Undo what a dead previous daemon left: its cgroups and CPU masks."""
         out: dict[str, Any] = {"stale_socket": stale_socket, "stale_trials": [],
-                               "stale_groups": 0, "restored_pids": 0}
+                               "stale_groups": 0, "restored_pids": 0, "restored_gpus": 0}
         try:
             out["stale_groups"] = int(self._controller.cleanup_stale())
         except Exception as e:  # noqa: BLE001 - report, keep starting
@@ -320,10 +332,18 @@ class Daemon(TrialOps):
                 original = info.get("affinity")
                 if original and self._restore_affinity(pid, original):
                     out["restored_pids"] += 1
+            for index_text, watts in (trial.get("gpu_power_before_w") or {}).items():
+                try:
+                    self._gpu_knob().set_w(int(index_text), float(watts))
+                    out["restored_gpus"] += 1
+                except Exception as e:  # noqa: BLE001 - report, keep starting
+                    log.warning("daemon: GPU %s power limit of stale trial %s not restored "
+                                "to %s W: %s", index_text, trial_id, watts, e)
         if out["stale_trials"]:
             log.info("daemon: previous daemon (pid %s) left trial(s) %s; %d process(es) "
-                     "given their CPUs back, %d stale group(s) removed", previous,
-                     ", ".join(out["stale_trials"]), out["restored_pids"], out["stale_groups"])
+                     "given their CPUs back, %d stale group(s) removed, %d GPU power "
+                     "limit(s) restored", previous, ", ".join(out["stale_trials"]),
+                     out["restored_pids"], out["stale_groups"], out["restored_gpus"])
         return out
 
     @staticmethod
@@ -365,6 +385,9 @@ class Daemon(TrialOps):
                     "owner_uid": t.owner.uid,
                     "pids": {str(p): {"start_ticks": s, "affinity": t.affinity.get(p)}
                              for p, s in t.pids.items()},
+                    "gpus": list(t.gpus),
+                    "gpu_power_before_w": {str(i): w
+                                           for i, w in dict(t.gpu_power_before_w).items()},
                 }
                 for t in self._trials.values()
             }
@@ -459,6 +482,10 @@ class Daemon(TrialOps):
         for meter in self._meters or []:
             with contextlib.suppress(Exception):
                 meter.close()
+        close_knob = getattr(self._gpu_power, "close", None)
+        if close_knob is not None:
+            with contextlib.suppress(Exception):
+                close_knob()
         if self._server is not None:
             self._server.server_close()
         with contextlib.suppress(OSError):

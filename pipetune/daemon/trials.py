@@ -4,8 +4,10 @@ behind the trial endpoints.
 - :class:`HostedTrial` — one trial whose group the daemon holds: its owner,
   processes (with their start ticks), group and what is in force.
 - :class:`TrialOps` — register, apply, rebalance, capacity, speed-up, usage,
-  add processes, close: each checks the caller (``SO_PEERCRED``) owns the
-  trial and, at every apply, still owns every process it limits.
+  add processes, claim GPUs, GPU power limit, close: each checks the caller
+  (``SO_PEERCRED``) owns the trial and, at every apply, still owns every
+  process it limits; a GPU's power limit only for a GPU the trial claimed,
+  and the limit it had before is put back when the trial closes.
 - :func:`check_tree` — the caller owns the processes it lists and their
   descendants.
 """
@@ -22,7 +24,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pipetune.daemon.api import body_config, body_field, body_pids, body_quota, check_trial_id
+from pipetune.daemon.api import (
+    body_config,
+    body_field,
+    body_gpus,
+    body_pids,
+    body_quota,
+    check_trial_id,
+)
 from pipetune.daemon.base import (
     BadRequestError,
     PeerCredentials,
@@ -30,7 +39,7 @@ from pipetune.daemon.base import (
     UnknownTrialError,
     check_owner,
 )
-from pipetune.errors import ControlError, PrivilegeError
+from pipetune.errors import ControlError, NotSupportedError, PrivilegeError
 from pipetune.procs import pid_alive, process_start_ticks, with_descendants
 from pipetune.types import TrialRef
 
@@ -42,6 +51,8 @@ log = logging.getLogger("pipetune.daemon.server")
 #: Trials one non-root user may hold open at once (a trial is a cgroup and
 #: CPUs of the node: a bound, so one caller cannot exhaust them).
 MAX_TRIALS_PER_CALLER = 64
+
+_GPU_KNOB_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass
@@ -59,6 +70,12 @@ class HostedTrial:
     affinity: dict[int, list[int]]  # pid -> CPU affinity before the daemon touched it
     handle: Any = None
     applied: Applied | None = None
+    #: NVML indices of the GPUs the trial claimed (``POST .../gpus``): the
+    #: only GPUs whose power limit it may set.
+    gpus: tuple[int, ...] = ()
+    #: GPU index -> power limit (W) before the trial first set it; put back
+    #: when the trial closes.
+    gpu_power_before_w: dict[int, float] = dataclasses.field(default_factory=dict)
     created_s: float = dataclasses.field(default_factory=time.time)
     lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
 
@@ -77,6 +94,7 @@ class HostedTrial:
             "config": None if applied is None else str(applied.config),
             "cpus": None if applied is None else list(applied.cpus),
             "applied": None if applied is None else applied.to_dict(),
+            "gpus": list(self.gpus),
             "created_s": self.created_s,
         }
 
@@ -94,6 +112,10 @@ class TrialOps:
     _trials: dict[str, HostedTrial]
     _lock: threading.RLock
     _controller: Any
+    #: The node's GPU power-limit knob (a
+    #: :class:`~pipetune.control.gpu.PowerLimitKnob`): given, or probed once
+    #: on first use (:meth:`_gpu_knob`).
+    _gpu_power: Any = None
 
     @property
     def controller_name(self) -> str:  # the daemon's, with the backend's details
@@ -265,7 +287,154 @@ class TrialOps:
             with contextlib.suppress(BadRequestError):  # gone meanwhile
                 check_owner(caller, pid)
 
+    # -- GPUs ------------------------------------------------------------------
+
+    def _gpu_knob(self) -> Any:
+        """The node's power-limit knob, probed once (NVML when it initialises
+        and sees a GPU, else a knob that says why on every use)."""
+        with _GPU_KNOB_LOCK:  # not the registry's: a trial's lock may be held here
+            if self._gpu_power is None:
+                from pipetune.control.gpu import power_limit_knob
+
+                self._gpu_power = power_limit_knob()
+                log.info("daemon: GPU power limits via %s", self._gpu_power.name)
+            return self._gpu_power
+
+    def claim_gpus(self, caller: PeerCredentials, trial_id: str,
+                   body: Mapping[str, Any]) -> dict[str, Any]:
+        """Record the GPUs a trial holds (``POST /v2/trials/<id>/gpus``,
+        ``{"gpus": [NVML index, ...]}``), so it may set their power limit.
+
+        A trial learns its GPUs after it registered (they follow its first
+        decision), hence a call of its own.  Two trials never hold one GPU,
+        and a non-root caller may not claim a GPU that runs a process it does
+        not own: a power limit throttles whoever computes on the GPU.  A
+        claim replaces the trial's earlier one; a GPU it gives up gets its
+        limit back.
+
+        Raises:
+            BadRequestError: not a list of distinct indices >= 0.
+            ControlInputError: an index this node's NVML does not have (400).
+            TrialConflictError: another trial holds one of them (409).
+            PrivilegeError: one of them runs another user's process (403).
+            NotSupportedError: no NVML on this node (501).
+        """
+        trial = self._get(caller, trial_id)
+        gpus = body_gpus(body)
+        knob = self._gpu_knob()
+        reason = getattr(knob, "reason", None)  # a NoPowerLimit: no NVML here
+        if reason is not None:
+            raise _no_gpu_power(NotSupportedError(reason))
+        n = knob.count()
+        for i in gpus:
+            if i >= n:
+                from pipetune.control.base import ControlInputError
+
+                raise ControlInputError(f"GPU index {i}: this node has {n} GPU(s)")
+        if not caller.root:
+            for i in gpus:
+                self._check_gpu_processes(caller, knob, i)
+        # Who holds which GPU is read and written under the registry lock
+        # (never the trial's inside it: a trial's lock is taken first elsewhere).
+        with self._lock:
+            for other in self._trials.values():
+                taken = sorted(set(other.gpus) & set(gpus))
+                if other is not trial and taken:
+                    raise TrialConflictError(f"GPU(s) {taken} already belong to a trial: a "
+                                             "GPU is in one trial at a time")
+            dropped = [i for i in trial.gpus if i not in gpus]
+            trial.gpus = tuple(gpus)
+        with trial.lock:
+            self._restore_gpu_power(trial, dropped)
+        self._save_state()
+        log.info("trial %s (job %s): GPUs %s", trial_id, trial.ref.job, list(gpus))
+        return {"trial": trial_id, "gpus": list(gpus)}
+
+    @staticmethod
+    def _check_gpu_processes(caller: PeerCredentials, knob: Any, index: int) -> None:
+        """Every process computing on GPU ``index`` must be the caller's
+        (NVML lists them; where it cannot, there is nothing to check against)."""
+        try:
+            pids = knob.processes(index)
+        except (ControlError, NotSupportedError) as e:
+            log.debug("GPU %d: processes not listed (%s)", index, e)
+            return
+        for pid in pids:
+            try:
+                check_owner(caller, pid)
+            except BadRequestError:
+                continue  # exited meanwhile
+            except PrivilegeError:
+                raise PrivilegeError(f"GPU {index} runs process {pid} of another user: "
+                                     f"uid {caller.uid} may not claim it") from None
+
+    def gpu_power(self, caller: PeerCredentials, trial_id: str,
+                  body: Mapping[str, Any]) -> dict[str, Any]:
+        """Set (``{"index": I, "watts": W}``) or read (``{"index": I}``) the
+        power limit of a GPU the trial claimed (``POST /v2/trials/<id>/gpu_power``);
+        answers ``{"index", "watts", "min_w", "max_w"}`` with what is in force.
+
+        The first set remembers the limit the GPU had; :meth:`_release` puts
+        it back when the trial closes (its own close, the reaper, the daemon
+        stopping), so a trial that dies leaves no GPU throttled.
+
+        Raises:
+            BadRequestError: a bad body.
+            PrivilegeError: a GPU the trial did not claim (403).
+            ControlInputError: watts outside what the GPU accepts (400).
+            NotSupportedError: no NVML on this node (501).
+        """
+        trial = self._get(caller, trial_id)
+        index = body_field(body, "index", int)
+        if index < 0:
+            raise BadRequestError(f"field 'index': {index} must be >= 0")
+        watts = body_field(body, "watts", (int, float), required=False)
+        if watts is not None and (not math.isfinite(float(watts)) or watts <= 0):
+            raise BadRequestError(f"field 'watts': {watts!r} must be a finite number > 0")
+        knob = self._gpu_knob()
+        with trial.lock:
+            if index not in trial.gpus:
+                raise PrivilegeError(
+                    f"GPU {index} is not trial {trial_id!r}'s (it holds "
+                    f"{list(trial.gpus) or 'none'}): claim it first (POST /v2/trials/"
+                    f"{trial_id}/gpus)")
+            first = watts is not None and index not in trial.gpu_power_before_w
+            try:
+                if first:
+                    trial.gpu_power_before_w[index] = knob.get_w(index)
+                if watts is not None:
+                    knob.set_w(index, float(watts))
+                now = knob.get_w(index)
+                lo, hi = knob.constraints_w(index)
+            except NotSupportedError as e:
+                raise _no_gpu_power(e) from e
+        if first:
+            self._save_state()  # a daemon killed from now on: the next one restores it
+        if watts is not None:
+            log.info("trial %s (job %s): GPU %d power limit %.0f W", trial_id,
+                     trial.ref.job, index, now)
+        return {"index": index, "watts": now, "min_w": lo, "max_w": hi}
+
+    def _restore_gpu_power(self, trial: HostedTrial,
+                           indices: Sequence[int] | None = None) -> None:
+        """Put back the power limits the trial changed (all, or ``indices``).
+        Never raises: a limit that cannot be restored is logged."""
+        for i in list(trial.gpu_power_before_w if indices is None else indices):
+            before = trial.gpu_power_before_w.pop(i, None)
+            if before is None:
+                continue
+            try:
+                self._gpu_knob().set_w(i, before)
+                log.info("trial %s: GPU %d power limit back to %.0f W", trial.trial_id, i,
+                         before)
+            except Exception as e:  # noqa: BLE001 - closing goes on
+                log.warning("trial %s: GPU %d power limit not restored to %.0f W: %s",
+                            trial.trial_id, i, before, e)
+        if indices is None:
+            trial.gpus = ()
+
     def _release(self, trial: HostedTrial) -> None:
+        self._restore_gpu_power(trial)
         if trial.handle is not None:
             try:
                 self._controller.close_trial(trial.handle)
@@ -330,6 +499,10 @@ class TrialOps:
         trial = self._get(caller, trial_id)
         self._close(trial, f"closed by uid {caller.uid}")
         return {"trial": trial.trial_id, "closed": True}
+
+
+def _no_gpu_power(e: NotSupportedError) -> NotSupportedError:
+    return NotSupportedError(f"this node's daemon cannot set GPU power limits: {e}")
 
 
 def check_tree(caller: PeerCredentials, pids: Sequence[int]) -> None:

@@ -1,4 +1,5 @@
-"""What probing minimises: runtime, energy, energy-delay product, resource-time.
+"""What probing minimises: runtime, energy, energy-delay product, resource-time,
+memory per rank.
 
 Every objective turns one probe :class:`Measurement` (a counted window under
 one config) into a number where *lower is better*.  Values are per training
@@ -12,6 +13,12 @@ sub-epoch window of 50 steps measure the same thing).
   config that the config holds (mean of its cores share and memory share), so
   the smallest config that is not slower wins; this is what lets a node pack
   more trials.
+- ``memory`` — the peak RSS of the heaviest rank (MB) of a trial that trains
+  with a parallel strategy: between strategies, the one whose ranks need the
+  least memory each (mp/gpipe split the model, DDP copies it), which is what
+  decides whether a model fits a rank at all.  Not per step: a peak is not
+  spread over steps.  Known only for probes of parallel strategies; for
+  others it is not supported (the tuner then uses runtime).
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ class Measurement:
     steps: int
     energy_j: float | None = None
     energy_method: str | None = None
+    #: The heaviest rank's peak RSS (MB) over the probe, when the trial
+    #: trains with parallel ranks and the probes compare strategies.
+    rss_peak_per_rank_mb: float | None = None
 
     @property
     def seconds_per_step(self) -> float:
@@ -44,6 +54,7 @@ class Objective(str, enum.Enum):
     ENERGY = "energy"
     EDP = "edp"
     RESOURCE_TIME = "resource_time"
+    MEMORY = "memory"
 
     @classmethod
     def parse(cls, name: str | Objective) -> Objective:
@@ -62,11 +73,18 @@ class Objective(str, enum.Enum):
         """The objective of ``m`` (lower is better).
 
         Raises:
-            NotSupportedError: an energy objective without an energy figure.
+            NotSupportedError: an energy objective without an energy figure;
+                the memory objective without a per-rank peak.
         """
         spp = m.seconds_per_step
         if self is Objective.RUNTIME:
             return spp
+        if self is Objective.MEMORY:
+            peak = m.rss_peak_per_rank_mb
+            if peak is None or not math.isfinite(peak) or peak <= 0:
+                raise NotSupportedError("objective memory compares the peak memory per rank "
+                                        "of parallel strategies; none measured")
+            return float(peak)
         if self is Objective.RESOURCE_TIME:
             return spp * resource_share(m.config, space)
         if m.energy_j is None or not math.isfinite(m.energy_j):

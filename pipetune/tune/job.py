@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -134,9 +135,11 @@ def sample_trials(workload_cls: type, spec: JobSpec) -> list[dict[str, Any]]:
     return trials
 
 
-def _parallel_train_fn(workload: str, epochs: int, seed: int) -> Any:
+def _parallel_train_fn(workload: str, epochs: int, seed: int,
+                       checkpoint_root: Path | None = None) -> Any:
     """The function trainable of a bundled workload that trains with the
-    strategy given to :func:`pipetune.wrap` (a worker group of child processes)."""
+    strategy given to :func:`pipetune.wrap` (a worker group of child processes);
+    the groups' own checkpoints go under ``checkpoint_root``."""
 
     def train(config: dict[str, Any]) -> None:
         from pipetune.tune.parallel import train_parallel
@@ -144,7 +147,8 @@ def _parallel_train_fn(workload: str, epochs: int, seed: int) -> Any:
 
         cls = get_workload(workload)
         hparams = {k: v for k, v in config["trial"].items() if k in cls.hyperparameters}
-        train_parallel(workload, hparams, epochs=epochs, seed=seed)
+        train_parallel(workload, hparams, epochs=epochs, seed=seed,
+                       checkpoint_root=checkpoint_root)
 
     train.__name__ = f"train_{workload.replace('-', '_')}_group"
     return train
@@ -318,10 +322,14 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
             ) from e
         started_ray = True
     stage_runner, stage_figures = None, None
+    groups_dir: Path | None = None
     try:
         trials = sample_trials(cls, spec)
         if spec.grouped:
-            train_fn = _parallel_train_fn(spec.workload, spec.epochs, spec.seed)
+            # Trials Tune stops or pauses never clean up their group's
+            # checkpoints: they go in a folder of this job's, removed at its end.
+            groups_dir = Path(tempfile.mkdtemp(prefix=f"pipetune-groups-{spec.job or 'job'}-"))
+            train_fn = _parallel_train_fn(spec.workload, spec.epochs, spec.seed, groups_dir)
         else:
             train_fn = _workload_train_fn(spec.workload, spec.epochs, spec.seed)
         if spec.stages:
@@ -396,6 +404,8 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
                      spec.job, stats["tree_nodes"], stats["epochs_trained"],
                      stats["epochs_replayed"])
     finally:
+        if groups_dir is not None:
+            shutil.rmtree(groups_dir, ignore_errors=True)
         if stage_runner is not None:
             stage_runner.close()
             stage_figures = stage_runner.figures

@@ -30,6 +30,8 @@ loads the same data; ``ddp`` shards each batch).
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ def train_parallel(
     parallel: ParallelConfig | None = None,
     seed: int = 0,
     data_dir: str | Path | None = None,
+    checkpoint_root: str | Path | None = None,
 ) -> list[EpochRecord]:
     """Train this trial's ``epochs`` epochs with a worker group, reporting each epoch.
 
@@ -59,6 +62,13 @@ def train_parallel(
     resumed.  Outside a pipetune trial, epochs go to ``ray.tune.report``
     directly and each rank gets ``cores // workers`` threads.  Epochs are
     numbered from 0, as the bundled single-process trainable numbers them.
+
+    ``checkpoint_root``: where the group's own epoch checkpoints go (a new
+    folder in it, removed when training returns; default: a temporary
+    folder).  A trial Tune stops or pauses (HyperBand) is ended without its
+    ``finally`` running, so its folder stays: ``pipetune tune`` gives a
+    folder of the job's that it removes when the job ends.  Tune keeps its
+    own copy of every reported checkpoint.
 
     Returns every epoch's record (see :mod:`pipetune.parallel.base`).
 
@@ -88,9 +98,13 @@ def train_parallel(
             return session.threads_per_rank(workers)
         return threads_per_rank(cpu_count(), workers)
 
+    own_dir = None
+    if checkpoint_root is not None:
+        Path(checkpoint_root).mkdir(parents=True, exist_ok=True)
+        own_dir = tempfile.mkdtemp(prefix="pipetune-group-", dir=checkpoint_root)
     runner = GroupRunner(workload, hparams, parallel, epochs=epochs, start_epoch=0, seed=seed,
                          data_dir=data_dir, resume_path=resume_path,
-                         threads=threads(parallel.workers))
+                         threads=threads(parallel.workers), checkpoint_dir=own_dir)
 
     def on_epoch(record: EpochRecord) -> Boundary:
         metrics = {k: v for k, v in record.items()
@@ -114,3 +128,5 @@ def train_parallel(
         return runner.run(on_epoch)
     finally:
         runner.close()
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)

@@ -444,14 +444,20 @@ def _format_cpus(cpus: tuple[int, ...]) -> str:
 
 
 def _group_facts(group: GroupFacts, energy_j: float | None) -> dict[str, Any]:
-    """``pt_*`` keys of one worker-group epoch: strategy, workers, per rank the
-    CPU seconds, peak RSS and energy (the epoch's joules split by CPU
-    seconds, the same rule that splits a node's energy among trials), whether
-    every rank ran in the trial's own cgroup, and the restart's cost."""
+    """``pt_*`` keys of one worker-group epoch: strategy, workers, the
+    heaviest rank's peak RSS, per rank the CPU seconds, peak RSS and energy
+    (the epoch's joules split by CPU seconds, the same rule that splits a
+    node's energy among trials), whether every rank ran in the trial's own
+    cgroup, and the restart's cost."""
     out: dict[str, Any] = {"pt_parallel": group.strategy, "pt_workers": group.workers}
     if group.restart_s is not None:
         out["pt_restart_s"] = float(group.restart_s)
     cpu_total = sum(float(r.get("cpu_s", 0.0)) for r in group.ranks)
+    peaks = [float(r["rss_peak_mb"]) for r in group.ranks if r.get("rss_peak_mb")]
+    if peaks:
+        # The heaviest rank: what a rank must fit in (the memory objective
+        # compares strategies by it).
+        out["pt_rss_peak_per_rank_mb"] = max(peaks)
     for r in group.ranks:
         i = int(r.get("rank", 0))
         cpu_s = float(r.get("cpu_s", 0.0))

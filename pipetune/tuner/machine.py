@@ -103,7 +103,15 @@ from pipetune.tuner.records import (
     WriteGroundTruth,
     guard,
 )
-from pipetune.tuner.rules import budget, epochs_left, oom_kills, probe_plan, unusable
+from pipetune.tuner.rules import (
+    budget,
+    chooses_strategy,
+    epochs_left,
+    for_this_trial,
+    oom_kills,
+    probe_plan,
+    unusable,
+)
 from pipetune.types import Decision, DecisionKind, EpochProfile, EpochResult, Phase, SystemConfig
 
 __all__ = ["TRANSITIONS", "step"]
@@ -188,6 +196,8 @@ def _begin(m: Machine, cx: Cx) -> Machine:
     cx.ask(OpenTrial())
     m = replace(m, ledger=replace(m.ledger, opened=True))
     hint = cx.ask(KnownWorkload(m.params.workload)) if m.params.workload else None
+    if hint is not None:
+        hint = replace(hint, config=for_this_trial(m, hint.config)[0])
     if hint is not None and hint.config in m.params.space.configs():
         m = _start_hinted(m, cx, hint)
     else:
@@ -343,19 +353,25 @@ def _epoch_end(m: Machine, ev: Event, cx: Cx) -> Machine:
         # Stopped once the decision is out: stopping perf takes a while.
         cx.emit(StopProfiler(late=True))
     elif isinstance(m.state, Probing):
-        m = _probe_progress(_with_restart(m, ev), ev, cx, epoch_over=True)
+        m = _probe_progress(_with_group_facts(m, ev), ev, cx, epoch_over=True)
     return m
 
 
-def _with_restart(m: Machine, ev: Event) -> Machine:
-    """The slot in progress with the worker-group restart this epoch reported
-    (a change of parallel strategy): counted in the probe's time."""
+def _with_group_facts(m: Machine, ev: Event) -> Machine:
+    """The slot in progress with the worker-group facts this epoch reported:
+    the restart (a change of parallel strategy), counted in the probe's
+    time, and the heaviest rank's peak memory, kept as the slot's peak."""
     s = m.state
-    restart_s = ev.result.metrics.get("restart_s") if ev.result is not None else None
-    if not isinstance(s, Probing) or s.slot is None or not restart_s:
+    if not isinstance(s, Probing) or s.slot is None or ev.result is None:
         return m
-    slot = replace(s.slot, restart_s=s.slot.restart_s + float(restart_s))
-    return replace(m, state=replace(s, slot=slot))
+    slot = s.slot
+    restart_s = ev.result.metrics.get("restart_s")
+    if restart_s:
+        slot = replace(slot, restart_s=slot.restart_s + float(restart_s))
+    peak = ev.result.metrics.get("rss_peak_per_rank_mb")
+    if peak is not None and math.isfinite(peak) and peak > 0:
+        slot = replace(slot, rss_peak_per_rank_mb=max(slot.rss_peak_per_rank_mb or 0.0, peak))
+    return m if slot is s.slot else replace(m, state=replace(s, slot=slot))
 
 
 def _write_epoch(m: Machine, ev: Event, cx: Cx, profile: EpochProfile | None) -> Machine:
@@ -411,8 +427,9 @@ def _after_profile(m: Machine, ev: Event, cx: Cx) -> Machine:
     notes = "".join(f"; {n}" for n in m.ledger.profile_notes)
     hint = m.ledger.hint
     if match.accepted(p.threshold):
-        cfg = match.config
-        assert cfg is not None
+        assert match.config is not None
+        cfg, kept = for_this_trial(m, match.config)
+        notes = kept + notes
         problem = unusable(m, cx, cfg)
         if problem is None and hint is not None and match.cluster == hint.cluster \
                 and cfg == hint.config:
@@ -446,8 +463,9 @@ def _after_profile(m: Machine, ev: Event, cx: Cx) -> Machine:
               f"{p.default}: profiles at another config may not match"
               if m.ledger.config != p.default else "profiled at the default")
         notes = f"; hint of cluster {hint.cluster} not confirmed ({at})" + notes
+    first = match.config or (hint.config if hint is not None else None)
     return _plan_probing(m, ev, cx, why + notes,
-                         hint=match.config or (hint.config if hint is not None else None))
+                         hint=None if first is None else for_this_trial(m, first)[0])
 
 
 def _plan_probing(m: Machine, ev: Event, cx: Cx, why: str,
@@ -565,6 +583,10 @@ def _finish_slot(m: Machine, cx: Cx, counted: list[Interval]) -> Machine:
                                                                                    counted),
         steps=sum(iv.steps for iv in counted),
         energy_j=None if any(e is None for e in energies) else sum(energies),  # type: ignore[arg-type]
+        # Memory per rank tells strategies apart; between core counts it is
+        # the same model in the same ranks, and the memory objective has
+        # nothing to compare (it then falls back to runtime).
+        rss_peak_per_rank_mb=slot.rss_peak_per_rank_mb if chooses_strategy(m) else None,
     )
     objective = m.ledger.objective
     try:

@@ -90,6 +90,9 @@ class Slot:
     oom_kills_at_start: int = 0
     intervals: tuple[Interval, ...] = ()
     restart_s: float = 0.0  # a worker-group restart this config cost (its ``restart_s``)
+    #: The heaviest rank's peak RSS (MB) over the slot's epochs (the trial
+    #: session's ``rss_peak_per_rank_mb``); None without a worker group.
+    rss_peak_per_rank_mb: float | None = None
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,37 @@ def oom_kills(cx: Cx) -> int:
     return int(cx.ask(Usage())[1]) if cx.opened else 0
 
 
+def chooses_strategy(m: Machine) -> bool:
+    """Whether the strategy is this tuner's to choose (``--parallel auto``: the
+    space holds several); a trial run with one fixed strategy keeps it."""
+    return len(m.params.space.parallel) > 1
+
+
+def for_this_trial(m: Machine, cfg: SystemConfig) -> tuple[SystemConfig, str]:
+    """A cluster's (or hint's) ``cfg`` as this trial would run it, and a note
+    saying what was left out ("" when nothing).
+
+    The ground truth's winners may name a parallel strategy (trials of
+    ``--parallel auto`` probed it).  A trial whose strategy is fixed takes
+    the winner's cores, memory and GPUs and keeps its own strategy: what
+    matched is the workload's profile, and the cores/memory that served it
+    serve this trial too, while the strategy is the user's choice here, not a
+    reason to probe everything again.
+    """
+    own = m.ledger.config.parallel
+    if chooses_strategy(m) or cfg.parallel == own:
+        return cfg, ""
+    return (replace(cfg, parallel=own),
+            f"; its strategy {cfg.parallel} left out: this trial's strategy is fixed")
+
+
 def unusable(m: Machine, cx: Cx, cfg: SystemConfig) -> str | None:
-    """Why a matched cluster's ``cfg`` cannot be applied to this trial, or None."""
+    """Why a matched cluster's ``cfg`` cannot be applied to this trial, or None
+    (its strategy counts only where the tuner chooses strategies:
+    :func:`for_this_trial` puts a fixed trial's own in it)."""
     space = m.params.space
-    if replace(cfg, parallel="none") not in space.configs() or cfg.parallel not in space.parallel:
+    if replace(cfg, parallel="none") not in space.configs() or (
+            chooses_strategy(m) and cfg.parallel not in space.parallel):
         return "is outside this trial's space"
     if not safe_candidates([cfg], peak_mb(cx), m.params.memory_margin)[0]:
         return "is below this trial's memory peak"
@@ -41,7 +68,7 @@ def probe_plan(m: Machine, cx: Cx,
     """(strategy, candidates in order, note) for probing now; no strategy
     when fewer than two configs are safe to probe."""
     p = m.params
-    if len(p.space.parallel) > 1:
+    if chooses_strategy(m):
         return strategy_plan(m, hint)
     peak = peak_mb(cx)
     safe, unsafe = safe_candidates(p.space.configs(), peak, p.memory_margin)

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,13 @@ def child_env(**extra: str) -> dict[str, str]:
 class DaemonProcess:
     """A daemon running as a child process on ``socket``."""
 
-    def __init__(self, argv: Sequence[str], socket: Path, log: Path) -> None:
+    def __init__(self, argv: Sequence[str], socket: Path, log: Path,
+                 env: Mapping[str, str] | None = None) -> None:
         self.socket = socket
         self.log = log
         self._log_fh = open(log, "ab")  # noqa: SIM115 - lives as long as the daemon
         self.proc = subprocess.Popen(list(argv), stdout=self._log_fh, stderr=subprocess.STDOUT,
-                                     env=child_env(), cwd=ROOT)
+                                     env=child_env(**(env or {})), cwd=ROOT)
         self.client = DaemonClient(socket, timeout_s=10.0)
 
     @property
@@ -96,10 +97,13 @@ class Daemons:
                 "--socket-mode", "0666", "--reap-interval-s", "0.2", *args]
         return self._start(argv, sock, ready)
 
-    def recording(self, *args: str, ready: bool = True) -> DaemonProcess:
+    def recording(self, *args: str, ready: bool = True,
+                  env: Mapping[str, str] | None = None) -> DaemonProcess:
+        """The recording daemon; ``env`` adds to its environment (a fake
+        ``pynvml`` on its ``PYTHONPATH`` ...)."""
         argv = [PYTHON, str(DAEMON_TESTS / "recording_daemon.py"), str(self.socket),
                 str(self.record), *args]
-        return self._start(argv, self.socket, ready)
+        return self._start(argv, self.socket, ready, env)
 
     @property
     def record(self) -> Path:
@@ -110,8 +114,9 @@ class Daemons:
             return []
         return [json.loads(line) for line in self.record.read_text().splitlines() if line]
 
-    def _start(self, argv: list[str], sock: Path, ready: bool) -> DaemonProcess:
-        d = DaemonProcess(argv, sock, self.folder / f"daemon-{len(self.started)}.log")
+    def _start(self, argv: list[str], sock: Path, ready: bool,
+               env: Mapping[str, str] | None = None) -> DaemonProcess:
+        d = DaemonProcess(argv, sock, self.folder / f"daemon-{len(self.started)}.log", env)
         self.started.append(d)
         if ready:
             d.wait_ready()

@@ -139,10 +139,12 @@ def test_not_root_sets_the_limit_through_the_daemon_which_may_lack_the_endpoint(
     gpus = TrialGpus.open("t1", 1, power_w=150, daemon=OldDaemon("/nonexistent"),
                           env={"CUDA_VISIBLE_DEVICES": "0,1"})
     assert isinstance(gpus.knob, DaemonPowerLimit)
-    assert calls and calls[0][:2] == ("POST", "/trials/t1/gpu_power")
+    # The knob claims the trial's GPUs first; an old daemon has no such endpoint.
+    assert calls and calls[0][:2] == ("POST", "/trials/t1/gpus")
+    assert calls[0][2] == {"gpus": [0]}
     assert gpus.power_w is None and "cannot set GPU power limits" in gpus.reason
     assert fake_nvml.sets == []  # never behind the daemon's back
-    with pytest.raises(NotSupportedError, match="gpu_power endpoint"):
+    with pytest.raises(NotSupportedError, match="cannot set GPU power limits"):
         gpus.knob.set_w(0, 150)
     gpus.close()
 

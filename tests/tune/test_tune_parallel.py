@@ -3,7 +3,9 @@ under the trial's cgroup, threads per rank following the trial's cores."""
 
 from __future__ import annotations
 
+import csv
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,8 @@ def test_one_boundary_per_epoch_and_rank_threads_follow_at_the_next_one() -> Non
     assert [r["pt_rank0_threads"] for r in seen] == [2, 1, 1]
     assert {r["pt_parallel"] for r in seen} == {"none"} and {r["pt_workers"] for r in seen} == {1}
     assert all(r["pt_rank0_rss_peak_mb"] > 0 for r in seen)
+    # the heaviest rank's peak (the memory objective's figure); one rank here
+    assert all(r["pt_rss_peak_per_rank_mb"] == r["pt_rank0_rss_peak_mb"] for r in seen)
     assert all(r["pt_ranks_in_trial_cgroup"] for r in seen)
 
 
@@ -256,3 +260,45 @@ def test_auto_job_probes_strategies_and_its_decisions_name_the_chosen_one(
     assert chosen in ("none", "ddp", "mp", "gpipe") and chosen == strategies[3]
     probes = decisions[decisions["kind"] == "probe"]
     assert list(probes["parallel"]) == ["none", strategies[2]]
+
+
+@pytest.mark.slow
+def test_hyperband_job_with_a_strategy_keeps_it_and_resumes_paused_trials(
+    tmp_path: Path, ray_session: None
+) -> None:
+    """``pipetune tune lenet5-mnist --parallel ddp --workers 2 --scheduler
+    hyperband --samples 5 --epochs 4 --set max_train_samples=256``: every
+    result of every trial names the strategy and both ranks, and a trial
+    HyperBand pauses comes back in a new trial process (so a new worker
+    group) that resumes from its checkpoint: its epochs go on from where
+    they stopped; the groups' own checkpoints go with the job (a stopped
+    trial never cleans up after itself).  (``--samples 2 --epochs 2`` pauses nothing: HyperBand's
+    first bracket runs every trial to ``max_t``; with 4 epochs the 3rd to
+    5th trials form a bracket that stops at epoch 1 and promotes one.)
+    About 2 minutes on 2 cores."""
+    settings = Settings.load({"home": str(tmp_path / "home")}, env={})
+    spec = JobSpec("lenet5-mnist", samples=5, epochs=4, job="t-hb", scheduler="hyperband",
+                   parallel=ParallelConfig("ddp", workers=2),
+                   fixed_hparams={"max_train_samples": 256})
+    result = run_job(spec, settings, verbose=0)
+    assert len(result.trials) == 5
+    for trial in result.trials:
+        assert trial["error"] is None, trial["error"]
+        assert trial["parallel"] == "ddp" and trial["workers"] == 2
+        history = trial["history"]
+        assert history and all(h["pt_parallel"] == "ddp" and h["pt_workers"] == 2
+                               for h in history)
+        assert [h["epoch"] for h in history] == list(range(len(history)))
+        assert all(h["pt_rank0_rss_peak_mb"] > 0 and h["pt_rank1_rss_peak_mb"] > 0
+                   for h in history)
+    # Tune's own log of each trial: the process that reported each epoch.
+    resumed = []
+    for progress in (settings.home / "ray_results" / "t-hb").glob("*/progress.csv"):
+        with open(progress) as fh:
+            rows = list(csv.DictReader(fh))
+        for before, after in zip(rows, rows[1:], strict=False):
+            if before["pid"] != after["pid"]:  # paused, then started again
+                resumed.append((int(before["epoch"]), int(after["epoch"])))
+    assert resumed and all(after == before + 1 for before, after in resumed), resumed
+    # The stopped and paused trials' group checkpoints went with the job.
+    assert not list(Path(tempfile.gettempdir()).glob("pipetune-groups-t-hb-*"))
