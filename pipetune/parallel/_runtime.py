@@ -1,9 +1,11 @@
 """Shared machinery of the strategies: worker processes, the epoch loop, memory accounting.
 
 :func:`spawn_workers` starts ``workers`` processes with ``torch.multiprocessing``'s
-spawn context, joined in one process group on a free port of 127.0.0.1 (gloo
-on CPU, NCCL on CUDA: the ``RunSpec``'s :class:`~pipetune.parallel.device.DevicePlan`
-decides, and :func:`start_on` / :func:`place` apply it in every process), and
+spawn context, or forks them from a warm forkserver (a trial's worker groups:
+:mod:`pipetune.parallel._forkserver`), joined in one process group on a free
+port of 127.0.0.1 (gloo on CPU, NCCL on CUDA: the ``RunSpec``'s
+:class:`~pipetune.parallel.device.DevicePlan` decides, and :func:`start_on` /
+:func:`place` apply it in every process), and
 streams their epoch records back through a queue.  A worker that fails sends
 its error and the parent ends the others (only the processes it started, by
 their handles) and raises it as one clear error.
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from pipetune.parallel._forkserver import WarmForkserver
     from workloads.base import TorchWorkload
 
 log = logging.getLogger(__name__)
@@ -510,7 +513,12 @@ def recv_tensor(src: int, device: torch.device) -> torch.Tensor:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to end this worker if the parent dies (no orphans blocked in gloo)."""
+    """Ask the kernel to end this worker if its parent dies (no orphans blocked in gloo).
+
+    ``parent_pid`` is the process that forked this rank: the trial process
+    (spawn), or the trial process's forkserver, which ends when the trial
+    process does (see :mod:`pipetune.parallel._forkserver`).
+    """
     try:
         import ctypes
         import signal
@@ -523,16 +531,46 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _take_trial_context(start: dict[str, Any] | None) -> None:
+    """Make a forked rank's environment and CPU affinity the trial process's at
+    the group's start, as a spawned rank's are (the forkserver's are those of
+    the trial's start; ``CUDA_VISIBLE_DEVICES`` may differ).  Runs before
+    anything reads them: CUDA starts lazily, and the rank sets its torch
+    threads itself."""
+    if not start:
+        return
+    env = start.get("env")
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    cpus = start.get("cpus")
+    if cpus:
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError as e:  # a cpuset that no longer holds them: keep the inherited ones
+            log.debug("rank affinity %s not taken: %s", cpus, e)
+
+
 def _worker_main(rank: int, world: int, port: int, target: str, spec: RunSpec,
-                 results: Any, parent_pid: int, control: Any = None) -> None:
-    """Entry of one worker process (module-level so spawn can import it)."""
+                 results: Any, parent_pid: int, control: Any = None,
+                 start: dict[str, Any] | None = None) -> None:
+    """Entry of one worker process (module-level so spawn can import it).
+
+    ``start``: for a rank forked from the forkserver, the trial process's
+    ``env`` and ``cpus`` at the group's start (:func:`_take_trial_context`).
+    """
     import importlib
+
+    from pipetune.parallel._forkserver import detach_from_forkserver
+
+    global _CHANNEL
+    _die_with_parent(parent_pid)
+    detach_from_forkserver()
+    _take_trial_context(start)
 
     import torch
     import torch.distributed as dist
 
-    global _CHANNEL
-    _die_with_parent(parent_pid)
     if control is not None:
         _CHANNEL = RankChannel(rank, results, control)
     torch.set_num_threads(spec.threads_per_worker)
@@ -555,7 +593,8 @@ def _worker_main(rank: int, world: int, port: int, target: str, spec: RunSpec,
 
 def spawn_workers(target: str, spec: RunSpec,
                   on_epoch: Callable[[EpochRecord], Any] | None,
-                  *, on_ready: Callable[[], None] | None = None) -> list[EpochRecord]:
+                  *, on_ready: Callable[[], None] | None = None,
+                  forkserver: WarmForkserver | None = None) -> list[EpochRecord]:
     """Run ``target(rank, world, spec, report)`` in ``spec.config.workers`` processes.
 
     Returns the epoch records (reported by rank 0) in order.  With
@@ -564,19 +603,37 @@ def spawn_workers(target: str, spec: RunSpec,
     the threads they have); ``on_ready`` is called once every rank is ready to
     train.
 
+    ``forkserver``: fork the ranks from this warm forkserver (torch already
+    imported: a group starts in a fraction of a second) instead of spawning
+    fresh interpreters; each rank takes this process's environment and CPU
+    affinity as a spawned one would.
+
     Raises:
         WorkloadError (or the PipetuneError a worker raised): a worker failed or died.
     """
     import torch.multiprocessing as tmp
 
     world = spec.config.workers
-    ctx = tmp.get_context("spawn")
+    start: dict[str, Any] | None = None
+    if forkserver is not None:
+        try:
+            # The ranks' parent, started here: by the trial process.
+            parent = forkserver.pid()
+            ctx = forkserver.context
+            start = {"env": dict(os.environ), "cpus": sorted(os.sched_getaffinity(0))}
+        except OSError as e:
+            log.warning("forkserver did not start (%s): spawning the %s ranks", e,
+                        spec.config.strategy)
+            forkserver = None
+    if forkserver is None:
+        ctx = tmp.get_context("spawn")
+        parent = os.getpid()
     results = ctx.Queue()
     port = free_port()
-    me = os.getpid()
     controls = [ctx.SimpleQueue() for _ in range(world)] if spec.controlled else [None] * world
     procs = [ctx.Process(target=_worker_main,
-                         args=(r, world, port, target, spec, results, me, controls[r]),
+                         args=(r, world, port, target, spec, results, parent, controls[r],
+                               start),
                          name=f"pipetune-{spec.config.strategy}-{r}", daemon=True)
              for r in range(world)]
     records: list[EpochRecord] = []
@@ -586,8 +643,8 @@ def spawn_workers(target: str, spec: RunSpec,
     try:
         for p in procs:
             p.start()
-        log.debug("started %d %s workers: %s", world, spec.config.strategy,
-                  [p.pid for p in procs])
+        log.debug("started %d %s workers (%s): %s", world, spec.config.strategy,
+                  "forkserver" if forkserver is not None else "spawn", [p.pid for p in procs])
         while len(done) < world and failure is None:
             try:
                 kind, rank, payload, tb = results.get(timeout=0.5)

@@ -20,6 +20,14 @@ boundary, so the system tuner acts on the whole group at once:
 
 Any strategy runs this way, ``none`` included (one child process), so a
 restart to or from ``none`` is the same stop/start as any other.
+
+Ranks are forked from a forkserver with torch preloaded that the runner
+holds for the length of :meth:`GroupRunner.run` (``start_method="forkserver"``,
+the default; :mod:`pipetune.parallel._forkserver` says why it is safe for the
+trial's cgroup and why ranks still die with the trial process): a restart
+then costs the new ranks' model build, checkpoint load and process group,
+not a fresh interpreter importing torch per rank (4–5 s here).
+``start_method="spawn"`` starts every group's ranks as fresh interpreters.
 """
 
 from __future__ import annotations
@@ -31,12 +39,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipetune.errors import ConfigError
 from pipetune.parallel.base import EpochRecord, ParallelConfig, RunSpec
 
+if TYPE_CHECKING:
+    from pipetune.parallel._forkserver import WarmForkserver
+
 log = logging.getLogger(__name__)
+
+#: How ranks start: forked from a warm forkserver, or spawned as fresh interpreters.
+START_METHODS = ("forkserver", "spawn")
 
 #: Worker entry of each strategy when run as a controlled group.
 TARGETS = {
@@ -81,6 +95,8 @@ class GroupRunner:
         threads: torch threads per rank for the first epoch.
         checkpoint_dir: where each epoch's state goes (default: a temporary
             folder removed by :meth:`close`; the last two epochs are kept).
+        start_method: ``"forkserver"`` (ranks forked from a forkserver with
+            torch preloaded, held during :meth:`run`) or ``"spawn"``.
 
     Not thread-safe; :meth:`run` once.
     """
@@ -89,13 +105,15 @@ class GroupRunner:
                  *, epochs: int, start_epoch: int = 0, seed: int = 0,
                  data_dir: str | Path | None = None, resume_path: str | None = None,
                  threads: int = 1, checkpoint_dir: str | Path | None = None,
-                 measure_memory: bool = True) -> None:
+                 measure_memory: bool = True, start_method: str = "forkserver") -> None:
         from pipetune.parallel import get_strategy
         from workloads import get_workload
         from workloads.base import TorchWorkload
 
         if epochs < 1:
             raise ConfigError(f"epochs={epochs}: must be >= 1")
+        if start_method not in START_METHODS:
+            raise ConfigError(f"start_method={start_method!r}: one of {', '.join(START_METHODS)}")
         self._cls = get_workload(workload)
         if not issubclass(self._cls, TorchWorkload):
             raise ConfigError(
@@ -119,6 +137,7 @@ class GroupRunner:
             self.next_epoch = int(load_state(resume_path).get("epoch", start_epoch - 1)) + 1
         self.threads = max(1, int(threads))
         self.measure_memory = measure_memory
+        self.start_method = start_method
         self.restarts: list[dict[str, Any]] = []
         self._kept: list[str] = []
 
@@ -145,6 +164,20 @@ class GroupRunner:
             UsageError / ConfigError / NotSupportedError: a restart's config
                 does not apply (checked before the group stops).
         """
+        from pipetune.parallel._forkserver import acquire_forkserver
+
+        # Held for this run only: stopped before the trial's session closes,
+        # so it never outlives the trial in the trial's cgroup.
+        warm = (acquire_forkserver([self._cls.__module__])
+                if self.start_method == "forkserver" else None)
+        try:
+            return self._run(on_epoch, warm)
+        finally:
+            if warm is not None:
+                warm.release()
+
+    def _run(self, on_epoch: Callable[[EpochRecord], Boundary | None],
+             warm: WarmForkserver | None) -> list[EpochRecord]:
         from pipetune.parallel import get_strategy
         from pipetune.parallel._runtime import spawn_workers
 
@@ -177,7 +210,8 @@ class GroupRunner:
                     return ("stop", None)
                 return ("go", self.threads)
 
-            got = spawn_workers(TARGETS[spec.config.strategy], spec, relay, on_ready=on_ready)
+            got = spawn_workers(TARGETS[spec.config.strategy], spec, relay, on_ready=on_ready,
+                                forkserver=warm)
             records.extend(got)
             if got:
                 self.next_epoch = got[-1]["epoch"] + 1
