@@ -25,6 +25,15 @@ last holder lets go.  Why its lifetime is a run, not the process's:
   trial process's environment and CPU affinity *at the group's start*, as
   ``spawn`` gives them (:func:`pipetune.parallel._runtime._worker_main`).
 
+One case is not covered: a trial Tune stops without its ``finally`` (its
+thread never returns from ``run``) keeps its hold, so a Ray worker reused
+for the next trial goes on with that forkserver.  It is then still a
+descendant of the trial process, which the next trial's ``open_trial``
+moves into the new cgroup with its descendants (and the old cgroup's close
+moves every process out before removing it), and its ranks take the new
+trial's environment and affinity; only its preloaded modules are the old
+trial's (the same workload's, in one job).
+
 ``multiprocessing`` has one forkserver per process and no public way to stop
 it or learn its pid; both go through ``multiprocessing.forkserver._forkserver``
 (``_stop``, ``_forkserver_pid``, ``_forkserver_alive_fd``: CPython 3.4–3.13,
