@@ -414,6 +414,10 @@ def run_job(spec: JobSpec, settings: Settings, *, verbose: int = 1) -> JobResult
         store.close()
         if started_ray:
             ray.shutdown()
+        # Trials Tune stopped or paused (ASHA, HyperBand) never ran their
+        # session's close, so their cgroups outlive them: sweep the groups of
+        # dead owners now rather than at the next job's start.
+        _clean_stale_groups(settings)
     trials = []
     for r in results:
         m = r.metrics or {}
