@@ -4,9 +4,18 @@ effects decided."""
 
 from __future__ import annotations
 
+from pipetune.probing import Objective
 from pipetune.tuner import records as r
 from pipetune.tuner.machine import step
-from pipetune.types import DecisionKind, SystemConfig
+from pipetune.types import DecisionKind, SystemConfig, SystemSpace
+
+
+def fresh(space: SystemSpace, objective: Objective = Objective.RUNTIME,
+          **params: object) -> r.Machine:
+    """A machine whose waits are all zero but the profile's 1 s: recorded
+    events then decide without real time passing."""
+    return r.initial(r.Params(space=space, warmup_s=0.0, probe_min_s=0.0, profile_min_s=1.0,
+                              **params), objective)  # type: ignore[arg-type]
 
 
 def settle(m: r.Machine, e: r.Event) -> tuple[r.Machine, tuple[object, ...]]:

@@ -10,7 +10,7 @@ import math
 from dataclasses import replace
 
 import pytest
-from support.machine_steps import decisions, of, settle
+from support.machine_steps import decisions, fresh, of, settle
 
 from pipetune.groundtruth import Match
 from pipetune.probing import Objective
@@ -31,8 +31,7 @@ RATES = {"task-clock": 1900.0, "context-switches": 120.0}
 
 
 def machine(**params: object) -> r.Machine:
-    return r.initial(r.Params(space=SPACE, warmup_s=0.0, probe_min_s=0.0, profile_min_s=1.0,
-                              **params), Objective.RUNTIME)  # type: ignore[arg-type]
+    return fresh(SPACE, **params)
 
 
 def ev(kind: r.Kind, t: float, epoch: int = 0, steps: int = 0, *answers: object,

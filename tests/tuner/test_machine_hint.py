@@ -5,10 +5,9 @@ no threads, clocks or fakes."""
 
 from __future__ import annotations
 
-from support.machine_steps import decisions, of, settle
+from support.machine_steps import decisions, fresh, of, settle
 
 from pipetune.groundtruth import ClusterGroundTruth, GroundTruthRecord, Hint, Match
-from pipetune.probing import Objective
 from pipetune.tuner import records as r
 from pipetune.tuner.machine import step
 from pipetune.types import DecisionKind, EpochProfile, Phase, SystemConfig, SystemSpace
@@ -20,8 +19,7 @@ HINT = Hint("deepcnn-mnist", cluster=3, config=C1, records=4, total=5)
 
 
 def machine(**params: object) -> r.Machine:
-    return r.initial(r.Params(space=SPACE, warmup_s=0.0, probe_min_s=0.0, profile_min_s=1.0,
-                              **params), Objective.RUNTIME)  # type: ignore[arg-type]
+    return fresh(SPACE, **params)
 
 
 def ev(kind: r.Kind, t: float, epoch: int = 0, steps: int = 0, *answers: object,

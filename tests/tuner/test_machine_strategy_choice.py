@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from support.machine_steps import decisions, of, settle
+from support.machine_steps import decisions, fresh, of, settle
 
 from pipetune.errors import NotSupportedError
 from pipetune.groundtruth import Hint, Match
@@ -36,10 +36,7 @@ FIXED = SystemSpace(cores=(1, 2))  # --parallel ddp: the tuner does not choose t
 AUTO = SystemSpace(cores=(1, 2), parallel=("none", "ddp", "mp"), workers=(2,))
 
 
-def machine(space: SystemSpace, objective: Objective = Objective.RUNTIME,
-            **params: object) -> r.Machine:
-    return r.initial(r.Params(space=space, warmup_s=0.0, probe_min_s=0.0, profile_min_s=1.0,
-                              **params), objective)  # type: ignore[arg-type]
+machine = fresh
 
 
 def answer(m: r.Machine, e: r.Event, match: Match | None = None,
