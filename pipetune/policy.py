@@ -454,10 +454,7 @@ def stage_hint(key: str, facts: Mapping[str, Any], *, epoch: int = 0,
     raw = facts.get("profile")
     if isinstance(raw, Mapping) and isinstance(raw.get("rates"), Mapping):
         try:
-            profile = EpochProfile(
-                rates={str(k): float(v) for k, v in raw["rates"].items()},
-                start=float(raw.get("start", 0.0)), end=float(raw.get("end", 0.0)),
-                n_samples=int(raw.get("n_samples", 0)), epoch=int(raw.get("epoch", 0)))
+            profile = EpochProfile.from_dict(raw)
         except (TypeError, ValueError):
             profile = None
     return StageHint(key=key, config=config, phase=phase, profile=profile,

@@ -310,6 +310,22 @@ class EpochProfile:
     def seconds(self) -> float:
         return self.end - self.start
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able fields (a stage record keeps a trial's profile)."""
+        return {"rates": dict(self.rates), "start": self.start, "end": self.end,
+                "n_samples": self.n_samples, "epoch": self.epoch}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EpochProfile:
+        """The profile :meth:`to_dict` wrote.
+
+        Raises:
+            TypeError / ValueError / KeyError: not such a dict.
+        """
+        return cls(rates={str(k): float(v) for k, v in d["rates"].items()},
+                   start=float(d.get("start", 0.0)), end=float(d.get("end", 0.0)),
+                   n_samples=int(d.get("n_samples", 0)), epoch=int(d.get("epoch", 0)))
+
 
 @dataclass(frozen=True)
 class EpochResult:

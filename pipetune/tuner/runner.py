@@ -321,11 +321,9 @@ class SystemTuner:
         m = self.machine
         last = self.decisions[-1] if self.decisions else None
         p = m.ledger.profile
-        profile = None if p is None else {
-            "rates": dict(p.rates), "start": p.start, "end": p.end,
-            "n_samples": p.n_samples, "epoch": p.epoch}
         return {"config": str(m.ledger.config), "phase": m.phase.value,
-                "decision": last.kind.value if last else "", "profile": profile}
+                "decision": last.kind.value if last else "",
+                "profile": None if p is None else p.to_dict()}
 
     def threads_to_use(self) -> int:
         """Threads the training thread should use now (``sync_threads`` it at
