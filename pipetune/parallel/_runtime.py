@@ -205,6 +205,7 @@ def epoch_loop(
     report: Callable[[EpochRecord], None],
     before_eval: Callable[[], None] | None = None,
     state: Callable[[], dict[str, Any] | None] | None = None,
+    channel: RankChannel | None = None,
 ) -> None:
     """Train ``spec.epochs`` epochs with ``step`` and report each from rank 0.
 
@@ -218,7 +219,8 @@ def epoch_loop(
     gather) gives rank 0 the whole trial state, saved before the record goes
     out.  Every record carries ``ranks``: per rank its pid, CPU seconds of
     the epoch and peak RSS.  With ``spec.controlled`` every rank then waits
-    at the boundary for the trial process's word (:class:`RankChannel`).
+    at the boundary for the trial process's word (:class:`RankChannel`; this
+    process's own, or ``channel`` when ``none`` trains in the trial process).
     """
     import torch
     import torch.distributed as dist
@@ -227,7 +229,7 @@ def epoch_loop(
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
     device = spec.placement.device(rank)
-    channel = _CHANNEL
+    channel = channel or _CHANNEL
     if channel is not None:
         channel.ready()
     first = spec.epoch_range.start
@@ -360,6 +362,24 @@ class RankChannel:
         if value and int(value) != torch.get_num_threads():
             torch.set_num_threads(int(value))
         return True
+
+
+class HereChannel(RankChannel):
+    """The boundary protocol when ``none`` trains in the trial process itself
+    (:func:`pipetune.parallel.local.train_here`): the trial process's answer
+    is known as soon as rank 0's record is reported, so it waits in a local
+    queue for the loop's boundary instead of crossing a process."""
+
+    def __init__(self, on_ready: Callable[[], None] | None = None) -> None:
+        super().__init__(0, None, queue_mod.SimpleQueue())
+        self._on_ready = on_ready
+
+    def ready(self) -> None:
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def answer(self, word: tuple[str, int | None]) -> None:
+        self._control.put(word)
 
 
 def rank_facts(rank: int, cpu0: float) -> dict[str, Any]:

@@ -18,8 +18,15 @@ boundary, so the system tuner acts on the whole group at once:
   the stop to every new rank ready to train — is measured and put into the
   next epoch's record as ``restart_s``.
 
-Any strategy runs this way, ``none`` included (one child process), so a
-restart to or from ``none`` is the same stop/start as any other.
+Any strategy runs this way, ``none`` included: as one child process, or
+(``none_here=True``, what a Tune trial uses unless it compares strategies by
+memory) in the trial process itself, with the same loop, checkpoints and
+boundaries (:func:`pipetune.parallel.local.train_here`).  Trained there,
+``none`` costs what a plain trial costs — no forkserver, no rank rebuilding
+the workload — and a restart back into it reloads the checkpoint into the
+workload the trial process built before.  A group of one child process is
+what a per-rank memory comparison needs: the trial process's peak RSS holds
+Ray's worker as well.
 
 Ranks are forked from a forkserver with torch preloaded that the runner
 holds for the length of :meth:`GroupRunner.run` (``start_method="forkserver"``,
@@ -96,7 +103,9 @@ class GroupRunner:
         checkpoint_dir: where each epoch's state goes (default: a temporary
             folder removed by :meth:`close`; the last two epochs are kept).
         start_method: ``"forkserver"`` (ranks forked from a forkserver with
-            torch preloaded, held during :meth:`run`) or ``"spawn"``.
+            torch preloaded, held during :meth:`run`; started when the first
+            group of more than the trial process starts) or ``"spawn"``.
+        none_here: train ``none`` in this process instead of one child process.
 
     Not thread-safe; :meth:`run` once.
     """
@@ -105,7 +114,8 @@ class GroupRunner:
                  *, epochs: int, start_epoch: int = 0, seed: int = 0,
                  data_dir: str | Path | None = None, resume_path: str | None = None,
                  threads: int = 1, checkpoint_dir: str | Path | None = None,
-                 measure_memory: bool = True, start_method: str = "forkserver") -> None:
+                 measure_memory: bool = True, start_method: str = "forkserver",
+                 none_here: bool = False) -> None:
         from pipetune.parallel import get_strategy
         from workloads import get_workload
         from workloads.base import TorchWorkload
@@ -138,6 +148,8 @@ class GroupRunner:
         self.threads = max(1, int(threads))
         self.measure_memory = measure_memory
         self.start_method = start_method
+        self.none_here = none_here
+        self._here_wl: Any = None  # the workload none trained with here, for a restart back
         self.restarts: list[dict[str, Any]] = []
         self._kept: list[str] = []
 
@@ -210,8 +222,13 @@ class GroupRunner:
                     return ("stop", None)
                 return ("go", self.threads)
 
-            got = spawn_workers(TARGETS[spec.config.strategy], spec, relay, on_ready=on_ready,
-                                forkserver=warm)
+            if self.none_here and spec.config.strategy == "none":
+                from pipetune.parallel.local import train_here
+
+                got, self._here_wl = train_here(spec, relay, on_ready=on_ready, wl=self._here_wl)
+            else:
+                got = spawn_workers(TARGETS[spec.config.strategy], spec, relay,
+                                    on_ready=on_ready, forkserver=warm)
             records.extend(got)
             if got:
                 self.next_epoch = got[-1]["epoch"] + 1

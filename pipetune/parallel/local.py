@@ -12,6 +12,7 @@ from typing import Any
 
 from pipetune.errors import ConfigError
 from pipetune.parallel._runtime import (
+    HereChannel,
     build_workload,
     epoch_loop,
     place,
@@ -96,3 +97,43 @@ def worker(rank: int, world: int, spec: RunSpec, report: Callable[[EpochRecord],
 
     epoch_loop(spec, wl, whole_batch_step(wl), module=wl.model, optimizer=wl.optimizer,
                loss_holders=1, report=report, state=whole_state(wl, rank))
+
+
+def train_here(spec: RunSpec, answer: Callable[[EpochRecord], tuple[str, int | None]],
+               *, on_ready: Callable[[], None] | None = None,
+               wl: TorchWorkload | None = None) -> tuple[list[EpochRecord], TorchWorkload]:
+    """``none`` as a controlled group of one, run in the calling (trial) process.
+
+    The same epoch loop, checkpoints and boundary protocol as :func:`worker`,
+    without a child process: no forkserver to start (a torch import, ~2 s
+    here) and no rank to fork and build the workload in, so a trial that
+    trains with ``none`` costs what a plain trial costs, and a restart back
+    into ``none`` costs a checkpoint load.  ``answer(record)`` is the trial
+    process's word at each boundary (``("go", threads)`` or ``("stop", None)``).
+
+    ``wl``: the workload built here for an earlier stretch of this trial (a
+    restart back into ``none``): its data and model are reused and its state
+    replaced by ``spec.resume_path``'s.  Returns the records and the workload,
+    to keep for the next stretch.
+    """
+    import torch
+
+    records: list[EpochRecord] = []
+    channel = HereChannel(on_ready)
+
+    def report(record: EpochRecord) -> None:
+        records.append(record)
+        channel.answer(answer(record))
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(spec.threads_per_worker)
+    try:
+        if wl is None:
+            wl = build_workload(spec)
+        resume(spec, wl)
+        place(wl, wl.model, start_on(spec.placement, 0))
+        epoch_loop(spec, wl, whole_batch_step(wl), module=wl.model, optimizer=wl.optimizer,
+                   loss_holders=1, report=report, state=whole_state(wl, 0), channel=channel)
+    finally:
+        torch.set_num_threads(previous)
+    return records, wl

@@ -248,6 +248,7 @@ def wrap(
             # --parallel auto: the tuner chooses among the space's strategies
             strategies=system.parallel if len(system.parallel) > 1 else (),
             strategy_workers=max(system.workers),
+            none_here=settings.objective != "memory",
         )
         session_module.set_current(session)
         error: BaseException | None = None

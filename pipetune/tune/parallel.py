@@ -86,7 +86,8 @@ def train_parallel(
 
     session = current_session()
     if parallel is None:
-        parallel = (session.parallel if session is not None else None) or ParallelConfig()
+        parallel = (session.starting_parallel() if session is not None else None) \
+            or ParallelConfig()
     resume_path = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -104,7 +105,8 @@ def train_parallel(
         own_dir = tempfile.mkdtemp(prefix="pipetune-group-", dir=checkpoint_root)
     runner = GroupRunner(workload, hparams, parallel, epochs=epochs, start_epoch=0, seed=seed,
                          data_dir=data_dir, resume_path=resume_path,
-                         threads=threads(parallel.workers), checkpoint_dir=own_dir)
+                         threads=threads(parallel.workers), checkpoint_dir=own_dir,
+                         none_here=session.none_here if session is not None else True)
 
     def on_epoch(record: EpochRecord) -> Boundary:
         metrics = {k: v for k, v in record.items()

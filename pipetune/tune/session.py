@@ -110,6 +110,7 @@ class TrialSession:
         gpus: Any = None,
         strategies: tuple[str, ...] = (),
         strategy_workers: int = 2,
+        none_here: bool = True,
     ) -> None:
         self.ref = ref
         self.policy = policy
@@ -132,6 +133,11 @@ class TrialSession:
         #: the strategy is fixed) and the ranks each but ``none`` trains with.
         self.strategies = tuple(strategies) if parallel is not None else ()
         self.strategy_workers = int(strategy_workers)
+        #: Whether ``none`` trains in the trial process rather than as a group
+        #: of one child process (False under the memory objective: a rank's
+        #: peak RSS is comparable with another rank's, not with the trial
+        #: process's, which holds Ray's worker too).
+        self.none_here = bool(none_here)
         strategy = getattr(parallel, "strategy", "none")
         self._strategy = str(strategy)
         workers = int(getattr(parallel, "workers", 1))
@@ -239,12 +245,32 @@ class TrialSession:
             return
         if want == self._strategy or want not in self.strategies:
             return
+        self.request_parallel(self._strategy_config(want))
+        self._strategy = want
+
+    def _strategy_config(self, strategy: str) -> Any:
         from pipetune.parallel import ParallelConfig
 
-        self.request_parallel(ParallelConfig.of(
-            want, workers=1 if want == "none" else self.strategy_workers,
-            device=getattr(self.parallel, "device", "auto")))
+        return ParallelConfig.of(
+            strategy, workers=1 if strategy == "none" else self.strategy_workers,
+            device=getattr(self.parallel, "device", "auto"))
+
+    def starting_parallel(self) -> Any:
+        """The config the trial's group starts with: where the tuner chooses
+        the strategy and its config at the trial's start already names one (a
+        hint, a matched cluster), that one — not ``parallel`` for a first
+        epoch and a restart into the chosen strategy at its end."""
+        if not self.strategies:
+            return self.parallel
+        try:
+            want = str(getattr(self.policy.config(), "parallel", "none"))
+        except Exception as e:  # noqa: BLE001
+            log.debug("trial %s: config unknown: %s", self.ref.trial, e)
+            return self.parallel
+        if want == self._strategy or want not in self.strategies:
+            return self.parallel
         self._strategy = want
+        return self._strategy_config(want)
 
     def take_restart(self) -> Any:
         """The restart asked for since the last boundary (once), or None."""

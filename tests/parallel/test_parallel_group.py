@@ -7,17 +7,19 @@ import math
 import pytest
 
 from pipetune.parallel import ParallelConfig
+from pipetune.parallel._forkserver import forkserver_pid
 from pipetune.parallel.group import Boundary, GroupRunner, threads_per_rank
 
 HP = {"batch_size": 64, "max_train_samples": 768, "lr": 0.05}
 
 
-def _run(plan: dict[int, ParallelConfig], start: ParallelConfig) -> tuple[list, GroupRunner]:
-    runner = GroupRunner("lenet5-mnist", HP, start, epochs=3, threads=1)
+def _run(plan: dict[int, ParallelConfig], start: ParallelConfig, *,
+         none_here: bool = False) -> tuple[list, GroupRunner]:
+    runner = GroupRunner("lenet5-mnist", HP, start, epochs=3, threads=1, none_here=none_here)
     seen = []
 
     def on_epoch(record: dict) -> Boundary:
-        seen.append(record)
+        seen.append({**record, "forkserver": forkserver_pid()})
         return Boundary(threads=1, restart=plan.get(record["epoch"]))
 
     try:
@@ -46,6 +48,41 @@ def test_restart_none_ddp_none_continues_the_loss_trajectory() -> None:
     # The ranks are new processes after each restart.
     pids = [{x["pid"] for x in r["ranks"]} for r in records]
     assert not (pids[0] & pids[1]) and not (pids[1] & pids[2])
+
+
+def test_none_trained_here_is_the_group_of_one_without_its_process() -> None:
+    """``none_here``: the same loop in the trial process — the same losses as a
+    child process, no forkserver until a group of ranks needs one, and a
+    restart back into ``none`` reuses the workload built here."""
+    import os
+
+    child, _ = _run({}, ParallelConfig("none"))
+    here, runner = _run({}, ParallelConfig("none"), none_here=True)
+    assert [r["loss"] for r in here] == [r["loss"] for r in child]
+    assert {x["pid"] for r in here for x in r["ranks"]} == {os.getpid()}
+    assert {x["pid"] for r in child for x in r["ranks"]} != {os.getpid()}
+
+    seen: list[dict] = []
+    runner = GroupRunner("lenet5-mnist", HP, ParallelConfig("none"), epochs=3, threads=1,
+                         none_here=True)
+    plan = {0: ParallelConfig("ddp", 2), 1: ParallelConfig("none")}
+
+    def on_epoch(record: dict) -> Boundary:
+        seen.append({**record, "forkserver": forkserver_pid(), "wl": id(runner._here_wl)})
+        return Boundary(threads=1, restart=plan.get(record["epoch"]))
+
+    try:
+        records = runner.run(on_epoch)
+    finally:
+        runner.close()
+    assert [r["strategy"] for r in records] == ["none", "ddp", "none"]
+    assert seen[0]["forkserver"] is None  # none alone started no forkserver
+    assert seen[1]["forkserver"] is not None
+    assert [{x["pid"] for x in r["ranks"]} == {os.getpid()} for r in records] == [
+        True, False, True]
+    assert records[2]["restart_s"] > 0
+    for got, want in zip(records, child, strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=0.01)
 
 
 def test_partition_optimizer_states_merge_and_slice_back() -> None:
