@@ -169,6 +169,20 @@ def test_the_same_trial_by_runtime_settles_on_the_fastest():
     assert decisions(tuple(effects))[-1] == (DecisionKind.SETTLED, replace(C2, parallel="ddp"))
 
 
+def test_by_runtime_mp_is_not_probed_beside_none():
+    """mp computes its ranks one after another: under any objective but
+    memory it cannot beat none, so its probe epoch (and restart) is saved —
+    even where (as here, made up) it would have measured fastest."""
+    m, _ = started(machine(AUTO, Objective.RUNTIME, total_epochs=6))
+    m, effects = train_strategies(m, range(5), spe={"none": 1.0, "ddp": 0.5, "mp": 0.1},
+                                  peak_mb={"none": 900.0, "ddp": 950.0, "mp": 500.0})
+    assert isinstance(m.state, r.Settled)
+    assert {c.parallel for c, _ in m.state.probed} == {"none", "ddp"}
+    assert decisions(tuple(effects))[-1] == (DecisionKind.SETTLED, replace(C2, parallel="ddp"))
+    reasons = [e.decision.reason for e in of(tuple(effects), r.Decide)]
+    assert any("mp not probed" in why for why in reasons)
+
+
 def test_the_memory_objective_without_strategies_to_compare_uses_runtime():
     with pytest.raises(NotSupportedError, match="peak memory per rank"):
         Objective.MEMORY.cost(Measurement(C1, seconds=1.0, steps=1))
