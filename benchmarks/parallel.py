@@ -38,7 +38,9 @@ tuning time, and the ratios to the single process::
 ``--auto`` adds a ``--parallel auto`` job (mode pipetune: each trial's tuner
 probes the strategies and keeps the fastest) and prints its tuning time and
 best accuracy against the best fixed strategy's (issue 17's target: within
-1.10x at equal best accuracy)::
+1.10x at equal best accuracy), and a ``--parallel none`` job in mode
+pipetune beside it (the same tuner with the strategy known: what choosing
+the strategy costs, apart from what the tuner costs)::
 
     python benchmarks/parallel.py --tune --auto --workloads deepcnn-mnist --trials 1 \
         --epochs 6 --samples 0
@@ -103,17 +105,19 @@ TUNE_STRATEGIES = ("single", "ddp", "gpipe", "mp")
 
 
 def run_tune_job(workload: str, strategy: str, args: argparse.Namespace,
-                 home: Path) -> dict[str, Any]:
-    """One ``pipetune tune`` job (a subprocess, its own home); its figures."""
+                 home: Path, mode: str | None = None) -> dict[str, Any]:
+    """One ``pipetune tune`` job (a subprocess, its own home); its figures.
+
+    ``mode``: the job's mode (default: pipetune for auto, ``--mode`` for the others)."""
     import subprocess
 
     from pipetune.config import Settings
     from pipetune.store import open_store
 
-    job = f"bench-{strategy}"
     # auto needs the tuner (it is the one choosing), so it always runs in mode
     # pipetune; the fixed strategies run in --mode (v1: nothing but the strategy).
-    mode = "pipetune" if strategy == "auto" else args.mode
+    mode = mode or ("pipetune" if strategy == "auto" else args.mode)
+    job = f"bench-{strategy}-{mode}"
     cmd = [sys.executable, "-m", "pipetune", "tune", workload, "--mode", mode,
            "--samples", str(args.trials),
            "--epochs", str(args.epochs), "--concurrent", "1", "--job", job, "--json",
@@ -171,6 +175,7 @@ def tune_table(rows: list[dict[str, Any]]) -> str:
         d = max(abs(a - b) / abs(b) for a, b in zip(r["final_losses"], base["final_losses"],
                                                   strict=True))
         label = ("single " + f"{r['threads_per_rank']}t" if r["strategy"] == "single"
+                 else f"none {r['threads_per_rank']}t {r['mode']}" if r["strategy"] == "none"
                  else "auto->" + "/".join(sorted({str(c) for c in r["chosen"]}))
                  if r["strategy"] == "auto"
                  else f"{r['strategy']} {r['workers']}x{r['threads_per_rank']}t")
@@ -188,6 +193,12 @@ def tune_table(rows: list[dict[str, Any]]) -> str:
             f"\nauto / best fixed ({best['strategy']}): tuning time "
             f"{auto['tuning_s'] / best['tuning_s']:.2f}x; best accuracy "
             f"{_best(auto['accuracy'])} vs {_best(best['accuracy'])}")
+        same = next((r for r in fixed if r["strategy"] == "none"), None)
+        if same is not None:
+            lines.append(
+                f"auto / none in mode {same['mode']} (the same tuner, the strategy known): "
+                f"tuning time {auto['tuning_s'] / same['tuning_s']:.2f}x; best accuracy "
+                f"{_best(auto['accuracy'])} vs {_best(same['accuracy'])}")
     return "\n".join(lines)
 
 
@@ -208,6 +219,11 @@ def main_tune(args: argparse.Namespace) -> int:
         for strategy in TUNE_STRATEGIES + (("auto",) if args.auto else ()):
             print(f"pipetune tune {workload} with {strategy} ...", file=sys.stderr, flush=True)
             rows.append(run_tune_job(workload, strategy, args, Path(tmp) / strategy))
+        if args.auto and args.mode != "pipetune":
+            # auto's own mode with the strategy known: what choosing it costs
+            print(f"pipetune tune {workload} with none, mode pipetune ...", file=sys.stderr,
+                  flush=True)
+            rows.append(run_tune_job(workload, "none", args, Path(tmp) / "none", "pipetune"))
     text = tune_table(rows)
     print(f"{workload}: mode {args.mode}, {args.trials} trials x {args.epochs} epochs, "
           f"{args.samples} samples, batch {args.batch_size}, {cpu_count()} cores, one trial "

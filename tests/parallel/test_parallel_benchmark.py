@@ -68,3 +68,18 @@ def test_tune_table_sets_each_strategy_beside_the_single_process(bench) -> None:
     assert lines[2].startswith("single 2t") and "1.00" in lines[2]
     assert lines[3].startswith("ddp 2x1t") and " 1.50 " in lines[3] and "1.00%" in lines[3]
     assert lines[3].endswith("400, 401")
+
+
+def test_tune_table_sets_auto_beside_the_best_fixed_and_its_own_mode(bench) -> None:
+    def row(strategy: str, mode: str, tuning_s: float, accuracy: list[float]) -> dict:
+        return {"strategy": strategy, "mode": mode, "workers": 1, "threads_per_rank": 2,
+                "epoch_s": 1.0, "tuning_s": tuning_s, "final_losses": [0.5],
+                "rank_rss_peak_mb": [], "chosen": ["none"], "accuracy": accuracy}
+
+    text = bench.tune_table([row("single", "v1", 60.0, [0.9]),
+                             row("auto", "pipetune", 72.0, [0.9]),
+                             row("none", "pipetune", 64.0, [0.9])])
+    assert "none 2t pipetune" in text
+    assert "auto / best fixed (single): tuning time 1.20x" in text
+    assert "auto / none in mode pipetune (the same tuner, the strategy known): tuning time " \
+           "1.12x" in text
