@@ -124,7 +124,8 @@ def run_tune_job(workload: str, strategy: str, args: argparse.Namespace,
            "--set", f"max_train_samples={args.samples}", f"batch_size={args.batch_size}",
            "dropout=0.0"]
     if strategy != "single":
-        cmd += ["--parallel", strategy, "--workers", str(args.workers),
+        cmd += ["--parallel", strategy,
+                "--workers", "1" if strategy == "none" else str(args.workers),
                 "--device", args.device]
         if strategy == "gpipe":
             cmd += ["--chunks", str(args.chunks)]
@@ -219,6 +220,8 @@ def main_tune(args: argparse.Namespace) -> int:
         for strategy in TUNE_STRATEGIES + (("auto",) if args.auto else ()):
             print(f"pipetune tune {workload} with {strategy} ...", file=sys.stderr, flush=True)
             rows.append(run_tune_job(workload, strategy, args, Path(tmp) / strategy))
+            print(f"  tuning {rows[-1]['tuning_s']:.1f} s, chosen {rows[-1]['chosen']}",
+                  file=sys.stderr, flush=True)
         if args.auto and args.mode != "pipetune":
             # auto's own mode with the strategy known: what choosing it costs
             print(f"pipetune tune {workload} with none, mode pipetune ...", file=sys.stderr,

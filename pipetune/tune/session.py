@@ -236,17 +236,24 @@ class TrialSession:
         whose time (and the tuner's probe of that strategy) includes it."""
         if group is not None:
             self._strategy = group.strategy
-        if not self.strategies or self._restart is not None:
+        if self._restart is not None:
             return
+        want = self._strategy_to_change_to()
+        if want is not None:
+            self.request_parallel(self._strategy_config(want))
+            self._strategy = want
+
+    def _strategy_to_change_to(self) -> str | None:
+        """The strategy the tuner's config in force names, where the tuner
+        chooses it and it is not the group's; else None."""
+        if not self.strategies:
+            return None
         try:
             want = str(getattr(self.policy.config(), "parallel", "none"))
         except Exception as e:  # noqa: BLE001
             log.debug("trial %s: config unknown: %s", self.ref.trial, e)
-            return
-        if want == self._strategy or want not in self.strategies:
-            return
-        self.request_parallel(self._strategy_config(want))
-        self._strategy = want
+            return None
+        return None if want == self._strategy or want not in self.strategies else want
 
     def _strategy_config(self, strategy: str) -> Any:
         from pipetune.parallel import ParallelConfig
@@ -260,14 +267,8 @@ class TrialSession:
         the strategy and its config at the trial's start already names one (a
         hint, a matched cluster), that one — not ``parallel`` for a first
         epoch and a restart into the chosen strategy at its end."""
-        if not self.strategies:
-            return self.parallel
-        try:
-            want = str(getattr(self.policy.config(), "parallel", "none"))
-        except Exception as e:  # noqa: BLE001
-            log.debug("trial %s: config unknown: %s", self.ref.trial, e)
-            return self.parallel
-        if want == self._strategy or want not in self.strategies:
+        want = self._strategy_to_change_to()
+        if want is None:
             return self.parallel
         self._strategy = want
         return self._strategy_config(want)

@@ -302,3 +302,39 @@ def test_hyperband_job_with_a_strategy_keeps_it_and_resumes_paused_trials(
     assert resumed and all(after == before + 1 for before, after in resumed), resumed
     # The stopped and paused trials' group checkpoints went with the job.
     assert not list(Path(tempfile.gettempdir()).glob("pipetune-groups-t-hb-*"))
+
+
+@pytest.mark.parametrize("none_here", [True, False])
+def test_a_trial_starts_in_the_strategy_its_tuner_names_and_none_trains_where_it_should(
+    none_here: bool,
+) -> None:
+    """An auto trial whose tuner names ddp at its start (a hint, a match)
+    trains ddp from its first epoch — no restart; the tuner then names none,
+    which trains in the trial process itself, or (under the memory
+    objective: ``none_here=False``) as one child process."""
+    from pipetune.policy import FixedPolicy
+    from pipetune.tune import session as session_module
+    from pipetune.tune.parallel import train_parallel
+    from pipetune.types import SystemConfig
+
+    policy = FixedPolicy(SystemConfig(2, parallel="ddp"), trial_id="t-start",
+                         controller="dry-run")
+
+    def epoch_end(result: Any) -> None:
+        policy._config = SystemConfig(2)  # the tuner's decision at the boundary names none
+
+    policy.epoch_end = epoch_end  # type: ignore[method-assign]
+    session = TrialSession(TrialRef("job", "t-start", "node"), policy,
+                           report_fn=lambda out, **_: None,
+                           parallel=ParallelConfig("none"), strategies=("none", "ddp"),
+                           strategy_workers=2, none_here=none_here).start()
+    session_module.set_current(session)
+    try:
+        records = train_parallel("lenet5-mnist", HP, epochs=2)
+    finally:
+        session_module.set_current(None)
+        session.close()
+    assert [r["strategy"] for r in records] == ["ddp", "none"]
+    assert "restart_s" not in records[0] and records[1]["restart_s"] > 0
+    here = {x["pid"] for x in records[1]["ranks"]} == {os.getpid()}
+    assert here is none_here
