@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 #: Modules every rank imports whatever its strategy (the workload's module is added).
 PRELOAD: tuple[str, ...] = (
     "torch",
+    # torch.optim's first optimizer imports it (1.2-1.8 s here): every rank builds one
+    "torch._dynamo",
     "torch.distributed",
     "pipetune.parallel._runtime",
     "pipetune.parallel.local",
