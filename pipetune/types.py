@@ -20,7 +20,7 @@ import os
 import re
 import socket
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psutil
@@ -141,9 +141,12 @@ class SystemSpace:
     gpus: tuple[int, ...] = (0,)
     default: SystemConfig | None = None
     #: Parallel strategies a trial may train with (``none``, ``ddp``, ``mp``,
-    #: ``gpipe``) and worker counts.  Not part of :meth:`configs` (the grid the
-    #: tuner probes today); a change of strategy restarts the trial's worker
-    #: group at an epoch boundary (``pipetune.parallel.group``).
+    #: ``gpipe``) and worker counts.  One strategy (a fixed ``--parallel``) is
+    #: part of every config of :meth:`configs`, so the trial's decisions and
+    #: ground-truth records name what it trained with; several (``--parallel
+    #: auto``) are probed beside the grid, whose configs then say ``none``
+    #: (``pipetune.tuner.rules.strategy_plan``): a change of strategy restarts
+    #: the trial's worker group at an epoch boundary (``pipetune.parallel.group``).
     parallel: tuple[str, ...] = ("none",)
     workers: tuple[int, ...] = (1,)
 
@@ -170,6 +173,10 @@ class SystemSpace:
             raise ConfigError(f"space workers={list(self.workers)}: integers >= 1")
         # Building each config validates every value (cores >= 1, ...).
         configs = self.configs()
+        fixed = self.parallel[0] if len(self.parallel) == 1 else "none"
+        if self.default is not None and self.default.parallel != fixed:
+            # A default from before the strategy was fixed (wrap's parallel=).
+            object.__setattr__(self, "default", replace(self.default, parallel=fixed))
         if self.default is None:
             object.__setattr__(self, "default", max(configs, key=_size_key))
         elif self.default not in configs:
@@ -178,7 +185,8 @@ class SystemSpace:
     def configs(self) -> list[SystemConfig]:
         """Every config of the grid, smallest first."""
         grid = itertools.product(self.cores, self.memory_mb, self.gpus)
-        return sorted((SystemConfig(c, m, g) for c, m, g in grid), key=_size_key)
+        fixed = self.parallel[0] if len(self.parallel) == 1 else "none"
+        return sorted((SystemConfig(c, m, g, fixed) for c, m, g in grid), key=_size_key)
 
     def __len__(self) -> int:
         return len(self.cores) * len(self.memory_mb) * len(self.gpus)

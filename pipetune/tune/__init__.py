@@ -22,6 +22,7 @@ Three changed lines in a user's script::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -182,6 +183,11 @@ def wrap(
 
         if not isinstance(parallel, ParallelConfig):
             raise ConfigError(f"parallel={parallel!r}: expected a pipetune.parallel.ParallelConfig")
+        if system.parallel == ("none",) and parallel.strategy != "none":
+            # The strategy is fixed: every config the trial's tuner decides and
+            # records names it (a ground-truth winner says what it trained with).
+            system = dataclasses.replace(system, parallel=(parallel.strategy,),
+                                         workers=(parallel.workers,))
     manage_gpus = max(system.gpus) > 0 or gpu_power_w is not None
 
     @functools.wraps(fn)

@@ -136,6 +136,8 @@ def test_gpipe_job_ranks_share_the_trial_cgroup_and_the_store_names_the_strategy
     assert trial["parallel"] == "gpipe" and trial["workers"] == 2
     for h in trial["history"]:
         assert h["pt_parallel"] == "gpipe" and h["pt_workers"] == 2
+        # the fixed strategy is part of every config the tuner decided
+        assert h["pt_config"].endswith("/gpipe")
         # Both ranks' /proc/PID/cgroup read during the trial equal the trial process's.
         assert h["pt_ranks_in_trial_cgroup"] is True
         assert h["pt_rank0_rss_peak_mb"] > 0 and h["pt_rank1_rss_peak_mb"] > 0

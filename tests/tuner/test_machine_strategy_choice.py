@@ -93,7 +93,22 @@ def test_a_fixed_strategy_from_the_space_keeps_it_too():
     m, _ = started(machine(SystemSpace(cores=(1, 2), parallel=("ddp",)), total_epochs=5))
     m, effects = first_epoch(m, Match(cluster=3, score=0.95,
                                       config=SystemConfig(1, parallel="gpipe"), reason="close"))
-    assert decisions(effects) == [(DecisionKind.MATCHED, C1)]
+    # ...and its decisions and ground-truth record name it: what it trained with
+    ddp1 = SystemConfig(1, parallel="ddp")
+    assert decisions(effects) == [(DecisionKind.MATCHED, ddp1)]
+    (record,) = of(effects, r.WriteGroundTruth)
+    assert record.config == ddp1
+
+
+def test_a_space_with_one_strategy_names_it_in_every_config():
+    space = SystemSpace(cores=(1, 2), parallel=("ddp",), workers=(2,))
+    assert {c.parallel for c in space.configs()} == {"ddp"}
+    assert space.default == SystemConfig(2, parallel="ddp")
+    # a default given before the strategy was fixed takes it
+    assert SystemSpace(cores=(1, 2), default=C1, parallel=("gpipe",)).default == SystemConfig(
+        1, parallel="gpipe")
+    auto = SystemSpace(cores=(1, 2), parallel=("none", "ddp"))  # probed beside the grid
+    assert {c.parallel for c in auto.configs()} == {"none"}
 
 
 def test_a_fixed_strategy_trial_is_hinted_at_the_winners_cores():
