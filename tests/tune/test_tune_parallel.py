@@ -22,6 +22,19 @@ from pipetune.types import SystemSpace, TrialRef
 HP = {"batch_size": 64, "max_train_samples": 512, "lr": 0.05}
 
 
+def _train_in(session: TrialSession, epochs: int) -> list[dict[str, Any]]:
+    """``train_parallel`` inside ``session`` (started), as a wrapped trial runs it."""
+    from pipetune.tune import session as session_module
+    from pipetune.tune.parallel import train_parallel
+
+    session_module.set_current(session)
+    try:
+        return train_parallel("lenet5-mnist", HP, epochs=epochs)
+    finally:
+        session_module.set_current(None)
+        session.close()
+
+
 def test_cli_parallel_flags_that_do_not_fit_are_refused_with_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -91,19 +104,12 @@ class TwoThenOne:
 def test_one_boundary_per_epoch_and_rank_threads_follow_at_the_next_one() -> None:
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 CPUs")
-    from pipetune.tune import session as session_module
-    from pipetune.tune.parallel import train_parallel
 
     seen: list[dict[str, Any]] = []
     session = TrialSession(TrialRef("job", "t-threads", "node"), TwoThenOne(),
                            report_fn=lambda out, **_: seen.append(out),
                            parallel=ParallelConfig("none")).start()
-    session_module.set_current(session)
-    try:
-        records = train_parallel("lenet5-mnist", HP, epochs=3)
-    finally:
-        session_module.set_current(None)
-        session.close()
+    records = _train_in(session, epochs=3)
     assert len(seen) == len(records) == 3  # one session boundary per epoch
     assert [r["epoch"] for r in seen] == [0, 1, 2]
     # 2 cores in epoch 0 -> 2 threads; the 1-core decision at its end is in force
@@ -157,8 +163,6 @@ def test_gpipe_job_ranks_share_the_trial_cgroup_and_the_store_names_the_strategy
 
 def test_a_restart_asked_of_the_session_runs_at_the_next_boundary() -> None:
     from pipetune.policy import FixedPolicy
-    from pipetune.tune import session as session_module
-    from pipetune.tune.parallel import train_parallel
     from pipetune.types import SystemConfig
 
     seen: list[dict[str, Any]] = []
@@ -173,12 +177,7 @@ def test_a_restart_asked_of_the_session_runs_at_the_next_boundary() -> None:
 
     session._report_fn = report_fn
     session.start()
-    session_module.set_current(session)
-    try:
-        records = train_parallel("lenet5-mnist", HP, epochs=2)
-    finally:
-        session_module.set_current(None)
-        session.close()
+    records = _train_in(session, epochs=2)
     assert [(r["pt_parallel"], r["pt_workers"]) for r in seen] == [("none", 1), ("ddp", 2)]
     assert "pt_restart_s" not in seen[0] and seen[1]["pt_restart_s"] > 0
     assert [r["strategy"] for r in records] == ["none", "ddp"]
@@ -315,8 +314,6 @@ def test_a_trial_starts_in_the_strategy_its_tuner_names_and_none_trains_where_it
     which trains in the trial process itself, or (under the memory
     objective: ``none_here=False``) as one child process."""
     from pipetune.policy import FixedPolicy
-    from pipetune.tune import session as session_module
-    from pipetune.tune.parallel import train_parallel
     from pipetune.types import SystemConfig
 
     policy = FixedPolicy(SystemConfig(2, parallel="ddp"), trial_id="t-start",
@@ -330,12 +327,7 @@ def test_a_trial_starts_in_the_strategy_its_tuner_names_and_none_trains_where_it
                            report_fn=lambda out, **_: None,
                            parallel=ParallelConfig("none"), strategies=("none", "ddp"),
                            strategy_workers=2, none_here=none_here).start()
-    session_module.set_current(session)
-    try:
-        records = train_parallel("lenet5-mnist", HP, epochs=2)
-    finally:
-        session_module.set_current(None)
-        session.close()
+    records = _train_in(session, epochs=2)
     assert [r["strategy"] for r in records] == ["ddp", "none"]
     assert "restart_s" not in records[0] and records[1]["restart_s"] > 0
     here = {x["pid"] for x in records[1]["ranks"]} == {os.getpid()}
