@@ -134,7 +134,7 @@ def sequential_only(m: Machine, strategy: str) -> bool:
     for the next one's gradients — so the trial's cores (or GPUs) work one
     rank at a time: with ``none`` in the space, every objective but memory
     (runtime, energy, their product, cores × time) is at best ``none``'s
-    (measured here: 1.8–1.9× the single process's epoch time on
+    (measured here: 1.5–1.9× the single process's epoch time on
     deepcnn-mnist).  Its one gain is splitting the model, which the memory
     objective measures; a model too large for one device is trained with a
     fixed ``--parallel mp`` or under that objective.
