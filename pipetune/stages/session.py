@@ -132,7 +132,8 @@ class StageSession:
         spent, self._cpu_mark = now - self._cpu_mark, now
         return spent
 
-    def resume(self, load: Callable[[Any], Any] | None, start: int = 0) -> int:
+    def resume(self, load: Callable[[Any], Any] | None, start: int = 0,
+               replay: Callable[[dict[str, Any]], Any] | None = None) -> int:
         """See :func:`resume`."""
         while True:
             got = self._call("acquire", self.trial, self.plan, start)
@@ -153,7 +154,7 @@ class StageSession:
         if got.resume_epoch < 0:
             self.epoch = start
             return start
-        replay = self._replay_fn or _tune_report
+        replay = replay or self._replay_fn or _tune_report
         for i, metrics in enumerate(got.replay):
             epoch = got.first_replayed + i
             replay({**metrics, "epoch": epoch, "pt_stage_replayed": True})
@@ -272,7 +273,8 @@ def _tune_report(metrics: dict[str, Any]) -> None:
     tune.report(metrics)
 
 
-def resume(load: Callable[[Any], Any] | None = None, start: int = 0) -> int:
+def resume(load: Callable[[Any], Any] | None = None, start: int = 0,
+           replay: Callable[[dict[str, Any]], Any] | None = None) -> int:
     """The first epoch this trial must train; see the module docstring.
 
     Args:
@@ -280,9 +282,16 @@ def resume(load: Callable[[Any], Any] | None = None, start: int = 0) -> int:
             returned to :func:`report` in the trial that trained the prefix).
         start: the epoch the loop would start from anyway (after restoring
             the trial's own Tune checkpoint, e.g. on a HyperBand resume).
+        replay: reports one replayed epoch's metrics to Tune (default:
+            ``ray.tune.report`` without a checkpoint).  Under a scheduler
+            that pauses trials (HyperBand), give each replayed epoch a Tune
+            checkpoint of the state ``load`` received, with that epoch's
+            number: a trial paused on a replayed epoch then resumes after
+            it, where without one it starts over and Tune hears the epochs
+            it had replayed twice.
     """
     session = current()
-    return start if session is None else session.resume(load, start)
+    return start if session is None else session.resume(load, start, replay)
 
 
 def report(metrics: Mapping[str, Any], *, state: Callable[[], Any] | None = None,

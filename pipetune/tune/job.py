@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,8 +212,21 @@ def _workload_train_fn(workload: str, epochs: int, seed: int) -> Any:
                     state = pickle.load(fh)  # noqa: S301
                 w.load_state_dict(state["workload"])
                 start = state["epoch"] + 1
+
+        def report_with_state(metrics: dict[str, Any], report: Callable[..., Any],
+                              **kwargs: Any) -> Any:
+            """Report an epoch with a Tune checkpoint of the workload's state now."""
+            with tempfile.TemporaryDirectory() as d:
+                with open(Path(d) / "state.pkl", "wb") as fh:
+                    pickle.dump({"epoch": metrics["epoch"], "workload": w.state_dict()}, fh)
+                return report(metrics, checkpoint=tune.Checkpoint.from_directory(d), **kwargs)
+
         # In a stage run: skip (and replay) the prefix other trials trained.
-        start = stages.resume(w.load_state_dict, start)
+        # A replayed epoch carries the loaded stage's state as its checkpoint:
+        # a trial HyperBand pauses there resumes after it, and the stage
+        # store replays the rest of the prefix again (loading that state).
+        start = stages.resume(w.load_state_dict, start,
+                              replay=lambda m: report_with_state(m, tune.report))
         for epoch in range(start, epochs):
             steps = getattr(w, "steps_per_epoch", 0)
             window = max(1, steps // 4) if isinstance(steps, int) and steps >= 4 else None
@@ -225,15 +238,8 @@ def _workload_train_fn(workload: str, epochs: int, seed: int) -> Any:
                 **w.evaluate(),
                 "epoch": epoch,
             }
-            with tempfile.TemporaryDirectory() as d:
-                with open(Path(d) / "state.pkl", "wb") as fh:
-                    pickle.dump({"epoch": epoch, "workload": w.state_dict()}, fh)
-                stages.report(
-                    metrics,
-                    state=w.state_dict,
-                    steps=int(stats.get("steps", 0)),
-                    checkpoint=tune.Checkpoint.from_directory(d),
-                )
+            report_with_state(metrics, stages.report, state=w.state_dict,
+                              steps=int(stats.get("steps", 0)))
 
     train.__name__ = f"train_{workload.replace('-', '_')}"
     return train

@@ -60,3 +60,33 @@ def test_share_false_trains_every_trial_alone() -> None:
     _train(store, "ta", a, range(4))
     assert store.acquire("ta-again", a).resume_epoch == -1
     assert store.stats()["checkpoints"] == 0
+
+
+def test_a_trial_paused_on_a_replayed_epoch_resumes_after_it(tmp_path) -> None:  # noqa: ANN001
+    """Replays go through the caller's ``replay`` after ``load`` ran, so the
+    job's trainable gives each replayed epoch a Tune checkpoint of the loaded
+    state: a trial HyperBand pauses on a replay resumes at the next epoch,
+    and the store replays only the rest of the prefix (Tune hears no epoch
+    twice; it did when replays had no checkpoint and the trial started over)."""
+    from pipetune.stages.session import StageSession
+
+    a, b = _plans()
+    store = StageStore()
+    store.register([a, b])
+    first = StageSession(store, "ta", a, tmp_path, report_fn=lambda m, **kw: None,
+                         replay_fn=lambda m: None)
+    for e in range(first.resume(lambda state: None), 2):
+        first.report({"loss": float(e), "epoch": e}, state=lambda: {"w": 1})
+    events: list[tuple] = []
+
+    def session() -> StageSession:
+        return StageSession(store, "tb", b, tmp_path, report_fn=lambda m, **kw: None,
+                            replay_fn=lambda m: events.append(("default", m["epoch"])))
+
+    start = session().resume(lambda state: events.append(("load", state)), 0,
+                             replay=lambda m: events.append(("replay", m["epoch"])))
+    assert start == 2 and events == [("load", {"w": 1}), ("replay", 0), ("replay", 1)]
+    events.clear()  # paused on epoch 0's replay: Tune restores that replay's checkpoint
+    start = session().resume(lambda state: events.append(("load", state)), 1,
+                             replay=lambda m: events.append(("replay", m["epoch"])))
+    assert start == 2 and events == [("load", {"w": 1}), ("replay", 1)]
