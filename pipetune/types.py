@@ -173,20 +173,26 @@ class SystemSpace:
             raise ConfigError(f"space workers={list(self.workers)}: integers >= 1")
         # Building each config validates every value (cores >= 1, ...).
         configs = self.configs()
-        fixed = self.parallel[0] if len(self.parallel) == 1 else "none"
-        if self.default is not None and self.default.parallel != fixed:
+        if self.default is not None and self.default.parallel != self.config_strategy:
             # A default from before the strategy was fixed (wrap's parallel=).
-            object.__setattr__(self, "default", replace(self.default, parallel=fixed))
+            object.__setattr__(self, "default",
+                               replace(self.default, parallel=self.config_strategy))
         if self.default is None:
             object.__setattr__(self, "default", max(configs, key=_size_key))
         elif self.default not in configs:
             raise ConfigError(f"space default {self.default}: not one of the space's configs")
 
+    @property
+    def config_strategy(self) -> str:
+        """The strategy every config of :meth:`configs` names: the space's one
+        (fixed) strategy, or ``none`` when the tuner probes several beside the grid."""
+        return self.parallel[0] if len(self.parallel) == 1 else "none"
+
     def configs(self) -> list[SystemConfig]:
         """Every config of the grid, smallest first."""
         grid = itertools.product(self.cores, self.memory_mb, self.gpus)
-        fixed = self.parallel[0] if len(self.parallel) == 1 else "none"
-        return sorted((SystemConfig(c, m, g, fixed) for c, m, g in grid), key=_size_key)
+        return sorted((SystemConfig(c, m, g, self.config_strategy) for c, m, g in grid),
+                      key=_size_key)
 
     def __len__(self) -> int:
         return len(self.cores) * len(self.memory_mb) * len(self.gpus)

@@ -9,7 +9,7 @@ starts in a few hundredths of a second; only the first group of a trial pays
 for the forkserver's own imports (once, not once per rank).
 
 :class:`WarmForkserver` is the handle a :class:`~pipetune.parallel.group.GroupRunner`
-holds for the length of its ``run``: :func:`acquire_forkserver` starts the
+holds from its first group of ranks to the end of its ``run``: :func:`acquire_forkserver` starts the
 forkserver on first use, :meth:`WarmForkserver.release` stops it when its
 last holder lets go.  Why its lifetime is a run, not the process's:
 

@@ -150,6 +150,8 @@ class GroupRunner:
         self.start_method = start_method
         self.none_here = none_here
         self._here_wl: Any = None  # the workload none trained with here, for a restart back
+        self._warm: WarmForkserver | None = None
+        self._asked = False  # whether this run asked for its forkserver yet
         self.restarts: list[dict[str, Any]] = []
         self._kept: list[str] = []
 
@@ -176,20 +178,27 @@ class GroupRunner:
             UsageError / ConfigError / NotSupportedError: a restart's config
                 does not apply (checked before the group stops).
         """
-        from pipetune.parallel._forkserver import acquire_forkserver
-
-        # Held for this run only: stopped before the trial's session closes,
-        # so it never outlives the trial in the trial's cgroup.
-        warm = (acquire_forkserver([self._cls.__module__])
-                if self.start_method == "forkserver" else None)
+        # The forkserver is held for this run only: released before the
+        # trial's session closes, so it never outlives the trial in its cgroup.
         try:
-            return self._run(on_epoch, warm)
+            return self._run(on_epoch)
         finally:
-            if warm is not None:
-                warm.release()
+            if self._warm is not None:
+                self._warm.release()
+                self._warm = None
 
-    def _run(self, on_epoch: Callable[[EpochRecord], Boundary | None],
-             warm: WarmForkserver | None) -> list[EpochRecord]:
+    def _forkserver(self) -> WarmForkserver | None:
+        """The run's forkserver, acquired when its first group of ranks starts:
+        a run that trains only ``none`` here never checks its preloads (a
+        fresh interpreter) nor starts one."""
+        if self.start_method == "forkserver" and not self._asked:
+            from pipetune.parallel._forkserver import acquire_forkserver
+
+            self._asked = True
+            self._warm = acquire_forkserver([self._cls.__module__])
+        return self._warm
+
+    def _run(self, on_epoch: Callable[[EpochRecord], Boundary | None]) -> list[EpochRecord]:
         from pipetune.parallel import get_strategy
         from pipetune.parallel._runtime import spawn_workers
 
@@ -228,7 +237,7 @@ class GroupRunner:
                 got, self._here_wl = train_here(spec, relay, on_ready=on_ready, wl=self._here_wl)
             else:
                 got = spawn_workers(TARGETS[spec.config.strategy], spec, relay,
-                                    on_ready=on_ready, forkserver=warm)
+                                    on_ready=on_ready, forkserver=self._forkserver())
             records.extend(got)
             if got:
                 self.next_epoch = got[-1]["epoch"] + 1

@@ -56,8 +56,7 @@ def unusable(m: Machine, cx: Cx, cfg: SystemConfig) -> str | None:
     (its strategy counts only where the tuner chooses strategies:
     :func:`for_this_trial` puts a fixed trial's own in it)."""
     space = m.params.space
-    grid = {replace(c, parallel="none") for c in space.configs()}
-    if replace(cfg, parallel="none") not in grid or (
+    if replace(cfg, parallel=space.config_strategy) not in space.configs() or (
             chooses_strategy(m) and cfg.parallel not in space.parallel):
         return "is outside this trial's space"
     if not safe_candidates([cfg], peak_mb(cx), m.params.memory_margin)[0]:
